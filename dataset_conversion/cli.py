@@ -1,0 +1,179 @@
+"""``nnUNetv2_convert_allukan_dataset {busi,glas,cvc} SOURCE_FOLDER [-d ID] [--size N | --native]
+[--include-normal] [-np N] [--overwrite]``: a distributed dataset -> ``$nnUNet_raw/DatasetID_NAME``.
+
+:func:`convert_dataset` is the same thing as a Python function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from dataset_conversion import busi, cvc, glas
+from dataset_conversion.common import ConversionError, ConversionResult, write_nnunet_dataset
+
+DATASETS: dict[str, ModuleType] = {"busi": busi, "glas": glas, "cvc": cvc}
+MAX_SIZE = 4096
+
+
+def default_num_processes() -> int:
+    """nnU-Net's convention: ``nnUNet_def_n_proc`` (default 8), at most the number of CPUs."""
+    try:
+        wanted = int(os.environ.get("nnUNet_def_n_proc", 8))
+    except ValueError:
+        wanted = 8
+    return max(1, min(wanted, os.cpu_count() or 1))
+
+
+def _nnunet_folder(variable: str) -> Path | None:
+    value = os.environ.get(variable)
+    return Path(value) if value else None
+
+
+def convert_dataset(
+    dataset: str,
+    source_folder: Path | str,
+    dataset_id: int | None = None,
+    size: int | None = None,
+    native: bool = False,
+    include_normal: bool = False,
+    num_processes: int = 1,
+    overwrite: bool = False,
+    raw_folder: Path | str | None = None,
+) -> ConversionResult:
+    """Convert one distributed dataset into an nnU-Net raw dataset.
+
+    Args:
+        dataset: "busi", "glas" or "cvc".
+        source_folder: the folder as distributed (see each module's docstring); a parent is accepted.
+        dataset_id: nnU-Net id (default 601 BUSI, 602 GlaS, 603 CVC).
+        size: output side length N (N x N); default the paper's (256 BUSI/CVC, 512 GlaS).
+        native: keep native resolution instead (exclusive with ``size``).
+        include_normal: BUSI only: keep the normal (lesion-free) images.
+        num_processes: worker processes (<= 1: in this process).
+        overwrite: replace an existing ``DatasetID_NAME``.
+        raw_folder: default ``$nnUNet_raw``.
+
+    Returns:
+        where it wrote, the per-case records and the summary counts.
+    """
+    if dataset not in DATASETS:
+        raise ConversionError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    module = DATASETS[dataset]
+    info = module.INFO
+    if dataset_id is None:
+        dataset_id = info.default_id
+    if not 1 <= int(dataset_id) <= 999:
+        raise ConversionError(f"dataset id must be between 1 and 999 (nnU-Net's 3-digit ids), got {dataset_id}")
+    if native and size is not None:
+        raise ConversionError("--size and --native exclude each other; pass one of them")
+    if size is not None and not 1 <= int(size) <= MAX_SIZE:
+        raise ConversionError(f"--size must be between 1 and {MAX_SIZE}, got {size}")
+    if include_normal and dataset != "busi":
+        raise ConversionError("--include-normal applies to BUSI only")
+    if num_processes < 0:
+        raise ConversionError(f"-np must be >= 0, got {num_processes}")
+    if raw_folder is None:
+        raw_folder = _nnunet_folder("nnUNet_raw")
+        if raw_folder is None:
+            raise ConversionError(
+                "the environment variable nnUNet_raw is not set; set it to nnU-Net's raw data folder "
+                "(see nnU-Net's documentation: setting_up_paths.md)"
+            )
+    side = None if native else int(size if size is not None else info.default_size)
+    target_hw = None if side is None else (side, side)
+
+    source = module.find_source(source_folder)
+    cases, excluded = module.collect_cases(source, include_normal=include_normal)
+    arguments = {
+        "dataset": dataset,
+        "dataset_id": int(dataset_id),
+        "size": side if side is not None else "native",
+        "include_normal": include_normal,
+    }
+    other_roots = [p for p in (_nnunet_folder("nnUNet_preprocessed"), _nnunet_folder("nnUNet_results")) if p]
+    return write_nnunet_dataset(
+        info=info,
+        cases=cases,
+        source_root=source,
+        raw_folder=Path(raw_folder),
+        dataset_id=int(dataset_id),
+        target_hw=target_hw,
+        num_processes=num_processes,
+        overwrite=overwrite,
+        excluded=excluded,
+        arguments=arguments,
+        other_nnunet_roots=other_roots,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_convert_allukan_dataset",
+        description="Convert BUSI, GlaS or CVC-ClinicDB, as distributed, into an nnU-Net raw dataset "
+                    "($nnUNet_raw/DatasetID_NAME) with the paper's three seeded 80/20 splits.",
+    )
+    parser.add_argument("dataset", choices=sorted(DATASETS), help="which dataset SOURCE_FOLDER holds")
+    parser.add_argument(
+        "source_folder",
+        help="busi: Dataset_BUSI_with_GT/ (or its parent); glas: 'Warwick QU Dataset (Released 2016_07_08)/'; "
+             "cvc: the folder holding Original/ and 'Ground Truth/'",
+    )
+    parser.add_argument("-d", dest="dataset_id", type=int, default=None,
+                        help="nnU-Net dataset id (default: 601 busi, 602 glas, 603 cvc)")
+    sizing = parser.add_mutually_exclusive_group()
+    sizing.add_argument("--size", type=int, default=None,
+                        help="resize to N x N (default: the paper's 256 for busi/cvc, 512 for glas)")
+    sizing.add_argument("--native", action="store_true",
+                        help="keep the native resolution (nnU-Net's usual practice) instead of resizing")
+    parser.add_argument("--include-normal", action="store_true",
+                        help="busi only: keep the normal (lesion-free) images, which the paper excludes")
+    parser.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
+                        help="number of worker processes (default: nnUNet_def_n_proc or 8, at most the CPU count)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same id and name")
+    return parser
+
+
+def _raise_on_sigterm(signum, frame):  # turn a kill into an exception so the temporary folder is removed
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        result = convert_dataset(
+            dataset=args.dataset,
+            source_folder=args.source_folder,
+            dataset_id=args.dataset_id,
+            size=args.size,
+            native=args.native,
+            include_normal=args.include_normal,
+            num_processes=args.num_processes,
+            overwrite=args.overwrite,
+        )
+    except ConversionError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        print("Nothing was written.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    s = result.summary
+    print(
+        f"Done: {s['cases_written']} cases written ({s['empty_labels']} with an empty label), "
+        f"{s['excluded']} excluded, {s['masks_merged']} with masks merged, {s['thresholded']} thresholded, "
+        f"{s['instance_maps_binarised']} instance maps binarised, {s['resized']} resized."
+    )
+    print(f"Wrote {result.dataset_folder}")
+    print("  imagesTr/, labelsTr/, dataset.json, conversion_record.json (per-case provenance), "
+          "paper_splits.json (the paper's 3 seeded 80/20 splits as splits_final.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

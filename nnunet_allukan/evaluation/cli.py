@@ -1,0 +1,247 @@
+"""Console commands: nnUNetv2_allukan_evaluate, nnUNetv2_allukan_plot_activations, nnUNetv2_allukan_plot_overlays."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from nnunet_allukan.evaluation.collect import EvaluationError, env_folder, resolve_dataset_name
+
+DEFAULT_PLANS = "nnUNetPlans"
+DEFAULT_CONFIGURATION = "2d"
+
+
+def _run(function: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
+         argv: Sequence[str] | None) -> None:
+    args = parser.parse_args(argv)
+    try:
+        function(args)
+    except EvaluationError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _add_nnunet_selection(parser: argparse.ArgumentParser, several_trainers: bool = True) -> None:
+    group = parser.add_argument_group("nnU-Net results ($nnUNet_results, $nnUNet_preprocessed, $nnUNet_raw)")
+    group.add_argument("-d", nargs="+" if several_trainers else None, default=None, metavar="DATASET",
+                       help="dataset id(s) or name(s), e.g. 601 602 603" if several_trainers
+                       else "dataset id or name, e.g. 601")
+    group.add_argument("-tr", nargs="+", default=None, metavar="TRAINER",
+                       help="trainer class name(s), e.g. nnUNetTrainerUKAN_MLP nnUNetTrainerUKAN nnUNetTrainerAllUKAN "
+                            "nnUNetTrainer")
+    group.add_argument("-p", default=DEFAULT_PLANS, metavar="PLANS", help=f"plans identifier (default {DEFAULT_PLANS})")
+    group.add_argument("-c", default=DEFAULT_CONFIGURATION, metavar="CONFIGURATION",
+                       help=f"configuration (default {DEFAULT_CONFIGURATION})")
+
+
+def _parse_pred(values: Sequence[Sequence[str]] | None) -> list[tuple[str, list[str]]]:
+    result = []
+    for entry in values or []:
+        if len(entry) < 2:
+            raise EvaluationError(f"--pred {' '.join(entry)}: give a method name followed by one folder per fold.")
+        result.append((entry[0], list(entry[1:])))
+    names = [name for name, _ in result]
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"--pred: method names must be distinct, got {names}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_allukan_evaluate",
+        description="IoU / F1 of validation predictions over the paper's three seeds (folds 0, 1, 2), under the "
+                    "reference code's batch-pooled protocol and the per-image protocol, in the layout of paper "
+                    "Table 1 with the paper's numbers alongside. Writes results.md, results.csv, per_case.csv and "
+                    "results.json.")
+    _add_nnunet_selection(parser)
+    parser.add_argument("-f", nargs="+", type=int, default=[0, 1, 2], metavar="FOLD",
+                        help="folds to evaluate (default 0 1 2 = seeds 2981 6142 1187)")
+    folders = parser.add_argument_group("plain folders instead of nnU-Net results")
+    folders.add_argument("--pred", nargs="+", action="append", metavar=("NAME", "FOLDER"),
+                         help="a method name followed by its prediction folder of fold 0, 1, ...; repeat per method")
+    folders.add_argument("-l", type=Path, default=None, metavar="LABELS",
+                         help="ground-truth folder (default for nnU-Net results: $nnUNet_preprocessed/<dataset>/"
+                              "gt_segmentations)")
+    folders.add_argument("--splits", type=Path, default=None,
+                         help="splits_final.json giving each fold's validation cases and loader order")
+    folders.add_argument("--dataset-label", default="dataset",
+                         help="name of the dataset in the table; contains BUSI / GlaS / CVC to show paper numbers")
+    folders.add_argument("--file-ending", default=".png", help="file ending of predictions and labels (default .png)")
+    parser.add_argument("--order", choices=("split", "sorted"), default="split",
+                        help="case order of the reference protocol's batches of 8: 'split' = the validation list "
+                             "of splits_final.json (train_test_split output order, what the reference loader "
+                             "iterates; default; falls back to sorted where no split is known), 'sorted' = sorted "
+                             "case ids")
+    parser.add_argument("--batch-size", type=int, default=8, help="reference protocol batch size (default 8)")
+    parser.add_argument("--std-ddof", type=int, choices=(0, 1), default=0,
+                        help="std over the seeds: 0 = population (numpy default, default), 1 = sample")
+    parser.add_argument("-o", type=Path, default=None, metavar="OUTPUT_FOLDER",
+                        help="output folder (default $nnUNet_results/<dataset>/allukan_evaluation for one dataset, "
+                             "$nnUNet_results/allukan_evaluation for several; required for --pred)")
+    return parser
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from nnunet_allukan.evaluation.evaluate import evaluate_folders, evaluate_nnunet, write_results
+
+    predictions = _parse_pred(args.pred)
+    if predictions and (args.d or args.tr):
+        raise EvaluationError("use either -d/-tr (nnU-Net results) or --pred/-l (plain folders), not both.")
+    if predictions:
+        if args.l is None:
+            raise EvaluationError("--pred needs -l LABELS_FOLDER (the ground truth).")
+        if args.o is None:
+            raise EvaluationError("--pred needs -o OUTPUT_FOLDER.")
+        results = evaluate_folders(predictions, args.l, args.dataset_label, args.splits, args.file_ending,
+                                   args.order, args.batch_size, args.std_ddof)
+        output = args.o
+    else:
+        if not args.d or not args.tr:
+            raise EvaluationError("give -d DATASET [...] and -tr TRAINER [...] (or --pred NAME FOLDER... -l LABELS).")
+        results = evaluate_nnunet(args.d, args.tr, args.p, args.c, args.f, args.order, args.batch_size,
+                                  args.std_ddof, args.l)
+        names = list(results["datasets"])
+        output = args.o or (env_folder("nnUNet_results") / names[0] / "allukan_evaluation" if len(names) == 1
+                            else env_folder("nnUNet_results") / "allukan_evaluation")
+    written = write_results(results, output)
+    print(Path(written[0]).read_text())
+    print("Wrote:\n" + "\n".join(f"  {p}" for p in written))
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> None:
+    _run(_evaluate, evaluate_parser(), argv)
+
+
+# ---------------------------------------------------------------------------------------------- activations
+def activations_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_allukan_plot_activations",
+        description="Plot the learned shared activations phi_i(x) = sum_k v[i,k] B_k(x) (paper Eq. 7) of KA / KAonv "
+                    "layers of a trained checkpoint, with the band of the per-input functions phi_i(x) + "
+                    "u[i,j] silu(x). Works from the checkpoint's state_dict alone.")
+    parser.add_argument("-i", "--checkpoint", type=Path, default=None,
+                        help="checkpoint file (nnU-Net checkpoint or a plain state_dict); or use -d/-tr/-f")
+    _add_nnunet_selection(parser, several_trainers=False)
+    parser.add_argument("-f", type=int, default=0, metavar="FOLD", help="fold (default 0)")
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
+    parser.add_argument("--layers", nargs="+", default=None, metavar="PATTERN",
+                        help="layer names or shell patterns (e.g. 'encoder1.*' '*fc1'); default: first layer, first "
+                             "depthwise conv, first fc, last layer")
+    parser.add_argument("--list", action="store_true", help="only list the KA layers of the checkpoint")
+    parser.add_argument("-n", "--outputs", type=int, default=8, help="curves (output units) per layer (default 8)")
+    parser.add_argument("--x-range", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+                        help="x range (default: the grid range)")
+    parser.add_argument("--grid-size", type=int, default=5)
+    parser.add_argument("--spline-order", type=int, default=3)
+    parser.add_argument("--grid-range", nargs=2, type=float, default=(-1.0, 1.0), metavar=("LOW", "HIGH"))
+    parser.add_argument("-o", type=Path, default=None, metavar="OUTPUT_PNG",
+                        help="output PNG (default: activations.png next to the checkpoint)")
+    return parser
+
+
+def _checkpoint_path(args: argparse.Namespace) -> Path:
+    if args.checkpoint is not None:
+        if args.d or args.tr:
+            raise EvaluationError("use either -i CHECKPOINT or -d/-tr/-f, not both.")
+        return args.checkpoint
+    if not args.d or not args.tr or len(args.tr) != 1:
+        raise EvaluationError("give -i CHECKPOINT, or -d DATASET -tr TRAINER (one) [-p PLANS -c CONFIG -f FOLD].")
+    from nnunet_allukan.evaluation.collect import nnunet_model_folder
+    folder = nnunet_model_folder(resolve_dataset_name(str(args.d)), args.tr[0], args.p, args.c) / f"fold_{args.f}"
+    return folder / args.chk
+
+
+def _plot_activations(args: argparse.Namespace) -> None:
+    from nnunet_allukan.evaluation.activations import (
+        default_layer_selection, find_ka_layers, load_state_dict, plot_activations, select_layers)
+
+    checkpoint = _checkpoint_path(args)
+    state_dict = load_state_dict(checkpoint)
+    layers = find_ka_layers(state_dict)
+    if not layers:
+        raise EvaluationError(f"{checkpoint}: no KA / KAonv layers found (no '<name>.v' [out, n_basis] next to "
+                              "'<name>.u'): is this an ALL U-KAN checkpoint?")
+    if args.list:
+        for layer in layers:
+            print(f"{layer.name}: u {tuple(layer.u.shape)}, v {tuple(layer.v.shape)}"
+                  + (", lambda" if layer.lam is not None else ""))
+        return
+    chosen = select_layers(layers, args.layers) if args.layers else default_layer_selection(layers)
+    output = args.o or checkpoint.parent / f"activations_{checkpoint.stem}.png"
+    plot_activations(chosen, output, n_outputs=args.outputs, grid_size=args.grid_size,
+                     spline_order=args.spline_order, grid_range=tuple(args.grid_range),
+                     x_range=tuple(args.x_range) if args.x_range else None, title=str(checkpoint))
+    print(f"Plotted {len(chosen)} layers ({', '.join(layer.name for layer in chosen)}).\nWrote: {output}")
+
+
+def plot_activations_main(argv: Sequence[str] | None = None) -> None:
+    _run(_plot_activations, activations_parser(), argv)
+
+
+# ---------------------------------------------------------------------------------------------- overlays
+def overlays_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_allukan_plot_overlays",
+        description="Qualitative comparison like paper Fig. 5: image | ground truth | prediction of each method, "
+                    "one row per case, in one PNG.")
+    _add_nnunet_selection(parser, several_trainers=False)
+    parser.add_argument("-f", type=int, default=0, metavar="FOLD", help="fold (default 0)")
+    folders = parser.add_argument_group("plain folders instead of nnU-Net results")
+    folders.add_argument("--pred", nargs=2, action="append", metavar=("NAME", "FOLDER"),
+                         help="a method name and its prediction folder; repeat per method")
+    folders.add_argument("-l", type=Path, default=None, metavar="LABELS", help="ground-truth folder")
+    folders.add_argument("-i", "--images", type=Path, default=None, metavar="IMAGES",
+                         help="image folder holding <case>_0000<ending> (nnU-Net) or <case><ending>")
+    folders.add_argument("--file-ending", default=".png")
+    parser.add_argument("--cases", nargs="+", default=None, help="case ids to show (default: chosen by --select)")
+    parser.add_argument("-n", "--num-cases", type=int, default=4, help="number of cases if --cases is not given")
+    parser.add_argument("--select", choices=("spread", "disagreement"), default="spread",
+                        help="'spread': evenly spaced through the sorted cases (default); 'disagreement': the cases "
+                             "where the methods' IoUs differ most")
+    parser.add_argument("--style", choices=("fill", "contour"), default="fill",
+                        help="colour fill of the prediction with the ground-truth contour (default), or contours only")
+    parser.add_argument("-o", type=Path, default=None, metavar="OUTPUT_PNG",
+                        help="output PNG (default $nnUNet_results/<dataset>/allukan_figures/overlays_fold<F>.png; "
+                             "required for --pred)")
+    return parser
+
+
+def _plot_overlays(args: argparse.Namespace) -> None:
+    from nnunet_allukan.evaluation.collect import dataset_file_ending, nnunet_model_folder
+    from nnunet_allukan.evaluation.overlays import OverlaySource, plot_overlays
+
+    if args.pred and (args.d or args.tr):
+        raise EvaluationError("use either -d/-tr (nnU-Net results) or --pred/-l/-i (plain folders), not both.")
+    if args.pred:
+        if args.l is None or args.images is None or args.o is None:
+            raise EvaluationError("--pred needs -l LABELS_FOLDER, -i IMAGES_FOLDER and -o OUTPUT_PNG.")
+        names = [name for name, _ in args.pred]
+        if len(set(names)) != len(names):
+            raise EvaluationError(f"--pred: method names must be distinct, got {names}")
+        source = OverlaySource(predictions={name: Path(folder) for name, folder in args.pred}, labels=args.l,
+                               images=args.images, file_ending=args.file_ending)
+        output = args.o
+    else:
+        if not args.d or not args.tr:
+            raise EvaluationError("give -d DATASET -tr TRAINER [...] (or --pred NAME FOLDER -l LABELS -i IMAGES).")
+        name = resolve_dataset_name(str(args.d))
+        source = OverlaySource(
+            predictions={tr: nnunet_model_folder(name, tr, args.p, args.c) / f"fold_{args.f}" / "validation"
+                         for tr in args.tr},
+            labels=args.l or env_folder("nnUNet_preprocessed") / name / "gt_segmentations",
+            images=args.images or env_folder("nnUNet_raw") / name / "imagesTr",
+            file_ending=dataset_file_ending(name))
+        output = args.o or env_folder("nnUNet_results") / name / "allukan_figures" / f"overlays_fold{args.f}.png"
+    cases = plot_overlays(source, output, cases=args.cases, num_cases=args.num_cases, select=args.select,
+                          style=args.style)
+    print(f"Cases: {', '.join(cases)}\nWrote: {output}")
+
+
+def plot_overlays_main(argv: Sequence[str] | None = None) -> None:
+    _run(_plot_overlays, overlays_parser(), argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    evaluate_main()

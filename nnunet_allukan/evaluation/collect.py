@@ -1,0 +1,257 @@
+"""Find and read validation predictions and ground truth (nnU-Net result folders or plain folders).
+
+nnU-Net layout (2D PNG datasets):
+    $nnUNet_results/DatasetXXX_NAME/<Trainer>__<Plans>__<configuration>/fold_N/validation/<case>.png
+    $nnUNet_preprocessed/DatasetXXX_NAME/gt_segmentations/<case>.png
+    $nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json   (list of {"train": [...], "val": [...]})
+    $nnUNet_raw/DatasetXXX_NAME/imagesTr/<case>_0000.png
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from nnunet_allukan.evaluation.metrics import CaseCounts, NonBinaryMaskError, binarize, case_counts
+
+
+class EvaluationError(RuntimeError):
+    """Bad input for the evaluation (missing folder, fold, case, corrupt file...). The message names the
+    file and the fix; console commands print it and exit non-zero."""
+
+
+def env_folder(variable: str) -> Path:
+    """The folder of an nnU-Net environment variable (nnUNet_raw / nnUNet_preprocessed / nnUNet_results)."""
+    value = os.environ.get(variable)
+    if not value:
+        raise EvaluationError(f"{variable} is not set. Export it (see nnU-Net's documentation/setting_up_paths.md).")
+    return Path(value)
+
+
+def resolve_dataset_name(dataset: str) -> str:
+    """'601' or 'Dataset601_BUSI' -> 'Dataset601_BUSI', looked up in the nnUNet_* folders like nnU-Net does."""
+    if dataset.startswith("Dataset"):
+        return dataset
+    try:
+        dataset_id = int(dataset)
+    except ValueError:
+        raise EvaluationError(f"-d {dataset!r}: give a dataset id (e.g. 601) or a name (e.g. Dataset601_BUSI).")
+    prefix = f"Dataset{dataset_id:03d}_"
+    names = set()
+    for variable in ("nnUNet_results", "nnUNet_preprocessed", "nnUNet_raw"):
+        root = os.environ.get(variable)
+        if root and os.path.isdir(root):
+            names.update(d for d in os.listdir(root) if d.startswith(prefix) and os.path.isdir(os.path.join(root, d)))
+    if len(names) != 1:
+        found = "none" if not names else ", ".join(sorted(names))
+        raise EvaluationError(
+            f"-d {dataset}: expected exactly one folder named {prefix}* in $nnUNet_results / $nnUNet_preprocessed / "
+            f"$nnUNet_raw, found {found}. Check the environment variables and the dataset id."
+        )
+    return names.pop()
+
+
+def read_label_image(path: Path) -> np.ndarray:
+    """A 2D label map from an image file (PNG/BMP/TIF), as an integer array [H, W]."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image)
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: file not found.")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise EvaluationError(f"{path}: cannot be read as an image ({error}). Replace the corrupt file.")
+    if array.ndim == 3 and array.shape[-1] in (3, 4) and np.all(array[..., :3] == array[..., :1]):
+        array = array[..., 0]  # grey stored as RGB(A): all colour channels equal
+    if array.ndim != 2:
+        raise EvaluationError(f"{path}: expected a single-channel 2D label map, got an array of shape {array.shape}.")
+    return array
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """Boolean foreground [H, W] of a binary label file; clear error if it is not binary."""
+    try:
+        return binarize(read_label_image(path), what=str(path))
+    except NonBinaryMaskError as error:
+        raise EvaluationError(str(error))
+
+
+def read_json(path: Path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: file not found.")
+    except json.JSONDecodeError as error:
+        raise EvaluationError(f"{path}: not valid JSON ({error}).")
+
+
+def list_cases(folder: Path, file_ending: str) -> list[str]:
+    """Sorted case ids of the files ``<case><file_ending>`` in ``folder``."""
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: folder not found.")
+    return sorted(p.name[: -len(file_ending)] for p in folder.iterdir()
+                  if p.is_file() and p.name.endswith(file_ending))
+
+
+def load_split_val_lists(splits_file: Path) -> list[list[str]]:
+    """Validation case lists of splits_final.json, in file order (the trainers store train_test_split's
+    output order there, which is the reference loader's order)."""
+    splits = read_json(splits_file)
+    if not isinstance(splits, list) or not all(isinstance(s, dict) and "val" in s for s in splits):
+        raise EvaluationError(f"{splits_file}: expected a list of {{'train': [...], 'val': [...]}} (nnU-Net splits).")
+    return [list(s["val"]) for s in splits]
+
+
+def dataset_file_ending(dataset_name: str, default: str = ".png") -> str:
+    """file_ending from dataset.json in $nnUNet_preprocessed or $nnUNet_raw (default '.png')."""
+    for variable in ("nnUNet_preprocessed", "nnUNet_raw"):
+        root = os.environ.get(variable)
+        if root:
+            candidate = Path(root) / dataset_name / "dataset.json"
+            if candidate.is_file():
+                return read_json(candidate).get("file_ending", default)
+    return default
+
+
+def nnunet_model_folder(dataset_name: str, trainer: str, plans: str, configuration: str) -> Path:
+    """$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>."""
+    return env_folder("nnUNet_results") / dataset_name / f"{trainer}__{plans}__{configuration}"
+
+
+@dataclass
+class FoldPredictions:
+    """Where the predictions of one fold of one method lie and what is expected there."""
+
+    method: str
+    fold: int
+    prediction_folder: Path
+    expected_cases: list[str] | None = None  # val list of the split (loader order); None: no split known
+    progress_png: Path | None = None  # nnU-Net's own training curves, referenced, not redrawn
+
+
+@dataclass
+class FoldCounts:
+    method: str
+    fold: int
+    prediction_folder: Path
+    split_order: list[str] | None
+    counts: dict[str, CaseCounts] = field(default_factory=dict)
+
+    @property
+    def cases(self) -> list[str]:
+        return sorted(self.counts)
+
+
+def check_fold_cases(fold: FoldPredictions, found: Sequence[str]) -> None:
+    """Missing cases or cases from another split are errors: they would compare different validation sets."""
+    if fold.expected_cases is None:
+        return
+    expected, present = set(fold.expected_cases), set(found)
+    missing = sorted(expected - present)
+    extra = sorted(present - expected)
+    if missing:
+        raise EvaluationError(
+            f"{fold.prediction_folder}: {len(missing)} of the {len(expected)} validation cases of fold {fold.fold} "
+            f"have no prediction (e.g. {', '.join(missing[:5])}). The validation did not finish: rerun "
+            f"`nnUNetv2_train ... {fold.fold} --val` for {fold.method}."
+        )
+    if extra:
+        raise EvaluationError(
+            f"{fold.prediction_folder}: holds {len(extra)} predictions of cases that are not in the validation set of "
+            f"fold {fold.fold} in splits_final.json (e.g. {', '.join(extra[:5])}): this fold was trained on another "
+            "split (e.g. nnU-Net's default 5-fold split). Retrain it after the paper's splits_final.json exists."
+        )
+
+
+def count_fold(fold: FoldPredictions, labels_folder: Path, file_ending: str) -> FoldCounts:
+    """Pixel counts of every case of one fold (reads predictions and ground truth)."""
+    if not fold.prediction_folder.is_dir():
+        raise EvaluationError(
+            f"{fold.prediction_folder}: folder not found: fold {fold.fold} of {fold.method} has no validation "
+            "predictions. Train that fold (nnUNetv2_train ... -tr TRAINER) or run its validation (--val)."
+        )
+    cases = list_cases(fold.prediction_folder, file_ending)
+    if not cases:
+        raise EvaluationError(f"{fold.prediction_folder}: no *{file_ending} predictions found.")
+    check_fold_cases(fold, cases)
+    result = FoldCounts(fold.method, fold.fold, fold.prediction_folder, fold.expected_cases)
+    for case in tqdm(cases, desc=f"{fold.method} fold {fold.fold}", unit="case", leave=False):
+        label_file = labels_folder / f"{case}{file_ending}"
+        if not label_file.is_file():
+            raise EvaluationError(
+                f"{label_file}: ground truth of case {case} not found (predicted in {fold.prediction_folder}). "
+                "Check that predictions and labels belong to the same dataset."
+            )
+        prediction = read_binary_mask(fold.prediction_folder / f"{case}{file_ending}")
+        target = read_binary_mask(label_file)
+        if prediction.shape != target.shape:
+            raise EvaluationError(
+                f"{fold.prediction_folder / (case + file_ending)}: shape {prediction.shape} differs from the ground "
+                f"truth {label_file} {target.shape}. Predictions must be at the label resolution."
+            )
+        result.counts[case] = case_counts(prediction, target, what=case)
+    return result
+
+
+def nnunet_folds(dataset_name: str, trainers: Sequence[str], plans: str, configuration: str,
+                 folds: Sequence[int]) -> tuple[list[FoldPredictions], Path | None]:
+    """FoldPredictions of every trainer and fold in $nnUNet_results, with the expected cases from
+    $nnUNet_preprocessed/<dataset>/splits_final.json (returned too; None if it does not exist)."""
+    splits_file = env_folder("nnUNet_preprocessed") / dataset_name / "splits_final.json"
+    val_lists = load_split_val_lists(splits_file) if splits_file.is_file() else None
+    result = []
+    for trainer in trainers:
+        model_folder = nnunet_model_folder(dataset_name, trainer, plans, configuration)
+        if not model_folder.is_dir():
+            raise EvaluationError(
+                f"{model_folder}: not found: no results of trainer {trainer} with plans {plans} and configuration "
+                f"{configuration}. Check -tr / -p / -c, or train it first."
+            )
+        for fold in folds:
+            if val_lists is not None and fold >= len(val_lists):
+                raise EvaluationError(f"{splits_file}: has {len(val_lists)} splits, fold {fold} was requested.")
+            fold_folder = model_folder / f"fold_{fold}"
+            if not fold_folder.is_dir():
+                raise EvaluationError(f"{fold_folder}: fold {fold} of {trainer} is missing. Train it: "
+                                      f"nnUNetv2_train {dataset_name} {configuration} {fold} -tr {trainer} -p {plans}")
+            progress = fold_folder / "progress.png"
+            result.append(FoldPredictions(
+                method=trainer, fold=fold, prediction_folder=fold_folder / "validation",
+                expected_cases=None if val_lists is None else val_lists[fold],
+                progress_png=progress if progress.is_file() else None))
+    return result, (splits_file if val_lists is not None else None)
+
+
+def folder_folds(predictions: Sequence[tuple[str, Sequence[str]]],
+                 splits_file: Path | None) -> list[FoldPredictions]:
+    """FoldPredictions for plain folders: predictions = [(method name, [fold 0 folder, fold 1 folder, ...])]."""
+    val_lists = load_split_val_lists(splits_file) if splits_file is not None else None
+    result = []
+    for method, folders in predictions:
+        if val_lists is not None and len(folders) > len(val_lists):
+            raise EvaluationError(f"{splits_file}: has {len(val_lists)} splits, {method} has {len(folders)} folders.")
+        for fold, folder in enumerate(folders):
+            result.append(FoldPredictions(method=method, fold=fold, prediction_folder=Path(folder),
+                                          expected_cases=None if val_lists is None else val_lists[fold]))
+    return result
+
+
+def check_same_cases_across_methods(fold_counts: Sequence[FoldCounts]) -> None:
+    """Every method must be evaluated on the same cases in a given fold (a fair comparison)."""
+    by_fold: dict[int, FoldCounts] = {}
+    for fc in fold_counts:
+        first = by_fold.setdefault(fc.fold, fc)
+        if set(first.counts) != set(fc.counts):
+            only_first = sorted(set(first.counts) - set(fc.counts))
+            only_this = sorted(set(fc.counts) - set(first.counts))
+            raise EvaluationError(
+                f"fold {fc.fold}: {first.method} ({first.prediction_folder}) and {fc.method} ({fc.prediction_folder}) "
+                f"were validated on different cases (only in the first: {only_first[:5]}, only in the second: "
+                f"{only_this[:5]}). Train every method on the same splits (the paper's splits_final.json)."
+            )

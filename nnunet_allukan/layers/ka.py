@@ -1,0 +1,497 @@
+"""KA layer (SaKAN + Grad-Free Spline) and KAonv layers, paper Sec. 3.
+
+For inputs x_1..x_n and outputs y_1..y_m the KA layer computes (paper Eq. 7)::
+
+    y_i = sum_k v[i, k] * sum_j B_k(x_j)  +  sum_j u[i, j] * silu(x_j)          (+ bias_i)
+
+with B_k the cubic B-spline bases of one grid shared by all inputs (one learnable activation
+phi_i = sum_k v[i, k] B_k per *output*). With ``use_lambda=True`` the spline sum becomes
+``sum_j lambda_j B_k(x_j)`` (Eq. 6's lambda_j; ablation row 12). With ``grad_free=True`` (Sec. 3.2)
+the bases are constants for autograd: v still gets its exact gradient (Eq. 9), x gets only the
+silu-path gradient G_L of Eq. 11.
+
+A KAonv layer applies one KA layer to every receptive field of a convolution (zero padding included).
+Two implementations with identical parameters and state_dict:
+
+- ``reference``: literally that: unfold every receptive field and apply the KA layer.
+- ``fast``: the exact closed form. The silu path is ``conv(silu(x_pad), u)``; the spline path needs only
+  ``S_k(p) = sum_{j in field(p)} B_k(x_j)``: a per-group channel sum of the bases of the *padded* input
+  (padded zeros contribute B(0)) followed by a k x k sum-pool with the conv's stride, then a 1x1 map by v.
+  A custom autograd function keeps only the input for backward (as ``nn.Conv2d`` does): silu(x) and the
+  bases are recomputed in backward, and the bases are built in channel chunks of ``chunk_size``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .splines import SplineGrid, basis_derivative_dot, basis_sum, differentiable_basis_sum
+
+__all__ = ["KALinear", "KAConv2d", "KAConv3d", "ka_grouped"]
+
+IntOrTuple = Union[int, Sequence[int]]
+
+
+def _check_chunk(chunk_size: Optional[int]) -> Optional[int]:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def _init_ka_parameters(u: torch.Tensor, v: torch.Tensor, fan_in: int) -> None:
+    """u as PyTorch's Linear/Conv default (kaiming-uniform, a=sqrt(5)): the silu path starts as a standard layer
+    on silu(x). v ~ U(-1/fan_in, 1/fan_in): the spline path sums over fan_in inputs (S_k grows like fan_in),
+    so this keeps its contribution O(1) at any width and depth."""
+    nn.init.kaiming_uniform_(u, a=math.sqrt(5))
+    nn.init.uniform_(v, -1.0 / fan_in, 1.0 / fan_in)
+
+
+# ----------------------------------------------------------------------------------------------------
+# KA layer (grouped functional form, shared by KALinear and the reference KAonv)
+# ----------------------------------------------------------------------------------------------------
+def ka_grouped(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, lam: Optional[torch.Tensor], grid: SplineGrid,
+               grad_free: bool, chunk_size: Optional[int]) -> torch.Tensor:
+    """G independent KA layers (Eq. 7) applied to grouped inputs.
+
+    Args:
+        x: ``[N, G, n_in]``;  u: ``[G, n_out, n_in]``;  v: ``[G, n_out, n_bases]``;  lam: ``[G, n_in]`` or None.
+        chunk_size: inputs per chunk when building the (grad-free) bases; bounds their transient memory.
+    Returns:
+        ``[N, G, n_out]``
+    """
+    n, g, n_in = x.shape
+    y = torch.einsum("ngj,goj->ngo", F.silu(x), u)
+    step = n_in if (chunk_size is None or not grad_free) else chunk_size
+    s = None
+    for j0 in range(0, n_in, step):
+        xc = x[:, :, j0: j0 + step]
+        if lam is None:
+            part = basis_sum(xc, grid) if grad_free else differentiable_basis_sum(xc, grid)  # [N, G, nb]
+        else:
+            cj = xc.shape[2]
+            flat = xc.reshape(n, g * cj, 1)
+            dense = basis_sum(flat, grid) if grad_free else differentiable_basis_sum(flat, grid)  # [N, G*cj, nb]
+            part = torch.einsum("ngjk,gj->ngk", dense.view(n, g, cj, -1), lam[:, j0: j0 + step].to(dense.dtype))
+        s = part if s is None else s + part
+    return y + torch.einsum("ngk,gok->ngo", s.to(y.dtype), v.to(y.dtype))
+
+
+class KALinear(nn.Module):
+    """KA layer: SaKAN with Grad-Free Spline, a drop-in for ``nn.Linear`` (paper Eq. 7).
+
+    Parameters: ``u`` [out, in] (linear residual on silu), ``v`` [out, n_bases] (one shared activation per
+    output), optional ``lam`` [in] (lambda_j, initialised to 1), optional ``bias`` [out].
+    Count: in*out + n_bases*out (+ out with bias, + in with lambda).
+
+    ``bias`` defaults to False because Eq. 7 has none (on the grid range the bases sum to 1, so the spline
+    path already provides a per-output offset of v[i] summed over inputs).
+
+    Shapes: input ``[..., in_features]`` -> output ``[..., out_features]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *, grid_size: int = 5,
+                 spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0), grad_free: bool = True,
+                 use_lambda: bool = False, chunk_size: Optional[int] = None) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range)
+        self.grad_free = bool(grad_free)
+        self.chunk_size = _check_chunk(chunk_size)
+        self.u = nn.Parameter(torch.empty(out_features, in_features))
+        self.v = nn.Parameter(torch.empty(out_features, self.grid.n_bases))
+        self.lam = nn.Parameter(torch.ones(in_features)) if use_lambda else None
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        _init_ka_parameters(self.u, self.v, in_features)
+
+    @property
+    def grid_size(self) -> int:
+        return self.grid.grid_size
+
+    @property
+    def spline_order(self) -> int:
+        return self.grid.spline_order
+
+    @property
+    def grid_range(self) -> tuple[float, float]:
+        return (self.grid.lo, self.grid.hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"KALinear expected last dimension {self.in_features}, got input of shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        lam = None if self.lam is None else self.lam.unsqueeze(0)
+        y = ka_grouped(x.reshape(-1, 1, self.in_features), self.u.unsqueeze(0), self.v.unsqueeze(0), lam,
+                       self.grid, self.grad_free, self.chunk_size)
+        y = y.reshape(*lead, self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"grid_size={self.grid_size}, spline_order={self.spline_order}, grid_range={self.grid_range}, "
+                f"grad_free={self.grad_free}, use_lambda={self.lam is not None}, chunk_size={self.chunk_size}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# KAonv: shared geometry helpers
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _ConvGeometry:
+    nd: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    grid: SplineGrid
+    grad_free: bool
+    chunk_size: Optional[int]
+
+    @property
+    def cin_g(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def cout_g(self) -> int:
+        return self.out_channels // self.groups
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        if not any(self.padding):
+            return x
+        pads: list[int] = []
+        for p in reversed(self.padding):
+            pads += [p, p]
+        return F.pad(x, pads)
+
+    def conv(self, x: torch.Tensor, w: torch.Tensor, groups: int) -> torch.Tensor:
+        fn = F.conv2d if self.nd == 2 else F.conv3d
+        return fn(x, w, None, self.stride, 0, self.dilation, groups)
+
+    def sum_pool(self, s: torch.Tensor) -> torch.Tensor:
+        """k x k (x k) window sums with the conv's stride/dilation: [B, n, *sp_pad] -> [B, n, *sp_out]."""
+        if all(d == 1 for d in self.dilation):
+            pool = F.avg_pool2d if self.nd == 2 else F.avg_pool3d
+            return pool(s, self.kernel, self.stride, 0, divisor_override=1)
+        ones = s.new_ones((s.shape[1], 1) + self.kernel)
+        return self.conv(s, ones, s.shape[1])
+
+    def conv_input_grad(self, in_shape: Sequence[int], w: torch.Tensor, gy: torch.Tensor, groups: int) -> torch.Tensor:
+        fn = torch.nn.grad.conv2d_input if self.nd == 2 else torch.nn.grad.conv3d_input
+        return fn(list(in_shape), w, gy, self.stride, 0, self.dilation, groups)
+
+    def conv_weight_grad(self, x: torch.Tensor, w_shape: Sequence[int], gy: torch.Tensor, groups: int) -> torch.Tensor:
+        fn = torch.nn.grad.conv2d_weight if self.nd == 2 else torch.nn.grad.conv3d_weight
+        return fn(x, list(w_shape), gy, self.stride, 0, self.dilation, groups)
+
+    def blocks(self) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
+        """Chunk plan over input channels, never crossing a group boundary inside one piece.
+
+        Yields ``(g0, g1, pieces)``: groups g0..g1-1 handled together, ``pieces`` = absolute channel ranges.
+        Several whole groups share one piece when they fit into chunk_size; a group wider than chunk_size is
+        split into several pieces of that one group.
+        """
+        cg, chunk = self.cin_g, self.chunk_size
+        if chunk is None or chunk >= self.in_channels:
+            yield 0, self.groups, [(0, self.in_channels)]
+        elif chunk >= cg:
+            ng = chunk // cg
+            for g0 in range(0, self.groups, ng):
+                g1 = min(g0 + ng, self.groups)
+                yield g0, g1, [(g0 * cg, g1 * cg)]
+        else:
+            for g in range(self.groups):
+                yield g, g + 1, [(c0, min(c0 + chunk, (g + 1) * cg)) for c0 in range(g * cg, (g + 1) * cg, chunk)]
+
+
+def _piece_spline_sums(geo: _ConvGeometry, x_pad: torch.Tensor, lam: Optional[torch.Tensor], c0: int, c1: int,
+                       ng: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Window sums of the bases for channels c0..c1 that form ``ng`` (partial) groups.
+
+    Returns ``(P [B, ng, nb, *sp_out], dense_bases)``; dense_bases ``[B*nb, cc, *sp_pad]`` only with lambda
+    (needed again for lambda's gradient).
+    """
+    b = x_pad.shape[0]
+    sp = x_pad.shape[2:]
+    cc = c1 - c0
+    xc = x_pad[:, c0:c1]
+    nb = geo.grid.n_bases
+    if lam is None:
+        s = basis_sum(xc.reshape(b, ng, cc // ng, *sp), geo.grid)  # [B, ng, nb, *sp]
+        p = geo.sum_pool(s.reshape(b, ng * nb, *sp))
+        return p.reshape(b, ng, nb, *p.shape[2:]), None
+    dense = basis_sum(xc.reshape(b, cc, 1, *sp), geo.grid)  # [B, cc, nb, *sp]
+    dense = dense.transpose(1, 2).reshape(b * nb, cc, *sp)
+    w = lam[c0:c1].to(dense.dtype).reshape(ng, cc // ng, *geo.kernel)
+    p = geo.conv(dense, w, ng)  # [B*nb, ng, *sp_out]: lambda-weighted window sums (Eq. 6's lambda_j)
+    return p.reshape(b, nb, ng, *p.shape[2:]).transpose(1, 2), dense
+
+
+def _spline_path(geo: _ConvGeometry, x_pad: torch.Tensor, v: torch.Tensor, lam: Optional[torch.Tensor],
+                 out_dtype: torch.dtype) -> torch.Tensor:
+    """Spline path of the fast KAonv (no autograd): ``[B, C_out, *sp_out]``."""
+    b = x_pad.shape[0]
+    nb = geo.grid.n_bases
+    vg = v.reshape(geo.groups, geo.cout_g, nb)
+    outs = []
+    for g0, g1, pieces in geo.blocks():
+        ng = g1 - g0
+        p = None
+        for c0, c1 in pieces:
+            part, _ = _piece_spline_sums(geo, x_pad, lam, c0, c1, ng)
+            p = part if p is None else p + part
+        y = torch.einsum("bgk...,gok->bgo...", p.to(out_dtype), vg[g0:g1].to(out_dtype))
+        outs.append(y.reshape(b, ng * geo.cout_g, *y.shape[3:]))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+class _KAConvFunction(torch.autograd.Function):
+    """Fast KAonv with an explicit backward that saves only (x, u, v, lam), like a plain convolution."""
+
+    @staticmethod
+    def forward(ctx, x, u, v, lam, bias, geo: _ConvGeometry):
+        x_pad = geo.pad(x)
+        y = geo.conv(F.silu(x_pad), u, geo.groups)
+        y = y + _spline_path(geo, x_pad, v, lam, y.dtype)
+        if bias is not None:
+            y = y + bias.reshape(1, -1, *([1] * geo.nd))
+        ctx.geo = geo
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, u, v, lam)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, u, v, lam = ctx.saved_tensors
+        geo: _ConvGeometry = ctx.geo
+        need_x, need_u, need_v, need_lam, need_bias, _ = ctx.needs_input_grad
+        gy = gy.contiguous()
+        x_pad = geo.pad(x)
+        b, nb = x.shape[0], geo.grid.n_bases
+        sp_pad = x_pad.shape[2:]
+        grad_x = grad_u = grad_v = grad_lam = grad_bias = None
+
+        # silu path: recompute silu(x_pad) instead of having stored it.
+        grad_xpad = None
+        if need_x or need_u:
+            sig = torch.sigmoid(x_pad)
+            xs = x_pad * sig
+            gin, gw, _ = torch.ops.aten.convolution_backward(
+                gy, xs, u, None, list(geo.stride), [0] * geo.nd, list(geo.dilation), False, [0] * geo.nd,
+                geo.groups, [need_x, need_u, False])
+            del xs
+            if need_u:
+                grad_u = gw
+            if need_x:
+                grad_xpad = gin * (sig * (1.0 + x_pad * (1.0 - sig)))  # silu'(z) = s(z) (1 + z (1 - s(z)))
+            del sig
+
+        # spline path, block by block: exact v (and lambda) gradients; B'-path only without grad_free.
+        spline_x = need_x and not geo.grad_free
+        vg = v.reshape(geo.groups, geo.cout_g, nb)
+        if need_v:
+            grad_v = torch.empty_like(vg)
+        if need_lam:
+            grad_lam = torch.empty_like(lam)
+        if need_v or need_lam or spline_x:
+            for g0, g1, pieces in geo.blocks():
+                ng = g1 - g0
+                gy_b = gy[:, g0 * geo.cout_g: g1 * geo.cout_g].reshape(b, ng, geo.cout_g, *gy.shape[2:])
+                g_s = None
+                if spline_x or need_lam:
+                    # dL/dS_k for this block's groups: [B, ng, nb, *sp_out]
+                    g_s = torch.einsum("bgo...,gok->bgk...", gy_b, vg[g0:g1].to(gy_b.dtype))
+                p = None
+                for c0, c1 in pieces:
+                    ngp = ng if len(pieces) == 1 else 1
+                    part, dense = _piece_spline_sums(geo, x_pad, lam, c0, c1, ngp)
+                    if need_v:
+                        p = part if p is None else p + part
+                    cc = c1 - c0
+                    if lam is not None and (need_lam or spline_x):
+                        g_flat = g_s.to(dense.dtype).transpose(1, 2).reshape(b * nb, ngp, *g_s.shape[3:])
+                        if need_lam:
+                            gl = geo.conv_weight_grad(dense, (ngp, cc // ngp) + geo.kernel, g_flat, ngp)
+                            grad_lam[c0:c1] = gl.reshape(cc, *geo.kernel).to(lam.dtype)
+                        if spline_x:
+                            w = lam[c0:c1].to(dense.dtype).reshape(ngp, cc // ngp, *geo.kernel)
+                            h = geo.conv_input_grad((b * nb, cc) + tuple(sp_pad), w, g_flat, ngp)
+                            h = h.reshape(b, nb, cc, *sp_pad).transpose(1, 2)  # [B, cc, nb, *sp]
+                            d = basis_derivative_dot(x_pad[:, c0:c1].reshape(b, cc, 1, *sp_pad), h, geo.grid)
+                            grad_xpad[:, c0:c1] += d.reshape(b, cc, *sp_pad).to(grad_xpad.dtype)
+                    elif spline_x:
+                        gsf = g_s.reshape(b, ngp * nb, *g_s.shape[3:]).to(x_pad.dtype)
+                        ones = gsf.new_ones((ngp * nb, 1) + geo.kernel)
+                        h = geo.conv_input_grad((b, ngp * nb) + tuple(sp_pad), ones, gsf, ngp * nb)
+                        d = basis_derivative_dot(x_pad[:, c0:c1].reshape(b, ngp, cc // ngp, *sp_pad),
+                                                 h.reshape(b, ngp, nb, *sp_pad), geo.grid)
+                        grad_xpad[:, c0:c1] += d.reshape(b, cc, *sp_pad).to(grad_xpad.dtype)
+                if need_v:
+                    grad_v[g0:g1] = torch.einsum("bgo...,bgk...->gok", gy_b, p.to(gy_b.dtype)).to(v.dtype)
+            if need_v:
+                grad_v = grad_v.reshape_as(v)
+
+        if need_x:
+            crop = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(geo.padding, x.shape[2:]))
+            grad_x = grad_xpad[crop].to(x.dtype)
+        if need_bias and ctx.has_bias:
+            grad_bias = gy.sum(dim=[0] + list(range(2, gy.dim())))
+        return grad_x, grad_u, grad_v, grad_lam, grad_bias, None
+
+
+def _unfold_fields(x_pad: torch.Tensor, geo: _ConvGeometry) -> torch.Tensor:
+    """Every receptive field, explicitly: ``[B, C, *sp_pad] -> [B, *sp_out, C, *kernel]``."""
+    for d in range(geo.nd):
+        span = geo.dilation[d] * (geo.kernel[d] - 1) + 1
+        x_pad = x_pad.unfold(2 + d, span, geo.stride[d])
+        if geo.dilation[d] > 1:
+            x_pad = x_pad[..., :: geo.dilation[d]]
+    nd = geo.nd
+    perm = [0] + list(range(2, 2 + nd)) + [1] + list(range(2 + nd, 2 + 2 * nd))
+    return x_pad.permute(perm)
+
+
+def _ntuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        out = (value,) * n
+    else:
+        out = tuple(int(v) for v in value)
+        if len(out) != n:
+            raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    return out
+
+
+class _KAConvNd(nn.Module):
+    nd: int = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple, stride: IntOrTuple = 1,
+                 padding: Union[IntOrTuple, str] = 0, dilation: IntOrTuple = 1, groups: int = 1, bias: bool = False,
+                 *, grid_size: int = 5, spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0),
+                 grad_free: bool = True, use_lambda: bool = False, chunk_size: Optional[int] = None,
+                 implementation: str = "fast") -> None:
+        super().__init__()
+        nd = self.nd
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by "
+                             f"groups ({groups})")
+        if implementation not in ("fast", "reference"):
+            raise ValueError(f"implementation must be 'fast' or 'reference', got {implementation!r}")
+        kernel = _ntuple(kernel_size, nd, "kernel_size")
+        stride_t = _ntuple(stride, nd, "stride")
+        dil = _ntuple(dilation, nd, "dilation")
+        if min(kernel) < 1 or min(stride_t) < 1 or min(dil) < 1:
+            raise ValueError("kernel_size, stride and dilation must be >= 1")
+        if isinstance(padding, str):
+            if padding == "valid":
+                pad = (0,) * nd
+            elif padding == "same":
+                if any(s != 1 for s in stride_t) or any(d * (k - 1) % 2 for d, k in zip(dil, kernel)):
+                    raise ValueError("padding='same' needs stride 1 and an even dilation*(kernel_size-1)")
+                pad = tuple(d * (k - 1) // 2 for d, k in zip(dil, kernel))
+            else:
+                raise ValueError(f"padding must be an int, a tuple, 'valid' or 'same', got {padding!r}")
+        else:
+            pad = _ntuple(padding, nd, "padding")
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel, stride_t, pad, dil
+        self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range)
+        self.grad_free = bool(grad_free)
+        self.chunk_size = _check_chunk(chunk_size)
+        self.implementation = implementation
+        self.u = nn.Parameter(torch.empty(out_channels, in_channels // groups, *kernel))
+        self.v = nn.Parameter(torch.empty(out_channels, self.grid.n_bases))
+        self.lam = nn.Parameter(torch.ones(in_channels, *kernel)) if use_lambda else None
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        _init_ka_parameters(self.u, self.v, (in_channels // groups) * math.prod(kernel))
+
+    @property
+    def grid_size(self) -> int:
+        return self.grid.grid_size
+
+    @property
+    def spline_order(self) -> int:
+        return self.grid.spline_order
+
+    @property
+    def grid_range(self) -> tuple[float, float]:
+        return (self.grid.lo, self.grid.hi)
+
+    def _geometry(self) -> _ConvGeometry:
+        return _ConvGeometry(self.nd, self.in_channels, self.out_channels, self.groups, self.kernel_size,
+                             self.stride, self.padding, self.dilation, self.grid, self.grad_free, self.chunk_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.nd + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects input [B, {self.in_channels}, "
+                             f"{', '.join('*' * self.nd)}], got {tuple(x.shape)}")
+        geo = self._geometry()
+        if self.implementation == "reference":
+            return self._forward_reference(x, geo)
+        dev = x.device.type
+        u, v, lam, bias = self.u, self.v, self.lam, self.bias
+        if torch.is_autocast_enabled(dev):
+            # Run the custom function in the autocast dtype explicitly (it calls the convolutions itself).
+            dt = torch.get_autocast_dtype(dev)
+            x, u, v = x.to(dt), u.to(dt), v.to(dt)
+            bias = None if bias is None else bias.to(dt)
+            with torch.autocast(dev, enabled=False):
+                return _KAConvFunction.apply(x, u, v, lam, bias, geo)
+        u, v = u.to(x.dtype), v.to(x.dtype)
+        bias = None if bias is None else bias.to(x.dtype)
+        return _KAConvFunction.apply(x, u, v, lam, bias, geo)
+
+    def _forward_reference(self, x: torch.Tensor, geo: _ConvGeometry) -> torch.Tensor:
+        """Paper's description: unfold each receptive field (zero padding included), apply the KA layer."""
+        b = x.shape[0]
+        fields = _unfold_fields(geo.pad(x), geo)  # [B, *sp_out, C, *k]
+        sp_out = fields.shape[1: 1 + geo.nd]
+        n_in = geo.cin_g * math.prod(geo.kernel)
+        cols = fields.reshape(-1, self.groups, n_in)  # one KA layer per group, n_in inputs each
+        u = self.u.reshape(self.groups, geo.cout_g, n_in)
+        v = self.v.reshape(self.groups, geo.cout_g, -1)
+        lam = None if self.lam is None else self.lam.reshape(self.groups, n_in)
+        y = ka_grouped(cols, u, v, lam, geo.grid, geo.grad_free, geo.chunk_size)  # [N, G, out_g]
+        y = y.reshape(b, *sp_out, self.out_channels).movedim(-1, 1)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, *([1] * self.nd)).to(y.dtype)
+        return y.contiguous()
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={self.bias is not None}, grid_size={self.grid_size}, spline_order={self.spline_order}, "
+                f"grid_range={self.grid_range}, grad_free={self.grad_free}, use_lambda={self.lam is not None}, "
+                f"chunk_size={self.chunk_size}, implementation={self.implementation!r}")
+
+
+class KAConv2d(_KAConvNd):
+    """KAonv layer, a drop-in for ``nn.Conv2d`` (same shape rules; depthwise via ``groups``).
+
+    Every receptive field (C_in/groups * k * k values) feeds one KA layer (Eq. 7) per group.
+    Parameters: ``u`` [C_out, C_in/groups, kh, kw], ``v`` [C_out, n_bases], optional ``lam`` [C_in, kh, kw],
+    optional ``bias`` [C_out] (default off, as Eq. 7).
+
+    Shapes: ``[B, C_in, H, W] -> [B, C_out, H_out, W_out]`` with nn.Conv2d's H_out/W_out.
+    ``implementation``: ``"fast"`` (closed form, default) or ``"reference"`` (explicit unfold).
+    ``chunk_size``: input channels per chunk when building the bases (bounds their transient memory).
+    """
+
+    nd = 2
+
+
+class KAConv3d(_KAConvNd):
+    """KAonv layer for volumes, a drop-in for ``nn.Conv3d``; see :class:`KAConv2d`.
+
+    Shapes: ``[B, C_in, D, H, W] -> [B, C_out, D_out, H_out, W_out]``.
+    """
+
+    nd = 3

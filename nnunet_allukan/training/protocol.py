@@ -1,0 +1,163 @@
+"""The paper's training protocol as small, nnU-Net-independent functions.
+
+Everything the trainers in :mod:`nnunet_allukan.training.trainers` change relative to nnU-Net's defaults
+lives here, so it can be read and tested on its own:
+
+- the three hold-out splits (folds 0, 1, 2 = seeds 2981, 6142, 1187; 80/20 ``train_test_split`` of the
+  sorted original image names),
+- the cosine learning-rate schedule as a closed-form function of the epoch,
+- Adam hyper-parameters, batch size, epochs, iterations per epoch,
+- patch sizes rounded up to multiples of 32 (five 2x down-samplings in U-KAN / ALL U-KAN),
+- binary datasets expressed as a one-label nnU-Net *region* (1 sigmoid output, BCE + Dice, sigmoid > 0.5),
+- seeding of torch / numpy / random per fold.
+"""
+from __future__ import annotations
+
+import math
+import random
+from copy import deepcopy
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import _LRScheduler
+
+# Paper Sec. 4 / reference U-KAN training script (see docs/training.md).
+PAPER_SPLIT_SEEDS: tuple[int, ...] = (2981, 6142, 1187)
+PAPER_TEST_SIZE: float = 0.2
+PAPER_BATCH_SIZE: int = 8
+PAPER_NUM_EPOCHS: int = 400
+PAPER_INITIAL_LR: float = 1e-4
+PAPER_MIN_LR: float = 1e-5
+PAPER_WEIGHT_DECAY: float = 1e-4
+PAPER_BCE_WEIGHT: float = 0.5
+PAPER_DICE_SMOOTH: float = 1e-5
+# U-KAN and ALL U-KAN down-sample five times by 2: spatial sides must be multiples of 2**5.
+PATCH_SIZE_MULTIPLE: int = 32
+# Written next to nnU-Net's own splits_final.json, which stays untouched for nnU-Net's trainers.
+SPLITS_FILE_NAME: str = "splits_allukan_paper.json"
+
+
+def cosine_annealing_lr(epoch: int, num_epochs: int, initial_lr: float = PAPER_INITIAL_LR,
+                        min_lr: float = PAPER_MIN_LR) -> float:
+    """Learning rate of epoch ``epoch`` (0-based) under cosine annealing from ``initial_lr`` to ``min_lr``.
+
+    lr(e) = min_lr + (initial_lr - min_lr) * (1 + cos(pi * e / num_epochs)) / 2, the closed form of
+    ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=num_epochs, eta_min=min_lr)`` stepped once per epoch
+    (the reference U-KAN script). Being a function of the epoch alone, it resumes exactly with ``--c``.
+    Epochs beyond ``num_epochs`` stay at ``min_lr``.
+    """
+    if num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    progress = min(epoch, num_epochs) / num_epochs
+    return min_lr + (initial_lr - min_lr) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+class ClosedFormCosineLRScheduler(_LRScheduler):
+    """Sets every parameter group's lr to :func:`cosine_annealing_lr` of the given epoch.
+
+    Same calling convention as nnU-Net's ``PolyLRScheduler``: nnU-Net calls ``step(current_epoch)`` at the
+    start of every epoch; no scheduler state needs to be checkpointed.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, min_lr: float, num_epochs: int):
+        self.initial_lr = initial_lr
+        self.min_lr = min_lr
+        self.num_epochs = num_epochs
+        self.ctr = 0
+        super().__init__(optimizer, -1)
+
+    def step(self, current_step: int | None = None) -> None:
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        new_lr = cosine_annealing_lr(current_step, self.num_epochs, self.initial_lr, self.min_lr)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = new_lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self) -> list[float]:
+        return self._last_lr
+
+
+def iterations_per_epoch(num_cases: int, batch_size: int = PAPER_BATCH_SIZE) -> int:
+    """ceil(num_cases / batch_size): one pass over the cases per epoch, as in the paper (>= 1)."""
+    if num_cases < 1:
+        raise ValueError(f"need at least one case, got {num_cases}")
+    return max(1, math.ceil(num_cases / batch_size))
+
+
+def round_up_patch_size(patch_size: Sequence[int], multiple: int = PATCH_SIZE_MULTIPLE) -> list[int]:
+    """Each side rounded up to the next multiple of ``multiple`` (nnU-Net pads patches larger than an image)."""
+    return [int(math.ceil(int(s) / multiple) * multiple) for s in patch_size]
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's ``random``, numpy's global RNG (nnU-Net's data loader samples with it) and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _foreground_labels(labels: Mapping[str, object]) -> dict[str, object]:
+    return {name: value for name, value in labels.items() if name not in ("background", "ignore")}
+
+
+def is_binary_label_map(dataset_json: Mapping) -> bool:
+    """True when the dataset has exactly one foreground label given as a plain integer (no regions)."""
+    foreground = _foreground_labels(dataset_json["labels"])
+    return len(foreground) == 1 and not isinstance(next(iter(foreground.values())), (list, tuple))
+
+
+def binary_labels_as_region(dataset_json: Mapping) -> dict:
+    """Copy of ``dataset_json`` whose single foreground label is declared as an nnU-Net region.
+
+    nnU-Net treats a label as a region (sigmoid outputs, ``DC_and_BCE_loss``, ``sigmoid > 0.5`` at inference)
+    only when its value is a list with more than one entry. ``{"lesion": [1, 1]}`` is the region "label 1"
+    written twice, so with ``regions_class_order [1]`` the network has one output channel, trains with
+    BCE + Dice and ``nnUNetv2_predict`` writes label 1 where sigmoid > 0.5. The trainer saves this
+    dataset.json into the model folder, which is where the predictor reads it from.
+    Datasets that are not binary are returned unchanged (copied).
+    """
+    converted = deepcopy(dict(dataset_json))
+    if not is_binary_label_map(converted):
+        return converted
+    name, value = next(iter(_foreground_labels(converted["labels"]).items()))
+    value = int(value)
+    labels = dict(converted["labels"])
+    labels[name] = [value, value]
+    converted["labels"] = labels
+    converted["regions_class_order"] = [value]
+    return converted
+
+
+def paper_splits_for_cases(case_ids: Sequence[str], original_ids: Mapping[str, str] | None = None,
+                           seeds: Sequence[int] = PAPER_SPLIT_SEEDS) -> list[dict[str, list[str]]]:
+    """The paper's three 80/20 hold-out splits of ``case_ids``, one per seed (fold i = seeds[i]).
+
+    Each split is ``sklearn.model_selection.train_test_split(sorted ids, test_size=0.2, random_state=seed)``
+    where the ids are the original image names (``original_ids``: nnU-Net case id -> original image stem,
+    recorded by ``nnUNetv2_convert_allukan_dataset`` in dataset.json) or, without them, the nnU-Net case ids.
+    Returns ``[{"train": [case ids], "val": [case ids]}, ...]`` in nnU-Net's splits_final.json format.
+    Uses :func:`dataset_conversion.splits.paper_splits`, the same function the converter documents.
+    """
+    from dataset_conversion.splits import paper_splits
+
+    case_ids = sorted(str(c) for c in case_ids)
+    if original_ids:
+        missing = sorted(set(case_ids) - set(original_ids))
+        extra = sorted(set(original_ids) - set(case_ids))
+        if missing or extra:
+            raise ValueError(
+                "dataset.json 'original_ids' does not match the preprocessed cases: "
+                f"{len(missing)} case(s) without an original name (e.g. {missing[:3]}), "
+                f"{len(extra)} original name(s) without a case (e.g. {extra[:3]}). "
+                "Re-run nnUNetv2_convert_allukan_dataset and nnUNetv2_plan_and_preprocess, or remove "
+                "'original_ids' from dataset.json to split on the nnU-Net case identifiers.")
+        id_map = {c: str(original_ids[c]) for c in case_ids}
+    else:
+        id_map = {c: c for c in case_ids}
+    # Lists keep train_test_split's order: the reference code evaluates the held-out images in that order.
+    return paper_splits(id_map, seeds=tuple(seeds))

@@ -1,0 +1,190 @@
+"""Activation plots (from a state_dict alone) and Fig. 5-style overlays."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nnunet_allukan.evaluation.activations import (
+    activation_curves, bspline_bases, default_layer_selection, find_ka_layers, load_state_dict, select_layers)
+from nnunet_allukan.evaluation.cli import plot_activations_main, plot_overlays_main
+from nnunet_allukan.evaluation.collect import EvaluationError
+
+
+def ka_layers_module():
+    """The project's KA layers (lead's code); the tests that compare against them skip until they exist."""
+    try:
+        from nnunet_allukan.layers import KAConv2d, KALinear, bspline_bases as torch_bases
+    except ImportError:
+        pytest.skip("nnunet_allukan.layers does not export KALinear / KAConv2d / bspline_bases yet")
+    return KALinear, KAConv2d, torch_bases
+
+
+def hand_made_state_dict(seed: int = 0) -> dict:
+    """A state_dict shaped like ALL U-KAN's KA layers: a 3x3 conv, a depthwise conv, an fc, a final 1x1 conv,
+    plus non-KA entries (BatchNorm) that must be ignored."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"encoder1.conv.0": (8, 3, 3, 3), "block1.layer.dwconv_1.dwconv": (16, 1, 3, 3),
+              "block1.layer.fc1": (16, 16), "final": (1, 8, 1, 1)}
+    state = {}
+    for name, u_shape in shapes.items():
+        state[f"{name}.u"] = torch.randn(*u_shape, generator=g) * 0.3
+        state[f"{name}.v"] = torch.randn(u_shape[0], 8, generator=g)
+        state[f"{name.rsplit('.', 1)[0]}.bn.running_mean"] = torch.zeros(u_shape[0])
+    state["encoder1.norm.v"] = torch.zeros(8)  # a 1-D '.v' without '.u': not a KA layer
+    return state
+
+
+def test_numpy_bases_known_values():
+    b = bspline_bases(np.array([0.0, -1.0, 2.2, -2.3]))
+    assert b.shape == (4, 8)
+    np.testing.assert_allclose(b[0] * 48, [0, 0, 1, 23, 23, 1, 0, 0], atol=1e-12)  # B(0), reference notes sec. 2
+    np.testing.assert_allclose(b[1] * 6, [1, 4, 1, 0, 0, 0, 0, 0], atol=1e-12)  # cubic bases at the knot -1
+    assert b[2].sum() == 0 and b[3].sum() == 0  # zero outside [-2.2, 2.2)
+    x = np.linspace(-1, 1, 41)
+    np.testing.assert_allclose(bspline_bases(x).sum(-1), 1.0, atol=1e-12)  # partition of unity on the grid
+
+
+def test_numpy_bases_match_the_layers():
+    _, _, torch_bases = ka_layers_module()
+    x = np.linspace(-2.5, 2.5, 301)
+    for grid_size, order, grid_range in ((5, 3, (-1.0, 1.0)), (4, 2, (-2.0, 1.0))):
+        ours = bspline_bases(x, grid_size, order, grid_range)
+        theirs = torch_bases(torch.tensor(x), grid_size=grid_size, spline_order=order, grid_range=grid_range)
+        np.testing.assert_allclose(ours, theirs.double().numpy(), atol=1e-6)
+
+
+def test_curves_equal_a_one_input_ka_layer(monkeypatch):
+    """With one input, y_i(x) = phi_i(x) + u[i,0] silu(x): the plotted curve must be the layer's response."""
+    KALinear, _, _ = ka_layers_module()
+    monkeypatch.setenv("NNUNET_ALLUKAN_COMPILE", "0")  # eager kernels: compiling them takes seconds on CPU
+    torch.manual_seed(0)
+    layer = KALinear(1, 5).double()
+    with torch.no_grad():
+        layer.v.normal_()
+    x = np.linspace(-1, 1, 51)
+    expected = layer(torch.tensor(x)[:, None]).detach().numpy().T  # [5, 51]
+    wrapped = torch.nn.Sequential(layer)
+    found = find_ka_layers({k: t.detach().numpy() for k, t in wrapped.state_dict().items()})
+    assert [w.name for w in found] == ["0"]
+    curves = activation_curves(found[0], x, range(5))
+    np.testing.assert_allclose(curves["low"], expected, atol=1e-6)
+    np.testing.assert_allclose(curves["high"], expected, atol=1e-6)
+    np.testing.assert_allclose(curves["mean_u"], expected, atol=1e-6)
+
+
+def test_layer_discovery_and_selection():
+    state = {k: t.numpy() for k, t in hand_made_state_dict().items()}
+    layers = find_ka_layers(state)
+    assert [l.name for l in layers] == ["encoder1.conv.0", "block1.layer.dwconv_1.dwconv", "block1.layer.fc1", "final"]
+    assert [l.kind for l in layers] == ["KAonv 3x3", "KAonv depthwise 3x3", "KA (fc)", "KAonv 1x1"]
+    assert [l.name for l in default_layer_selection(layers)] == [l.name for l in layers]
+    assert [l.name for l in select_layers(layers, ["block1.*"])] == ["block1.layer.dwconv_1.dwconv",
+                                                                     "block1.layer.fc1"]
+    with pytest.raises(EvaluationError, match="decoder9.*Available: encoder1.conv.0"):
+        select_layers(layers, ["decoder9*"])
+    # the band is the envelope of phi + u silu over the 5-95% range of u[i, :]
+    x = np.linspace(-1, 1, 11)
+    curves = activation_curves(layers[0], x, [2])
+    u = layers[0].u.reshape(8, -1)[2]
+    phi = layers[0].v[2] @ bspline_bases(x).T
+    silu = x / (1 + np.exp(-x))
+    edges = phi[None] + u[:, None] * silu[None]
+    np.testing.assert_allclose(curves["phi"][0], phi)
+    np.testing.assert_allclose(curves["mean_u"][0], edges.mean(0))
+    assert np.all(curves["low"][0] <= np.median(edges, 0) + 1e-12)
+    assert np.all(curves["high"][0] >= np.median(edges, 0) - 1e-12)
+    with pytest.raises(EvaluationError, match="grid size 4"):
+        activation_curves(layers[0], x, [0], grid_size=4)
+
+
+def test_activation_command_from_nnunet_checkpoint(tmp_path, monkeypatch, capsys):
+    fold = tmp_path / "results" / "Dataset601_BUSI" / "nnUNetTrainerAllUKAN__nnUNetPlans__2d" / "fold_0"
+    fold.mkdir(parents=True)
+    torch.save({"network_weights": hand_made_state_dict(), "trainer_name": "nnUNetTrainerAllUKAN",
+                "init_args": {"fold": 0}}, fold / "checkpoint_final.pth")
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    plot_activations_main(["-d", "601", "-tr", "nnUNetTrainerAllUKAN", "-n", "4"])
+    png = fold / "activations_checkpoint_final.png"
+    out = capsys.readouterr().out
+    assert str(png) in out and "block1.layer.fc1" in out
+    with Image.open(png) as image:
+        assert image.size[0] > 400 and image.size[1] > 400
+    plot_activations_main(["-i", str(fold / "checkpoint_final.pth"), "--list"])
+    assert "final: u (1, 8, 1, 1), v (1, 8)" in capsys.readouterr().out
+    # a plain state_dict file works too; explicit output and layer patterns
+    torch.save(hand_made_state_dict(), tmp_path / "weights.pth")
+    plot_activations_main(["-i", str(tmp_path / "weights.pth"), "--layers", "final", "-o", str(tmp_path / "a.png")])
+    assert (tmp_path / "a.png").is_file()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "checkpoint not found"),
+    (b"garbage", "cannot be loaded as a PyTorch checkpoint"),
+    ({"network_weights": {"conv.weight": torch.zeros(2, 2)}}, "no KA / KAonv layers found"),
+])
+def test_activation_command_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "c.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(SystemExit) as exit_info:
+        plot_activations_main(["-i", str(path), "-o", str(tmp_path / "out.png")])
+    assert exit_info.value.code == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.png").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def make_overlay_tree(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    name = "Dataset601_BUSI"
+    for case_index in range(6):
+        case = f"case_{case_index}"
+        gt = np.zeros((40, 48), np.uint8)
+        gt[10:25, 12 + case_index:30] = 1
+        labels = root / "preprocessed" / name / "gt_segmentations"
+        labels.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gt).save(labels / f"{case}.png")
+        images = root / "raw" / name / "imagesTr"
+        images.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"{case}_0000.png")
+        for shift, trainer in enumerate(("nnUNetTrainerUKAN", "nnUNetTrainerAllUKAN")):
+            validation = root / "results" / name / f"{trainer}__nnUNetPlans__2d" / "fold_0" / "validation"
+            validation.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.roll(gt, shift * case_index, axis=0)).save(validation / f"{case}.png")
+    (root / "raw" / name / "dataset.json").write_text(json.dumps({"file_ending": ".png"}))
+
+
+def test_overlay_command(tmp_path, monkeypatch, capsys):
+    make_overlay_tree(tmp_path)
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"nnUNet_{name}", str(tmp_path / name))
+    plot_overlays_main(["-d", "601", "-tr", "nnUNetTrainerUKAN", "nnUNetTrainerAllUKAN", "-n", "3"])
+    png = tmp_path / "results" / "Dataset601_BUSI" / "allukan_figures" / "overlays_fold0.png"
+    out = capsys.readouterr().out
+    assert str(png) in out and "case_0, case_2, case_5" in out  # evenly spaced
+    with Image.open(png) as image:
+        width, height = image.size
+    assert width > height  # 3 rows x 4 columns (image | ground truth | 2 methods)
+    plot_overlays_main(["-d", "601", "-tr", "nnUNetTrainerUKAN", "nnUNetTrainerAllUKAN", "-n", "2",
+                        "--select", "disagreement", "--style", "contour", "-o", str(tmp_path / "d.png")])
+    assert "Cases: case_4, case_5" in capsys.readouterr().out  # the largest shifts of the second method
+    # plain folders
+    res = tmp_path / "results" / "Dataset601_BUSI"
+    plot_overlays_main(["--pred", "A", str(res / "nnUNetTrainerUKAN__nnUNetPlans__2d" / "fold_0" / "validation"),
+                        "-l", str(tmp_path / "preprocessed" / "Dataset601_BUSI" / "gt_segmentations"),
+                        "-i", str(tmp_path / "raw" / "Dataset601_BUSI" / "imagesTr"), "--cases", "case_1",
+                        "-o", str(tmp_path / "f.png")])
+    assert (tmp_path / "f.png").is_file()
+    # errors: unknown case, missing image
+    with pytest.raises(SystemExit):
+        plot_overlays_main(["-d", "601", "-tr", "nnUNetTrainerUKAN", "--cases", "case_9", "-o", str(tmp_path / "e.png")])
+    assert "no prediction of case(s) case_9" in capsys.readouterr().err
+    (tmp_path / "raw" / "Dataset601_BUSI" / "imagesTr" / "case_1_0000.png").unlink()
+    with pytest.raises(SystemExit):
+        plot_overlays_main(["-d", "601", "-tr", "nnUNetTrainerUKAN", "--cases", "case_1", "-o", str(tmp_path / "e.png")])
+    assert "image of case case_1 not found" in capsys.readouterr().err
+    assert not (tmp_path / "e.png").exists()
