@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{s['instance_maps_binarised']} instance maps binarised, {s['resized']} resized."
     )
     print(f"Wrote {result.dataset_folder}")
+    preprocessed = _nnunet_folder("nnUNet_preprocessed")
+    if args.overwrite and preprocessed is not None and (preprocessed / result.dataset_folder.name).is_dir():
+        print(f"Note: {preprocessed / result.dataset_folder.name} holds data of the replaced dataset; "
+              f"re-run nnUNetv2_plan_and_preprocess -d {result.dataset_id}")
     print("  imagesTr/, labelsTr/, dataset.json, conversion_record.json (per-case provenance), "
           "paper_splits.json (the paper's 3 seeded 80/20 splits as splits_final.json)")
     return 0

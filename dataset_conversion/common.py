@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +24,6 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
-
-from dataset_conversion.splits import paper_splits
 
 # Soft-edged 0/255 masks (CVC-ClinicDB) are thresholded here: the reference code's 127/128 cut.
 SOFT_MASK_THRESHOLD = 128
@@ -74,6 +73,7 @@ class ConversionResult:
     """What :func:`write_nnunet_dataset` did."""
 
     dataset_folder: Path
+    dataset_id: int
     records: dict[str, dict]
     summary: dict[str, int] = field(default_factory=dict)
 
@@ -98,6 +98,13 @@ def visible_entries(folder: Path) -> list[Path]:
     )
 
 
+def _readable_subfolders(folder: Path) -> list[Path]:
+    try:
+        return [c for c in visible_entries(folder) if c.is_dir()]
+    except OSError:  # unreadable folder: not where the dataset is
+        return []
+
+
 def locate_source_folder(source: Path | str, looks_right: Callable[[Path], bool], expected: str,
                          max_depth: int = 2) -> Path:
     """Find the dataset folder the user meant.
@@ -116,14 +123,18 @@ def locate_source_folder(source: Path | str, looks_right: Callable[[Path], bool]
     if not source.is_dir():
         raise ConversionError(f"source {source} is not a folder; pass {expected}")
     source = source.resolve()
-    if not visible_entries(source):
+    try:
+        entries = visible_entries(source)
+    except OSError as err:
+        raise ConversionError(f"cannot list the source folder {source}: {err}") from err
+    if not entries:
         raise ConversionError(f"source folder {source} is empty; pass {expected}")
     if looks_right(source):
         return source
     found: list[Path] = []
     level = [source]
     for _ in range(max_depth):
-        level = [c for d in level for c in visible_entries(d) if c.is_dir()]
+        level = [c for d in level for c in _readable_subfolders(d)]
         found += [d for d in level if looks_right(d)]
     if len(found) == 1:
         print(f"Using the dataset folder {found[0]} found inside {source}")
@@ -169,9 +180,12 @@ def _unreadable(path: Path, err: Exception) -> ConversionError:
 
 def _read_with_tifffile(path: Path) -> np.ndarray:
     try:
-        return np.asarray(tifffile.imread(path))
+        array = np.asarray(tifffile.imread(path))
     except Exception as err:  # tifffile raises many types for damaged files
         raise _unreadable(path, err) from err
+    if array.ndim < 2 or array.size == 0:  # tifffile returns an empty array for some corrupt headers
+        raise _unreadable(path, ValueError("no image data in the file"))
+    return array
 
 
 def _pillow_array(path: Path, keep_palette_indices: bool) -> np.ndarray | None:
@@ -200,7 +214,7 @@ def read_image_rgb(path: Path) -> np.ndarray:
         array = _read_with_tifffile(path)
         if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
             array = np.moveaxis(array, 0, -1)  # planar TIFF [C, H, W]
-    if array.dtype == bool or array.dtype != np.uint8:
+    if array.dtype != np.uint8:
         raise ConversionError(f"{path} has pixel type {array.dtype}; expected an 8-bit image")
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
@@ -397,13 +411,28 @@ def _dump_json(data, path: Path) -> None:
 
 
 def _run_jobs(jobs: list, num_processes: int) -> list[dict]:
-    progress = dict(total=len(jobs), desc="Converting cases", unit="case")
-    if num_processes <= 1 or len(jobs) <= 1:
-        return [_convert_case_job(job) for job in tqdm(jobs, **progress)]
-    # spawn, not fork: the caller (or tqdm's monitor) may hold threads
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(num_processes, len(jobs))) as pool:
-        return list(tqdm(pool.imap(_convert_case_job, jobs), **progress))
+    """Convert all cases, in order; in ``num_processes`` spawned workers when > 1."""
+    with tqdm(total=len(jobs), desc="Converting cases", unit="case") as progress:
+        if num_processes <= 1 or len(jobs) <= 1:
+            records = []
+            for job in jobs:
+                records.append(_convert_case_job(job))
+                progress.update()
+            return records
+        # spawn, not fork: the caller (e.g. a training script) may hold threads. An executor, not a
+        # multiprocessing.Pool: a worker that dies raises BrokenProcessPool instead of hanging.
+        executor = ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)),
+                                       mp_context=multiprocessing.get_context("spawn"))
+        try:
+            records = []
+            for record in executor.map(_convert_case_job, jobs):
+                records.append(record)
+                progress.update()
+            return records
+        finally:
+            # on error: drop queued cases and wait for the running ones, so that none writes into the
+            # temporary folder while it is being removed
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def write_nnunet_dataset(
@@ -426,6 +455,9 @@ def write_nnunet_dataset(
     ``DatasetXXX_*`` is left half-written. With ``overwrite`` the old dataset is replaced only
     after the new one is complete.
     """
+    # imported here, not at module level: scikit-learn takes seconds to import in every spawned worker
+    from dataset_conversion.splits import paper_splits
+
     if not cases:
         raise ConversionError(f"no cases found in {source_root}")
     check_unique_case_ids(cases)
@@ -482,7 +514,7 @@ def write_nnunet_dataset(
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    return ConversionResult(dataset_folder=target, records=records, summary=summary)
+    return ConversionResult(dataset_folder=target, dataset_id=dataset_id, records=records, summary=summary)
 
 
 def _move_into_place(temporary: Path, target: Path) -> None:

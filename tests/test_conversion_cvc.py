@@ -32,7 +32,7 @@ def test_synthetic_tif_is_unreadable_by_pillow_and_masks_are_soft(tmp_path):
 
 def test_tif_layout_default_256(tmp_path, capsys):
     source = make_synthetic_cvc(tmp_path / "CVC-ClinicDB", n_cases=6, image_format="tif", seed=3)
-    assert main(["cvc", str(source), "-np", "2"]) == 0
+    assert main(["cvc", str(source), "-np", "1"]) == 0
     out = capsys.readouterr().out
     assert "6 cases written" in out and "3 thresholded" in out and "6 resized" in out
     folder = tmp_path / "raw" / "Dataset603_CVCClinicDB"

@@ -22,7 +22,7 @@ def _nnunet_env(monkeypatch):
 
 def test_busi_samples(tmp_path):
     busi = SAMPLES / "BUSI" / "Dataset_BUSI_with_GT"
-    result = convert_dataset("busi", SAMPLES / "BUSI", raw_folder=tmp_path / "raw", num_processes=2)
+    result = convert_dataset("busi", SAMPLES / "BUSI", raw_folder=tmp_path / "raw", num_processes=1)
     assert result.summary == {
         "cases_written": 8, "excluded": 2, "masks_merged": 3, "thresholded": 0, "resized": 8,
         "instance_maps_binarised": 0, "empty_labels": 0,

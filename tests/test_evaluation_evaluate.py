@@ -43,7 +43,10 @@ def make_tree(root: Path, seed: int = 0) -> dict:
         save_png(raw / "imagesTr" / f"{case}_0000.png", rng.integers(0, 255, (32, 32, 3)))
     for name in (pre, raw):
         (name / "dataset.json").write_text(json.dumps({"file_ending": ".png", "labels": {"background": 0, "x": 1}}))
-    (pre / "splits_final.json").write_text(json.dumps(SPLITS))
+    (pre / "splits_final.json").write_text(json.dumps(SPLITS))  # the paper's splits, copied for nnUNetTrainer
+    allukan_model = res / f"{TRAINERS[0]}__nnUNetPlans__2d"
+    allukan_model.mkdir(parents=True)
+    (allukan_model / "splits_allukan_paper.json").write_text(json.dumps(SPLITS))
     for t, trainer in enumerate(TRAINERS):
         for fold, split in enumerate(SPLITS):
             folder = res / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
@@ -142,6 +145,20 @@ def test_command_writes_tables(tree, capsys):
     assert len(per_case) == 2 * 15
     empty = next(r for r in per_case if r["case"] == "benign_005" and r["method"] == "nnUNetTrainer")
     assert float(empty["iou"]) == pytest.approx(100.0)  # empty prediction of an empty target
+
+
+def test_split_file_per_trainer(tree, capsys):
+    root, _ = tree
+    (root / "preprocessed" / DATASET / "splits_final.json").unlink()
+    data = evaluate_nnunet(["601"], TRAINERS)["datasets"][DATASET]["methods"]
+    assert data["nnUNetTrainerAllUKAN"]["folds"]["1"]["batch_order"] == "split"
+    assert data["nnUNetTrainerAllUKAN"]["folds"]["1"]["splits_file"].endswith("splits_allukan_paper.json")
+    assert data["nnUNetTrainer"]["folds"]["1"]["batch_order"] == "sorted"  # no split file for nnUNetTrainer
+    # nnUNetTrainer trained on nnU-Net's own 5-fold split: its fold 0 holds other cases than ALL U-KAN's
+    other = [{"train": [], "val": CASES[:5]}] * 5
+    (root / "preprocessed" / DATASET / "splits_final.json").write_text(json.dumps(other))
+    expect_failure(["-d", "601", "-tr", *TRAINERS, "-o", str(root / "out")], capsys, "trained on another split")
+    assert not (root / "out").exists()
 
 
 def test_folder_mode_and_case_set_checks(tree, tmp_path):

@@ -188,3 +188,19 @@ def test_overlay_command(tmp_path, monkeypatch, capsys):
         plot_overlays_main(["-d", "601", "-tr", "nnUNetTrainerUKAN", "--cases", "case_1", "-o", str(tmp_path / "e.png")])
     assert "image of case case_1 not found" in capsys.readouterr().err
     assert not (tmp_path / "e.png").exists()
+
+
+def test_allukan_state_dict_has_31_kaonv_and_12_ka_layers(tmp_path):
+    """On the real network: all 43 KA layers are found from the state_dict alone, and plotted."""
+    try:
+        from nnunet_allukan.networks import ALLUKAN
+    except ImportError:
+        pytest.skip("nnunet_allukan.networks is not available yet")
+    network = ALLUKAN(3, 1, embed_dims=(16, 32, 64))
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainerAllUKAN"}, tmp_path / "c.pth")
+    layers = find_ka_layers(load_state_dict(tmp_path / "c.pth"))
+    assert sum(l.u.ndim == 4 for l in layers) == 31 and sum(l.u.ndim == 2 for l in layers) == 12
+    chosen = default_layer_selection(layers)
+    assert [l.kind for l in chosen] == ["KAonv 3x3", "KAonv depthwise 3x3", "KA (fc)", "KAonv 1x1"]
+    plot_activations_main(["-i", str(tmp_path / "c.pth"), "-n", "3", "-o", str(tmp_path / "a.png")])
+    assert (tmp_path / "a.png").stat().st_size > 10_000

@@ -70,10 +70,11 @@ def evaluate_parser() -> argparse.ArgumentParser:
                          help="name of the dataset in the table; contains BUSI / GlaS / CVC to show paper numbers")
     folders.add_argument("--file-ending", default=".png", help="file ending of predictions and labels (default .png)")
     parser.add_argument("--order", choices=("split", "sorted"), default="split",
-                        help="case order of the reference protocol's batches of 8: 'split' = the validation list "
-                             "of splits_final.json (train_test_split output order, what the reference loader "
-                             "iterates; default; falls back to sorted where no split is known), 'sorted' = sorted "
-                             "case ids")
+                        help="case order of the reference protocol's batches of 8: 'split' = the fold's validation "
+                             "list in the split file the trainer used (splits_allukan_paper.json in the model folder, "
+                             "else $nnUNet_preprocessed/<dataset>/splits_final.json; train_test_split output order, "
+                             "what the reference loader iterates; default; sorted where no split file exists), "
+                             "'sorted' = sorted case ids")
     parser.add_argument("--batch-size", type=int, default=8, help="reference protocol batch size (default 8)")
     parser.add_argument("--std-ddof", type=int, choices=(0, 1), default=0,
                         help="std over the seeds: 0 = population (numpy default, default), 1 = sample")

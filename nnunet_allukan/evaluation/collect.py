@@ -132,6 +132,7 @@ class FoldPredictions:
     fold: int
     prediction_folder: Path
     expected_cases: list[str] | None = None  # val list of the split (loader order); None: no split known
+    splits_file: Path | None = None
     progress_png: Path | None = None  # nnU-Net's own training curves, referenced, not redrawn
 
 
@@ -149,25 +150,26 @@ class FoldCounts:
 
 
 def check_fold_cases(fold: FoldPredictions, found: Sequence[str]) -> None:
-    """Missing cases or cases from another split are errors: they would compare different validation sets."""
+    """Cases from another split, or missing cases, are errors: they would compare different validation sets.
+    Extra cases are reported first: they show that the fold was trained on another split."""
     if fold.expected_cases is None:
         return
     expected, present = set(fold.expected_cases), set(found)
     missing = sorted(expected - present)
     extra = sorted(present - expected)
-    if missing:
-        raise EvaluationError(
-            f"{fold.prediction_folder}: {len(missing)} of the {len(expected)} validation cases of fold {fold.fold} "
-            f"have no prediction (e.g. {', '.join(missing[:5])}). The validation did not finish: rerun "
-            f"`nnUNetv2_train ... {fold.fold} --val` for {fold.method}."
-        )
     if extra:
         raise EvaluationError(
             f"{fold.prediction_folder}: holds {len(extra)} predictions of cases that are not in the validation set of "
-            f"fold {fold.fold} in splits_final.json (e.g. {', '.join(extra[:5])}): this fold was trained on another "
-            "split (e.g. nnU-Net's default 5-fold split). Retrain it after the paper's splits_final.json exists."
+            f"fold {fold.fold} in {fold.splits_file} (e.g. {', '.join(extra[:5])}): this fold was trained on another "
+            "split (e.g. nnU-Net's default 5-fold split), or stale predictions were left there. Retrain it on "
+            "the paper's splits, or remove the stray files."
         )
-
+    if missing:
+        raise EvaluationError(
+            f"{fold.prediction_folder}: {len(missing)} of the {len(expected)} validation cases of fold {fold.fold} "
+            f"(from {fold.splits_file}) have no prediction (e.g. {', '.join(missing[:5])}). The validation did not "
+            f"finish: rerun `nnUNetv2_train ... {fold.fold} --val` for {fold.method}."
+        )
 
 def count_fold(fold: FoldPredictions, labels_folder: Path, file_ending: str) -> FoldCounts:
     """Pixel counts of every case of one fold (reads predictions and ground truth)."""
@@ -199,12 +201,24 @@ def count_fold(fold: FoldPredictions, labels_folder: Path, file_ending: str) -> 
     return result
 
 
+ALLUKAN_SPLITS_FILE = "splits_allukan_paper.json"  # written by the nnunet_allukan trainers into the model folder
+
+
+def trainer_splits_file(dataset_name: str, model_folder: Path) -> Path | None:
+    """The splits file a trainer used: the nnunet_allukan trainers copy theirs (the paper's seeded splits) into the
+    model folder as splits_allukan_paper.json; other trainers (nnU-Net's nnUNetTrainer) read
+    $nnUNet_preprocessed/<dataset>/splits_final.json. None if neither exists."""
+    own = model_folder / ALLUKAN_SPLITS_FILE
+    if own.is_file():
+        return own
+    default = env_folder("nnUNet_preprocessed") / dataset_name / "splits_final.json"
+    return default if default.is_file() else None
+
+
 def nnunet_folds(dataset_name: str, trainers: Sequence[str], plans: str, configuration: str,
-                 folds: Sequence[int]) -> tuple[list[FoldPredictions], Path | None]:
-    """FoldPredictions of every trainer and fold in $nnUNet_results, with the expected cases from
-    $nnUNet_preprocessed/<dataset>/splits_final.json (returned too; None if it does not exist)."""
-    splits_file = env_folder("nnUNet_preprocessed") / dataset_name / "splits_final.json"
-    val_lists = load_split_val_lists(splits_file) if splits_file.is_file() else None
+                 folds: Sequence[int]) -> list[FoldPredictions]:
+    """FoldPredictions of every trainer and fold in $nnUNet_results, with the expected cases (in loader order)
+    from the splits file that trainer used (see trainer_splits_file)."""
     result = []
     for trainer in trainers:
         model_folder = nnunet_model_folder(dataset_name, trainer, plans, configuration)
@@ -213,6 +227,8 @@ def nnunet_folds(dataset_name: str, trainers: Sequence[str], plans: str, configu
                 f"{model_folder}: not found: no results of trainer {trainer} with plans {plans} and configuration "
                 f"{configuration}. Check -tr / -p / -c, or train it first."
             )
+        splits_file = trainer_splits_file(dataset_name, model_folder)
+        val_lists = load_split_val_lists(splits_file) if splits_file is not None else None
         for fold in folds:
             if val_lists is not None and fold >= len(val_lists):
                 raise EvaluationError(f"{splits_file}: has {len(val_lists)} splits, fold {fold} was requested.")
@@ -223,9 +239,9 @@ def nnunet_folds(dataset_name: str, trainers: Sequence[str], plans: str, configu
             progress = fold_folder / "progress.png"
             result.append(FoldPredictions(
                 method=trainer, fold=fold, prediction_folder=fold_folder / "validation",
-                expected_cases=None if val_lists is None else val_lists[fold],
+                expected_cases=None if val_lists is None else val_lists[fold], splits_file=splits_file,
                 progress_png=progress if progress.is_file() else None))
-    return result, (splits_file if val_lists is not None else None)
+    return result
 
 
 def folder_folds(predictions: Sequence[tuple[str, Sequence[str]]],
@@ -238,7 +254,8 @@ def folder_folds(predictions: Sequence[tuple[str, Sequence[str]]],
             raise EvaluationError(f"{splits_file}: has {len(val_lists)} splits, {method} has {len(folders)} folders.")
         for fold, folder in enumerate(folders):
             result.append(FoldPredictions(method=method, fold=fold, prediction_folder=Path(folder),
-                                          expected_cases=None if val_lists is None else val_lists[fold]))
+                                          expected_cases=None if val_lists is None else val_lists[fold],
+                                          splits_file=splits_file))
     return result
 
 
@@ -253,5 +270,7 @@ def check_same_cases_across_methods(fold_counts: Sequence[FoldCounts]) -> None:
             raise EvaluationError(
                 f"fold {fc.fold}: {first.method} ({first.prediction_folder}) and {fc.method} ({fc.prediction_folder}) "
                 f"were validated on different cases (only in the first: {only_first[:5]}, only in the second: "
-                f"{only_this[:5]}). Train every method on the same splits (the paper's splits_final.json)."
+                f"{only_this[:5]}). Train every method on the same splits: for nnU-Net's nnUNetTrainer copy the "
+                "paper's splits (paper_splits.json of the converted dataset, or splits_allukan_paper.json) to "
+                "$nnUNet_preprocessed/<dataset>/splits_final.json before training it."
             )

@@ -53,10 +53,9 @@ def evaluate_nnunet(datasets: Sequence[str], trainers: Sequence[str], plans: str
     results = {"settings": settings, "datasets": {}}
     for dataset in datasets:
         name = resolve_dataset_name(str(dataset))
-        fold_predictions, splits_file = nnunet_folds(name, trainers, plans, configuration, folds)
+        fold_predictions = nnunet_folds(name, trainers, plans, configuration, folds)
         labels = labels_folder or env_folder("nnUNet_preprocessed") / name / "gt_segmentations"
         entry = _evaluate_dataset(name, fold_predictions, Path(labels), dataset_file_ending(name), settings)
-        entry["splits_file"] = str(splits_file) if splits_file else None
         results["datasets"][name] = entry
     return results
 
@@ -69,7 +68,6 @@ def evaluate_folders(predictions: Sequence[tuple[str, Sequence[str]]], labels_fo
     settings = _settings(order, batch_size, ddof)
     fold_predictions = folder_folds(predictions, splits_file)
     entry = _evaluate_dataset(dataset_label, fold_predictions, Path(labels_folder), file_ending, settings)
-    entry["splits_file"] = str(splits_file) if splits_file else None
     return {"settings": settings, "datasets": {dataset_label: entry}}
 
 

@@ -50,7 +50,9 @@ PROTOCOLS = {
                  "{order} order, F1 = 2 IoU / (1 + IoU), batch-size-weighted mean",
     "per_image": "Per-image protocol: IoU and F1 (Dice) of each case, mean over cases",
 }
-ORDER_WORDS = {"split": "splits_final.json (train_test_split output, the reference loader's)", "sorted": "sorted case-id"}
+ORDER_WORDS = {"split": "split-file (train_test_split output, as the reference loader iterates them; sorted where a "
+                        "method has no split file)",
+               "sorted": "sorted case-id"}
 
 
 def paper_dataset_key(dataset_name: str) -> str | None:
@@ -110,13 +112,14 @@ def summarise_dataset(dataset_name: str, fold_predictions: Sequence[FoldPredicti
                       fold_counts: Sequence[FoldCounts], order: str, batch_size: int, ddof: int) -> dict:
     """Per-method, per-fold scores and mean +- std over folds for one dataset, with the paper's numbers."""
     paper_key = paper_dataset_key(dataset_name)
-    progress = {(fp.method, fp.fold): fp.progress_png for fp in fold_predictions}
+    sources = {(fp.method, fp.fold): fp for fp in fold_predictions}
     methods: dict[str, dict] = {}
     for fc in fold_counts:
         entry = methods.setdefault(fc.method, {"paper_method": paper_method_for(fc.method), "folds": {}})
         scores = score_fold(fc, order, batch_size)
-        png = progress.get((fc.method, fc.fold))
-        scores["training_curves"] = str(png) if png else None
+        source = sources[(fc.method, fc.fold)]
+        scores["splits_file"] = str(source.splits_file) if source.splits_file else None
+        scores["training_curves"] = str(source.progress_png) if source.progress_png else None
         entry["folds"][str(fc.fold)] = scores
     for method, entry in methods.items():
         folds = entry["folds"]

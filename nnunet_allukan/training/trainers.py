@@ -42,12 +42,9 @@ from nnunet_allukan.training.protocol import (
 )
 
 __all__ = [
-    "nnUNetTrainerAllUKAN", "nnUNetTrainerAllUKAN_1epoch", "nnUNetTrainerAllUKAN_5epochs",
-    "nnUNetTrainerAllUKAN_20epochs", "nnUNetTrainerAllUKAN_100epochs",
-    "nnUNetTrainerUKAN", "nnUNetTrainerUKAN_1epoch", "nnUNetTrainerUKAN_5epochs",
-    "nnUNetTrainerUKAN_20epochs", "nnUNetTrainerUKAN_100epochs",
-    "nnUNetTrainerUKAN_MLP", "nnUNetTrainerUKAN_MLP_1epoch", "nnUNetTrainerUKAN_MLP_5epochs",
-    "nnUNetTrainerUKAN_MLP_20epochs", "nnUNetTrainerUKAN_MLP_100epochs",
+    f"nnUNetTrainer{network}{length}"
+    for network in ("AllUKAN", "UKAN", "UKAN_MLP")
+    for length in ("", "_1epoch", "_5epochs", "_10epochs", "_20epochs", "_100epochs")
 ]
 
 # Key of the network record inside a configuration of plans.json.
@@ -278,6 +275,13 @@ class nnUNetTrainerAllUKAN_5epochs(nnUNetTrainerAllUKAN):
         self.num_epochs = 5
 
 
+class nnUNetTrainerAllUKAN_10epochs(nnUNetTrainerAllUKAN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 10
+
+
 class nnUNetTrainerAllUKAN_20epochs(nnUNetTrainerAllUKAN):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -306,6 +310,13 @@ class nnUNetTrainerUKAN_5epochs(nnUNetTrainerUKAN):
         self.num_epochs = 5
 
 
+class nnUNetTrainerUKAN_10epochs(nnUNetTrainerUKAN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 10
+
+
 class nnUNetTrainerUKAN_20epochs(nnUNetTrainerUKAN):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -332,6 +343,13 @@ class nnUNetTrainerUKAN_MLP_5epochs(nnUNetTrainerUKAN_MLP):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 5
+
+
+class nnUNetTrainerUKAN_MLP_10epochs(nnUNetTrainerUKAN_MLP):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 10
 
 
 class nnUNetTrainerUKAN_MLP_20epochs(nnUNetTrainerUKAN_MLP):

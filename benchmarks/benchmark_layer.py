@@ -1,0 +1,112 @@
+"""One KAonv layer, forward + backward: time and peak memory of each implementation, as ratios to nn.Conv2d.
+
+    python benchmarks/benchmark_layer.py [--batch 2 --channels 32 --size 128 --kernel 3] [--device cpu|cuda]
+
+Time: median of ``--repeats`` steps after warm-up, every variant in this process, interleaved in one run.
+Peak memory: every variant in a fresh process (``--child``), on CPU as growth of the peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
+
+from nnunet_allukan.layers import KAConv2d, KANConv2d  # noqa: E402
+from nnunet_allukan.layers.splines import compiled_kernels_enabled  # noqa: E402
+
+VARIANTS = {
+    "nn.Conv2d": lambda c, k: nn.Conv2d(c, c, k, padding=k // 2),
+    "KAConv2d fast grad-free": lambda c, k: KAConv2d(c, c, k, padding=k // 2, grad_free=True),
+    "KAConv2d fast full-grad": lambda c, k: KAConv2d(c, c, k, padding=k // 2, grad_free=False),
+    "KAConv2d reference grad-free": lambda c, k: KAConv2d(c, c, k, padding=k // 2, grad_free=True,
+                                                          implementation="reference"),
+    "KAConv2d reference full-grad": lambda c, k: KAConv2d(c, c, k, padding=k // 2, grad_free=False,
+                                                          implementation="reference"),
+    "KANConv2d (vanilla, full-grad)": lambda c, k: KANConv2d(c, c, k, padding=k // 2),
+}
+
+
+def make_step(name: str, a: argparse.Namespace, device: torch.device):
+    torch.manual_seed(0)
+    layer = VARIANTS[name](a.channels, a.kernel).to(device)
+    if "KAConv2d" in name:
+        layer.chunk_size = a.chunk_size
+    x = torch.randn(a.batch, a.channels, a.size, a.size, device=device, requires_grad=True)
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x).square().mean().backward()
+
+    return step
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--kernel", type=int, default=3)
+    p.add_argument("--chunk-size", type=int, default=None, help="KAConv2d chunk_size (default: all channels)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
+    p.add_argument("--json", type=Path, default=None, help="write results as JSON")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    unknown = [v for v in a.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+
+    if a.child is not None:  # fresh process: one warm-up step (compilation, lazy init), then the measured one
+        step = make_step(a.child, a, device)
+        step()
+        print(json.dumps({"peak_bytes": peak_memory_of(step, device)}))
+        return 0
+
+    print(f"shape B={a.batch} C={a.channels} {a.size}x{a.size}, kernel {a.kernel}, device {device}, "
+          f"threads {torch.get_num_threads()}, compiled basis kernels: {compiled_kernels_enabled(device.type)}")
+    steps = {name: make_step(name, a, device) for name in a.variants}
+    times = {name: median_time(step, device, a.warmup, a.repeats) for name, step in steps.items()}
+    base_args = [a_ for k, v in vars(a).items() if k not in ("variants", "json", "child") and v is not None
+                 for a_ in (f"--{k.replace('_', '-')}", str(v))]
+    mems = {}
+    for name in a.variants:
+        res = run_in_fresh_process(__file__, base_args + ["--child", name])
+        mems[name] = res.get("peak_bytes", float("nan"))
+        if "error" in res:
+            print(f"  memory of {name}: failed ({res['error']})")
+    t0, m0 = times.get("nn.Conv2d"), mems.get("nn.Conv2d")
+    print("\n| variant | time fwd+bwd | x nn.Conv2d | peak memory | x nn.Conv2d |")
+    print("|---|---:|---:|---:|---:|")
+    for name in a.variants:
+        tr = f"{times[name] / t0:.2f}" if t0 else "-"
+        mr = f"{mems[name] / m0:.2f}" if m0 else "-"
+        print(f"| {name} | {times[name] * 1e3:.1f} ms | {tr} | {fmt_bytes(mems[name])} | {mr} |")
+    fg, rg = "KAConv2d fast grad-free", "KAConv2d reference grad-free"
+    if fg in times and rg in times:
+        print(f"\nfast vs reference (grad-free): {times[rg] / times[fg]:.1f}x faster, {mems[rg] / max(mems[fg], 1):.1f}x"
+              f" less peak memory")
+    if a.json:
+        a.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "time_s": times,
+                                      "peak_bytes": mems, "compiled": compiled_kernels_enabled(device.type),
+                                      "pid": os.getpid()}, indent=2))
+        print(f"written to {a.json.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

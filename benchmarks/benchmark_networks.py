@@ -1,0 +1,145 @@
+"""Training-step time and peak memory of U-KAN_MLP, U-KAN and ALL U-KAN (paper Table 3), plus the batch-1
+memory comparison of ALL U-KAN with the deep full-gradient stacks of Table 2 rows 9 and 11.
+
+    python benchmarks/benchmark_networks.py                      # batch 8, 256x256, 3 channels, 1 class
+    python benchmarks/benchmark_networks.py --batch-size 2 --size 128 --steps 3   # quick
+    python benchmarks/benchmark_networks.py --device cuda --json out.json
+
+A step is forward + loss (0.5 BCE + Dice) + backward + Adam step. Every configuration runs in a fresh
+process (so that peak memory is its own): median step time after warm-up, and peak memory (CUDA:
+max_memory_allocated; CPU: growth of peak RSS over the steps, optimizer state included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
+
+from nnunet_allukan.layers.splines import compiled_kernels_enabled  # noqa: E402
+from nnunet_allukan.networks import build_table2_network, network_summary  # noqa: E402
+
+# name -> (Table 2 row, overrides)
+CONFIGS = {
+    "U-KAN_MLP": (4, {}),
+    "U-KAN": (5, {}),
+    "ALL U-KAN chunk 8": (13, dict(chunk_size=8)),
+    "ALL U-KAN chunk 32": (13, dict(chunk_size=32)),
+    "ALL U-KAN chunk 512": (13, dict(chunk_size=512)),
+    "ALL U-KAN reference (unfold), chunk 32": (13, dict(chunk_size=32, implementation="reference")),
+}
+BATCH1_CONFIGS = {
+    "ALL U-KAN (row 13), batch 1": (13, dict(chunk_size=32)),
+    "row 11 SaKAN KAonv full-grad, unfold, batch 1": (11, dict(implementation="reference")),
+    "row 11 SaKAN KAonv full-grad, fast, batch 1": (11, dict()),
+    "row 9 vanilla KAonv full-grad, batch 1": (9, dict()),
+}
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prob = logits.sigmoid()
+    inter = (prob * target).flatten(1).sum(1)
+    dice = (2 * inter + 1e-5) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1e-5)
+    return 0.5 * F.binary_cross_entropy_with_logits(logits, target) + (1 - dice).mean()
+
+
+def child(a: argparse.Namespace, name: str, batch: int) -> dict:
+    device = torch.device(a.device)
+    row, overrides = {**CONFIGS, **BATCH1_CONFIGS}[name]
+    torch.manual_seed(0)
+    net = build_table2_network(row, a.channels, a.classes, **overrides).to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
+    x = torch.randn(batch, a.channels, a.size, a.size, device=device)
+    y = (torch.rand(batch, a.classes, a.size, a.size, device=device) > 0.5).float()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+
+    peak = peak_memory_of(step, device)  # first step: includes Adam state and any compilation workspace
+    t = median_time(step, device, a.warmup, a.steps)
+    return {"time_s": t, "peak_bytes": peak, "parameters": network_summary(net)["parameters"]}
+
+
+def run_all(a: argparse.Namespace, configs: dict, batch: int) -> dict:
+    results = {}
+    for name in configs:
+        print(f"  measuring {name} (batch {batch}) ...", flush=True)
+        args = ["--child", name, "--child-batch", str(batch), "--device", a.device, "--size", str(a.size),
+                "--channels", str(a.channels), "--classes", str(a.classes), "--steps", str(a.steps),
+                "--warmup", str(a.warmup)] + (["--threads", str(a.threads)] if a.threads else [])
+        results[name] = run_in_fresh_process(__file__, args)
+        if "error" in results[name]:
+            print(f"    failed: {results[name]['error']}")
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--size", type=int, default=256, help="square input side, multiple of 32 (default 256)")
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--classes", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (median) after warm-up")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--configs", nargs="*", default=list(CONFIGS), help="subset of: " + ", ".join(CONFIGS))
+    p.add_argument("--skip-batch1", action="store_true", help="skip the batch-1 rows 9/11 memory comparison")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-batch", type=int, default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.size % 32:
+        p.error(f"--size must be a multiple of 32, got {a.size}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.child is not None:
+        print(json.dumps(child(a, a.child, a.child_batch)))
+        return 0
+
+    print(f"batch {a.batch_size}, {a.size}x{a.size}, {a.channels} ch, {a.classes} class(es), device {a.device}, "
+          f"threads {torch.get_num_threads()}, compiled basis kernels: {compiled_kernels_enabled(a.device)}")
+    main_res = run_all(a, {k: CONFIGS[k] for k in a.configs}, a.batch_size)
+    base = main_res.get("U-KAN_MLP", {})
+    lines = [f"### Training step, batch {a.batch_size}, {a.size}x{a.size}, {a.device}", "",
+             "| method | params | time/step | x U-KAN_MLP | peak memory | x U-KAN_MLP |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in main_res.items():
+        if "error" in r:
+            lines.append(f"| {name} | - | failed | - | - | - |")
+            continue
+        tr = f"{r['time_s'] / base['time_s']:.2f}" if "time_s" in base else "-"
+        mr = f"{r['peak_bytes'] / base['peak_bytes']:.2f}" if base.get("peak_bytes") else "-"
+        lines.append(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['time_s']:.2f} s | {tr} | "
+                     f"{fmt_bytes(r['peak_bytes'])} | {mr} |")
+    b1 = {}
+    if not a.skip_batch1:
+        b1 = run_all(a, BATCH1_CONFIGS, 1)
+        ref = b1.get("ALL U-KAN (row 13), batch 1", {})
+        lines += ["", f"### Batch 1 memory, {a.size}x{a.size} (paper: row 9 12.19 GB, row 13 0.597 GB)", "",
+                  "| configuration | params | time/step | peak memory | x ALL U-KAN |", "|---|---:|---:|---:|---:|"]
+        for name, r in b1.items():
+            if "error" in r:
+                lines.append(f"| {name} | - | failed: {r['error'][:60]} | - | - |")
+                continue
+            ratio = f"{r['peak_bytes'] / ref['peak_bytes']:.1f}" if ref.get("peak_bytes") else "-"
+            lines.append(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['time_s']:.2f} s | "
+                         f"{fmt_bytes(r['peak_bytes'])} | {ratio} |")
+    print("\n" + "\n".join(lines))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"args": vars(a) | {"json": str(a.json)}, "train_step": main_res,
+                                      "batch1": b1}, indent=2, default=str))
+        print(f"\nwritten to {a.json.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

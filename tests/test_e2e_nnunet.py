@@ -1,0 +1,246 @@
+"""End to end through nnU-Net's own console commands, on CPU, with temporary nnUNet_* folders.
+
+A tiny synthetic RGB PNG dataset (bright discs on a dark, noisy background: trivially easy) goes through
+``nnUNetv2_plan_and_preprocess --verify_dataset_integrity``, ``nnUNetv2_train -tr <short ALL U-KAN variant>``,
+an interrupted-and-continued run (``--c``), ``--val``, ``nnUNetv2_predict -tr`` and
+``nnUNetv2_find_best_configuration``. Two in-process trainings check determinism and the multi-label path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nnunet_allukan.training.protocol import SPLITS_FILE_NAME, cosine_annealing_lr, paper_splits_for_cases
+
+pytestmark = pytest.mark.slow
+
+DATASET_ID = 987
+DATASET_NAME = f"Dataset{DATASET_ID}_AllUKANDiscs"
+TRAINER = "nnUNetTrainerAllUKAN_10epochs"
+NUM_EPOCHS = 10
+NUM_TRAIN_CASES = 48  # fold 0: 38 training (5 iterations of 8 per epoch), 10 validation cases
+KILL_AT_EPOCH = 3  # the first run is killed when this epoch starts, then continued with --c
+NUM_TEST_CASES = 6
+IMAGE_SIZE = 64
+MIN_TEST_DICE = 0.8
+BIN = Path(sys.executable).parent
+
+
+def write_disc_dataset(raw_folder: Path, n_train: int, n_test: int, size: int, seed: int = 0) -> Path:
+    """nnU-Net raw dataset: RGB PNG images, labels 0/1 (one disc per image), plus imagesTs / labelsTs."""
+    rng = np.random.default_rng(seed)
+    folder = raw_folder / DATASET_NAME
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (folder / sub).mkdir(parents=True)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n_train + n_test):
+        cy, cx = rng.uniform(0.3 * size, 0.7 * size, 2)
+        radius = rng.uniform(0.12 * size, 0.25 * size)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+        image = rng.normal(40.0, 10.0, (size, size, 3))
+        image[disc] = rng.normal([200.0, 120.0, 60.0], 10.0, (int(disc.sum()), 3))
+        images, labels = ("imagesTr", "labelsTr") if i < n_train else ("imagesTs", "labelsTs")
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / images / f"disc_{i:03d}_0000.png")
+        Image.fromarray(disc.astype(np.uint8)).save(folder / labels / f"disc_{i:03d}.png")
+    dataset_json = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "disc": 1},
+                    "numTraining": n_train, "file_ending": ".png"}
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
+    return folder
+
+
+def run_command(args: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    start = time.time()
+    result = subprocess.run([str(BIN / args[0])] + args[1:], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    print(f"[{time.time() - start:6.1f} s] {' '.join(args)}")
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    intersection = np.logical_and(prediction, reference).sum()
+    return 2.0 * intersection / (prediction.sum() + reference.sum())
+
+
+@pytest.fixture(scope="module")
+def nnunet_env(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("nnunet_e2e")
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_compile"}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / name).mkdir()
+        env[name] = str(root / name)
+    # Single-process data augmentation: deterministic, and no worker start-up on 2 cores.
+    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0", root=str(root))
+    return env
+
+
+@pytest.fixture(scope="module")
+def preprocessed(nnunet_env) -> Path:
+    write_disc_dataset(Path(nnunet_env["nnUNet_raw"]), NUM_TRAIN_CASES, NUM_TEST_CASES, IMAGE_SIZE)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "--verify_dataset_integrity",
+                 "-np", "2", "-npfp", "2"], nnunet_env, timeout=600)
+    return Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME
+
+
+def run_until_epoch_then_kill(args: list[str], env: dict, epoch: int, timeout: int) -> str:
+    """Starts a training and kills it (SIGKILL, like a crash) as soon as it logs the start of ``epoch``."""
+    start = time.time()
+    process = subprocess.Popen([str(BIN / args[0])] + args[1:], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.rstrip().endswith(f"Epoch {epoch}"):
+                break
+            assert time.time() - start < timeout, "training too slow"
+    finally:
+        process.kill()
+        process.wait()
+    assert any(line.rstrip().endswith(f"Epoch {epoch}") for line in output), "".join(output)[-4000:]
+    print(f"[{time.time() - start:6.1f} s] {' '.join(args)} (killed at epoch {epoch})")
+    return "".join(output)
+
+
+@pytest.fixture(scope="module")
+def trained(nnunet_env, preprocessed) -> dict:
+    """Train, kill the run at the start of epoch KILL_AT_EPOCH (a crash), continue it with --c."""
+    model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d"
+    fold = model / "fold_0"
+    train = ["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"]
+    first_output = run_until_epoch_then_kill(train, nnunet_env, KILL_AT_EPOCH, timeout=900)
+    assert not (fold / "checkpoint_final.pth").exists()
+    # nnU-Net's --c takes checkpoint_final, else checkpoint_latest (every 50 epochs), else checkpoint_best.
+    interrupted = torch.load(fold / "checkpoint_best.pth", map_location="cpu", weights_only=False)
+    resumed_run = run_command(train + ["--c"], nnunet_env, timeout=1200)
+    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return {"model": model, "fold": fold, "first_output": first_output, "resumed_output": resumed_run.stdout,
+            "interrupted": interrupted, "resumed": resumed}
+
+
+def test_training_log_states_network_and_protocol(trained):
+    log = "\n".join(p.read_text() for p in sorted(trained["fold"].glob("training_log_*.txt")))
+    assert "Network: ALLUKAN (nnunet_allukan.networks.ALLUKAN" in log
+    assert "KAConv 31" in log and "KALinear 12" in log
+    assert "Paper split fold 0 (seed 2981" in log and "38 training, 10 validation cases" in log
+    assert "Adam lr 0.0001, weight decay 0.0001; cosine annealing to 1e-05 over 10 epochs" in log
+    assert "batch size 8; 5 training / 2 validation iterations per epoch" in log
+    assert "loss 0.5 * BCE + (1 - Dice), one sigmoid output" in log
+
+
+def test_model_folder_lets_the_predictor_rebuild_the_binary_sigmoid_model(trained, preprocessed):
+    plans = json.loads((trained["model"] / "plans.json").read_text())
+    config = plans["configurations"]["2d"]
+    assert config["allukan_network"]["class"] == "nnunet_allukan.networks.ALLUKAN"
+    assert config["batch_size"] == 8 and all(s % 32 == 0 for s in config["patch_size"])
+    dataset_json = json.loads((trained["model"] / "dataset.json").read_text())
+    assert dataset_json["labels"]["disc"] == [1, 1] and dataset_json["regions_class_order"] == [1]
+    assert trained["resumed"]["trainer_name"] == TRAINER
+    out_weight = [v for k, v in trained["resumed"]["network_weights"].items() if v.ndim == 4][-1]
+    assert out_weight.shape[0] == 1  # one output channel
+    # The splits the user can read are the paper's, on the nnU-Net case ids (no original_ids here).
+    splits = json.loads((preprocessed / SPLITS_FILE_NAME).read_text())
+    expected = paper_splits_for_cases([f"disc_{i:03d}" for i in range(NUM_TRAIN_CASES)])
+    assert splits == expected
+    assert json.loads((trained["model"] / SPLITS_FILE_NAME).read_text()) == expected
+    validation = sorted(p.stem for p in (trained["fold"] / "validation").glob("*.png"))
+    assert validation == sorted(expected[0]["val"])
+
+
+def test_continue_training_resumes_the_exact_cosine_schedule(trained):
+    resumed_from = trained["interrupted"]["current_epoch"]
+    assert 1 <= resumed_from <= KILL_AT_EPOCH
+    assert trained["resumed"]["current_epoch"] == NUM_EPOCHS
+    expected = [cosine_annealing_lr(e, NUM_EPOCHS) for e in range(NUM_EPOCHS)]
+    assert trained["resumed"]["logging"]["lrs"] == pytest.approx(expected, rel=1e-12)
+    assert trained["interrupted"]["logging"]["lrs"] == pytest.approx(expected[:resumed_from], rel=1e-12)
+    # the continued run started where the checkpoint ended, not at epoch 0
+    assert f"Epoch {resumed_from}" in trained["resumed_output"] and "Epoch 0\n" not in trained["resumed_output"]
+
+
+def test_validation_only_rerun(trained, nnunet_env):
+    summary = trained["fold"] / "validation" / "summary.json"
+    summary.unlink()
+    run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu", "--val"],
+                nnunet_env, timeout=600)
+    assert summary.is_file()
+
+
+def test_predict_writes_binary_masks_that_match_the_easy_task(trained, nnunet_env, tmp_path):
+    raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+    out = tmp_path / "predictions"
+    result = run_command(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID),
+                          "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
+                         nnunet_env, timeout=600)
+    references = sorted((raw / "labelsTs").glob("*.png"))
+    assert len(references) == NUM_TEST_CASES
+    scores = []
+    for reference in references:
+        predicted_file = out / reference.name
+        assert predicted_file.is_file(), result.stdout[-2000:]
+        predicted = np.asarray(Image.open(predicted_file))
+        assert predicted.shape == (IMAGE_SIZE, IMAGE_SIZE)
+        assert set(np.unique(predicted).tolist()) <= {0, 1}
+        scores.append(dice(predicted > 0, np.asarray(Image.open(reference)) > 0))
+    print("test Dice per image:", np.round(scores, 3))
+    assert np.mean(scores) > MIN_TEST_DICE, scores
+
+
+def test_find_best_configuration_accepts_the_trainer(trained, nnunet_env):
+    result = run_command(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "2d", "-tr", TRAINER,
+                          "-f", "0", "--disable_ensembling", "-np", "2"], nnunet_env, timeout=600)
+    assert TRAINER in result.stdout
+    assert (Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / "inference_instructions.txt").is_file()
+
+
+def _train_in_process(preprocessed: Path, monkeypatch, results: Path, dataset_json: dict | None = None):
+    """The trainer nnU-Net's lookup finds, built like nnUNetv2_train builds it; run_training without validation."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed.parent))
+    monkeypatch.setenv("nnUNet_results", str(results))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.delenv("nnUNet_compile", raising=False)
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    if dataset_json is None:
+        dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    trainer_class = recursive_find_trainer_class_by_name("nnUNetTrainerAllUKAN_1epoch")
+    trainer = trainer_class(plans=plans, configuration="2d", fold=0, dataset_json=dataset_json,
+                            device=torch.device("cpu"))
+    trainer.run_training()
+    return trainer
+
+
+def test_two_runs_with_single_process_augmentation_give_identical_losses(preprocessed, monkeypatch, tmp_path):
+    losses = []
+    for run in ("a", "b"):
+        trainer = _train_in_process(preprocessed, monkeypatch, tmp_path / run)
+        checkpoint = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu",
+                                weights_only=False)
+        losses.append((checkpoint["logging"]["train_losses"], checkpoint["logging"]["val_losses"]))
+    assert np.isfinite(losses[0][0]).all()
+    assert losses[0] == losses[1]
+
+
+def test_several_foreground_labels_train_with_softmax_and_k_plus_1_outputs(preprocessed, monkeypatch, tmp_path):
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    dataset_json["labels"] = {"background": 0, "disc": 1, "ring": 2}
+    trainer = _train_in_process(preprocessed, monkeypatch, tmp_path, dataset_json)
+    assert not trainer.label_manager.has_regions and trainer.label_manager.num_segmentation_heads == 3
+    assert isinstance(trainer.loss, DC_and_CE_loss)
+    with torch.no_grad():
+        output = trainer.network(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    assert output.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert np.isfinite(trainer.logger.get_value("train_losses", step=-1))
