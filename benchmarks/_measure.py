@@ -37,11 +37,28 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss_bytes() -> int:
+    """VmHWM: this process' peak RSS (unlike ru_maxrss it is not inherited from the parent across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux >= 4.0: writing 5 resets VmHWM to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_of(step: Callable[[], None], device: torch.device) -> int:
     """Peak memory (bytes) of one call of ``step`` above what was allocated before it.
 
-    CUDA: ``max_memory_allocated``. CPU: growth of the process' peak RSS (ru_maxrss); meaningful only in a
-    fresh process, which is why the scripts call this in a subprocess per configuration.
+    CUDA: ``max_memory_allocated``. CPU: peak RSS during the call minus RSS before it; run it in a fresh
+    process per configuration (the scripts do) so that other configurations' freed memory does not hide it.
     """
     if device.type == "cuda":
         sync(device)
@@ -51,15 +68,18 @@ def peak_memory_of(step: Callable[[], None], device: torch.device) -> int:
         sync(device)
         return torch.cuda.max_memory_allocated(device) - before
     before = current_rss_bytes()
+    _reset_peak_rss()
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return max(peak - before, 0)
+    return max(_peak_rss_bytes() - before, 0)
 
 
 def run_in_fresh_process(script: str, args: list[str], timeout: float = 3600) -> dict:
     """Run ``python script args --child`` and parse the JSON it prints on its last line."""
     cmd = [sys.executable, script, *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    # A fixed mmap threshold makes glibc return every large freed block to the OS at once, so that RSS
+    # tracks live tensors (the default threshold grows after frees and keeps memory that RSS still counts).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if res.returncode != 0:
         return {"error": (res.stderr or res.stdout).strip().splitlines()[-1] if (res.stderr or res.stdout) else
                 f"exit code {res.returncode}"}

@@ -17,16 +17,20 @@
 #   ALLUKAN_GPU_EPOCHS  trainer length suffix: 1epoch, 5epochs (default), 20epochs
 #   ALLUKAN_GPU_CASES   number of synthetic lesion images (default 80: 64 training / 16 validation per fold)
 #   ALLUKAN_GPU_UNET    1: also train nnU-Net's nnUNetTrainer_5epochs on the same splits (default 0)
-#   ALLUKAN_GPU_BENCH_STEPS  benchmark steps per configuration (default 10)
+#   ALLUKAN_GPU_BENCH_ARGS   arguments of benchmarks/benchmark_networks.py besides --device / --json (default
+#                       "--batch-size 8 --size 256 --steps 10", the paper's Table 3 setting; on cpu a tiny
+#                       "--batch-size 2 --size 64 --steps 2 --warmup 1 --skip-batch1" that only checks it runs)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${ALLUKAN_GPU_WORK:-${TMPDIR:-/tmp}/allukan_gpu_short_run}"
 COPY_TO="${ALLUKAN_GPU_COPY_TO:-${OUT:-}}"
 DEVICE="${ALLUKAN_GPU_DEVICE:-cuda}"
+if [ "$DEVICE" = "cpu" ]; then DEFAULT_BENCH="--batch-size 2 --size 64 --steps 2 --warmup 1 --skip-batch1"
+else DEFAULT_BENCH="--batch-size 8 --size 256 --steps 10"; fi
+BENCH_ARGS="${ALLUKAN_GPU_BENCH_ARGS:-$DEFAULT_BENCH}"
 EPOCHS="${ALLUKAN_GPU_EPOCHS:-5epochs}"
 CASES="${ALLUKAN_GPU_CASES:-80}"
 WITH_UNET="${ALLUKAN_GPU_UNET:-0}"
-BENCH_STEPS="${ALLUKAN_GPU_BENCH_STEPS:-10}"
 PYTHON="${PYTHON:-python}"
 DATASET_ID=601
 START=$(date +%s)
@@ -98,10 +102,11 @@ stage "figures: learned activations (ALL U-KAN fold 0) and overlays (fold 0)"
 run 300 nnUNetv2_allukan_plot_activations -d "$DATASET_ID" -tr "nnUNetTrainerAllUKAN_$EPOCHS" -f 0
 run 300 nnUNetv2_allukan_plot_overlays -d "$DATASET_ID" -tr "${TRAINERS[@]}" -f 0 -n 4 --select disagreement
 
-stage "network benchmark (paper Table 3: batch 8, 256x256, $DEVICE)"
+stage "network benchmark (paper Table 3 style: $BENCH_ARGS, $DEVICE)"
 if [ -f "$ROOT/benchmarks/benchmark_networks.py" ]; then
-    run 900 "$PYTHON" "$ROOT/benchmarks/benchmark_networks.py" --device "$DEVICE" --batch-size 8 --size 256 \
-        --steps "$BENCH_STEPS" --json "$WORK/benchmark_networks.json"
+    # shellcheck disable=SC2086
+    run 900 "$PYTHON" "$ROOT/benchmarks/benchmark_networks.py" --device "$DEVICE" $BENCH_ARGS \
+        --json "$WORK/benchmark_networks.json"
 else
     echo "benchmarks/benchmark_networks.py not found: benchmark skipped" >&2
 fi

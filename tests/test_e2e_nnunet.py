@@ -79,23 +79,24 @@ def nnunet_env(tmp_path_factory) -> dict:
         (root / name).mkdir()
         env[name] = str(root / name)
     # Single-process data augmentation: deterministic, and no worker start-up on 2 cores.
-    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0", root=str(root))
+    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0")
     return env
 
 
 @pytest.fixture(scope="module")
 def preprocessed(nnunet_env) -> Path:
     write_disc_dataset(Path(nnunet_env["nnUNet_raw"]), NUM_TRAIN_CASES, NUM_TEST_CASES, IMAGE_SIZE)
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0.
     run_command(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "--verify_dataset_integrity",
-                 "-np", "2", "-npfp", "2"], nnunet_env, timeout=600)
+                 "-np", "2", "-npfp", "2"], nnunet_env | {"nnUNet_n_proc_DA": "2"}, timeout=600)
     return Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME
 
 
 def run_until_epoch_then_kill(args: list[str], env: dict, epoch: int, timeout: int) -> str:
     """Starts a training and kills it (SIGKILL, like a crash) as soon as it logs the start of ``epoch``."""
     start = time.time()
-    process = subprocess.Popen([str(BIN / args[0])] + args[1:], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([str(BIN / args[0])] + args[1:], env=env | {"PYTHONUNBUFFERED": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = []
     try:
         for line in process.stdout:

@@ -204,3 +204,18 @@ def test_allukan_state_dict_has_31_kaonv_and_12_ka_layers(tmp_path):
     assert [l.kind for l in chosen] == ["KAonv 3x3", "KAonv depthwise 3x3", "KA (fc)", "KAonv 1x1"]
     plot_activations_main(["-i", str(tmp_path / "c.pth"), "-n", "3", "-o", str(tmp_path / "a.png")])
     assert (tmp_path / "a.png").stat().st_size > 10_000
+
+
+def test_gpu_short_run_script_is_valid_and_calls_declared_commands():
+    """benchmarks/gpu_short_run.sh: bash syntax, and every project console command it calls is declared."""
+    import re
+    import subprocess
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "gpu_short_run.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    declared = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"])
+    called = set(re.findall(r"\b(nnUNetv2_allukan_\w+|nnUNetv2_convert_allukan_dataset)\b", script.read_text()))
+    assert called and called <= declared, called - declared

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from nnunet_allukan.evaluation.collect import EvaluationError, list_cases, read_binary_mask
 from nnunet_allukan.evaluation.metrics import case_counts
 from nnunet_allukan.evaluation.output import save_atomically
-from nnunet_allukan.evaluation.tables import method_label, paper_method_for
+from nnunet_allukan.evaluation.tables import paper_method_for
 
 GROUND_TRUTH_COLOUR = (0.0, 0.85, 0.2)
 PREDICTION_COLOUR = (1.0, 0.15, 0.15)
@@ -51,6 +51,12 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[float, float, flo
     out = rgb.copy()
     out[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour)
     return out
+
+
+def method_title(method: str) -> str:
+    """'ALL U-KAN\nnnUNetTrainerAllUKAN' for a trainer of a paper method, else the name itself."""
+    paper = paper_method_for(method)
+    return f"{paper}\n{method}" if paper and paper != method else method
 
 
 def choose_cases(ious: Mapping[str, Mapping[str, float]], num_cases: int, select: str) -> list[str]:
@@ -104,14 +110,15 @@ def plot_overlays(source: OverlaySource, output_png: Path, cases: Sequence[str] 
     shown = list(cases) if cases else choose_cases(ious, num_cases, select)
     methods = list(source.predictions)
     columns = 2 + len(methods)
-    figure, axes = plt.subplots(len(shown), columns, figsize=(2.3 * columns, 2.3 * len(shown) + 0.4), squeeze=False)
+    figure, axes = plt.subplots(len(shown), columns, figsize=(2.4 * columns, 2.8 * len(shown) + 0.4), squeeze=False,
+                                layout="constrained")
     for row, case in enumerate(shown):
         image = read_image(source.images, case, source.file_ending)
         if image.shape[:2] != ground_truth[case].shape:
             raise EvaluationError(f"image of case {case} is {image.shape[:2]}, its label {ground_truth[case].shape}.")
         panels = [("image", image, None, None), ("ground truth", image, ground_truth[case], GROUND_TRUTH_COLOUR)]
-        panels += [(f"{method_label(m, paper_method_for(m))}\nIoU {100 * ious[case][m]:.1f}%", image, masks[case][m],
-                    PREDICTION_COLOUR) for m in methods]
+        panels += [(f"{method_title(m)}\nIoU {100 * ious[case][m]:.1f}%", image, masks[case][m], PREDICTION_COLOUR)
+                   for m in methods]
         for column, (label, picture, mask, colour) in enumerate(panels):
             axis = axes[row, column]
             if mask is None:
@@ -130,7 +137,6 @@ def plot_overlays(source: OverlaySource, output_png: Path, cases: Sequence[str] 
             axis.set_yticks([])
         axes[row, 0].set_ylabel(case, fontsize=8)
     figure.suptitle("green: ground truth (contour on the predictions); red: prediction", fontsize=8)
-    figure.tight_layout(rect=(0, 0, 1, 0.97))
     try:
         save_atomically(Path(output_png), lambda p: figure.savefig(p, dpi=120))
     finally:

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .splines import SplineGrid, basis_derivative_dot, basis_sum, differentiable_basis_sum
+from .splines import SplineGrid, basis_derivative_dot, basis_sum, bspline_bases, differentiable_basis_sum
 
 __all__ = ["KALinear", "KAConv2d", "KAConv3d", "ka_grouped"]
 
@@ -57,12 +57,14 @@ def _init_ka_parameters(u: torch.Tensor, v: torch.Tensor, fan_in: int) -> None:
 # KA layer (grouped functional form, shared by KALinear and the reference KAonv)
 # ----------------------------------------------------------------------------------------------------
 def ka_grouped(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, lam: Optional[torch.Tensor], grid: SplineGrid,
-               grad_free: bool, chunk_size: Optional[int]) -> torch.Tensor:
+               grad_free: bool, chunk_size: Optional[int], literal: bool = False) -> torch.Tensor:
     """G independent KA layers (Eq. 7) applied to grouped inputs.
 
     Args:
         x: ``[N, G, n_in]``;  u: ``[G, n_out, n_in]``;  v: ``[G, n_out, n_bases]``;  lam: ``[G, n_in]`` or None.
         chunk_size: inputs per chunk when building the (grad-free) bases; bounds their transient memory.
+        literal: build every basis B_k(x_j) as a tensor ``[N, G, n_in, n_bases]`` and sum it, as Eq. 7 is
+            written (the reference KAonv); otherwise the fused per-basis reduction kernel is used.
     Returns:
         ``[N, G, n_out]``
     """
@@ -72,7 +74,12 @@ def ka_grouped(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, lam: Optional[
     s = None
     for j0 in range(0, n_in, step):
         xc = x[:, :, j0: j0 + step]
-        if lam is None:
+        if literal:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not grad_free):
+                dense = bspline_bases(xc, grid.grid_size, grid.spline_order, (grid.lo, grid.hi))  # [N, G, cj, nb]
+            part = dense.sum(2) if lam is None else torch.einsum("ngjk,gj->ngk", dense,
+                                                                 lam[:, j0: j0 + step].to(dense.dtype))
+        elif lam is None:
             part = basis_sum(xc, grid) if grad_free else differentiable_basis_sum(xc, grid)  # [N, G, nb]
         else:
             cj = xc.shape[2]
@@ -143,6 +150,10 @@ class KALinear(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # KAonv: shared geometry helpers
 # ----------------------------------------------------------------------------------------------------
+def _conv_fn(nd: int):
+    return F.conv2d if nd == 2 else F.conv3d
+
+
 @dataclass(frozen=True)
 class _ConvGeometry:
     nd: int
@@ -165,6 +176,10 @@ class _ConvGeometry:
     def cout_g(self) -> int:
         return self.out_channels // self.groups
 
+    @property
+    def no_padding(self) -> tuple[int, ...]:
+        return (0,) * self.nd
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         if not any(self.padding):
             return x
@@ -173,25 +188,46 @@ class _ConvGeometry:
             pads += [p, p]
         return F.pad(x, pads)
 
-    def conv(self, x: torch.Tensor, w: torch.Tensor, groups: int) -> torch.Tensor:
-        fn = F.conv2d if self.nd == 2 else F.conv3d
-        return fn(x, w, None, self.stride, 0, self.dilation, groups)
+    def crop(self, x_pad: torch.Tensor) -> torch.Tensor:
+        return x_pad[(slice(None), slice(None)) + tuple(slice(p, s - p) for p, s in zip(self.padding, x_pad.shape[2:]))]
 
-    def sum_pool(self, s: torch.Tensor) -> torch.Tensor:
-        """k x k (x k) window sums with the conv's stride/dilation: [B, n, *sp_pad] -> [B, n, *sp_out]."""
-        if all(d == 1 for d in self.dilation):
+    def conv(self, x: torch.Tensor, w: torch.Tensor, groups: int, padding: Sequence[int]) -> torch.Tensor:
+        return _conv_fn(self.nd)(x, w, None, self.stride, tuple(padding), self.dilation, groups)
+
+    def sum_pool(self, s: torch.Tensor, padding: Sequence[int]) -> torch.Tensor:
+        """Window sums with the conv's kernel/stride/dilation, zero padding: [B, n, *sp_in] -> [B, n, *sp_out]."""
+        if all(d == 1 for d in self.dilation) and all(p <= k // 2 for p, k in zip(padding, self.kernel)):
             pool = F.avg_pool2d if self.nd == 2 else F.avg_pool3d
-            return pool(s, self.kernel, self.stride, 0, divisor_override=1)
+            return pool(s, self.kernel, self.stride, tuple(padding), divisor_override=1)
         ones = s.new_ones((s.shape[1], 1) + self.kernel)
-        return self.conv(s, ones, s.shape[1])
+        return self.conv(s, ones, s.shape[1], padding)
 
-    def conv_input_grad(self, in_shape: Sequence[int], w: torch.Tensor, gy: torch.Tensor, groups: int) -> torch.Tensor:
+    def sum_pool_adjoint(self, g: torch.Tensor, in_shape: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
+        ones = g.new_ones((g.shape[1], 1) + self.kernel)
+        return self.conv_input_grad(in_shape, ones, g, g.shape[1], padding)
+
+    def conv_input_grad(self, in_shape: Sequence[int], w: torch.Tensor, gy: torch.Tensor, groups: int,
+                        padding: Sequence[int]) -> torch.Tensor:
         fn = torch.nn.grad.conv2d_input if self.nd == 2 else torch.nn.grad.conv3d_input
-        return fn(list(in_shape), w, gy, self.stride, 0, self.dilation, groups)
+        return fn(list(in_shape), w, gy, self.stride, tuple(padding), self.dilation, groups)
 
-    def conv_weight_grad(self, x: torch.Tensor, w_shape: Sequence[int], gy: torch.Tensor, groups: int) -> torch.Tensor:
+    def conv_weight_grad(self, x: torch.Tensor, w_shape: Sequence[int], gy: torch.Tensor, groups: int,
+                         padding: Sequence[int]) -> torch.Tensor:
         fn = torch.nn.grad.conv2d_weight if self.nd == 2 else torch.nn.grad.conv3d_weight
-        return fn(x, list(w_shape), gy, self.stride, 0, self.dilation, groups)
+        return fn(x, list(w_shape), gy, self.stride, tuple(padding), self.dilation, groups)
+
+    def padded_zero_bases(self, sp_in: Sequence[int], dtype: torch.dtype, device) -> Optional[torch.Tensor]:
+        """What the padded zeros of one input channel add to each window: n_pad(p) * B_k(0), ``[1, 1, nb, *sp_out]``.
+
+        Lets the fast path pool the bases of the *unpadded* input (no padded copy of x) and still equal the
+        paper's definition, in which padded zeros are KA-layer inputs like any other."""
+        if not any(self.padding):
+            return None
+        ones = torch.ones((1, 1) + tuple(sp_in), dtype=dtype, device=device)
+        n_pad = math.prod(self.kernel) - self.sum_pool(ones, self.padding)  # [1, 1, *sp_out]
+        b0 = bspline_bases(torch.zeros(1, dtype=dtype, device=device), self.grid.grid_size, self.grid.spline_order,
+                           (self.grid.lo, self.grid.hi)).to(dtype).reshape(1, 1, -1, *([1] * self.nd))
+        return n_pad.unsqueeze(2) * b0
 
     def blocks(self) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
         """Chunk plan over input channels, never crossing a group boundary inside one piece.
@@ -213,57 +249,60 @@ class _ConvGeometry:
                 yield g, g + 1, [(c0, min(c0 + chunk, (g + 1) * cg)) for c0 in range(g * cg, (g + 1) * cg, chunk)]
 
 
-def _piece_spline_sums(geo: _ConvGeometry, x_pad: torch.Tensor, lam: Optional[torch.Tensor], c0: int, c1: int,
-                       ng: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Window sums of the bases for channels c0..c1 that form ``ng`` (partial) groups.
+def _piece_spline_sums(geo: _ConvGeometry, x_src: torch.Tensor, lam: Optional[torch.Tensor], c0: int, c1: int,
+                       ng: int, zero_bases: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Window sums of the bases of channels c0..c1, which form ``ng`` (partial) groups.
 
-    Returns ``(P [B, ng, nb, *sp_out], dense_bases)``; dense_bases ``[B*nb, cc, *sp_pad]`` only with lambda
-    (needed again for lambda's gradient).
+    Without lambda ``x_src`` is the unpadded input (padding handled by the pooling plus ``zero_bases``); with
+    lambda it is the explicitly padded input. Returns ``(P [B, ng * nb, *sp_out], dense)``; ``dense``
+    (``[B*nb, cc, *sp_pad]``, the bases themselves) only with lambda, whose gradient needs it again.
     """
-    b = x_pad.shape[0]
-    sp = x_pad.shape[2:]
+    b = x_src.shape[0]
+    sp = x_src.shape[2:]
     cc = c1 - c0
-    xc = x_pad[:, c0:c1]
+    xc = x_src[:, c0:c1]
     nb = geo.grid.n_bases
     if lam is None:
         s = basis_sum(xc.reshape(b, ng, cc // ng, *sp), geo.grid)  # [B, ng, nb, *sp]
-        p = geo.sum_pool(s.reshape(b, ng * nb, *sp))
-        return p.reshape(b, ng, nb, *p.shape[2:]), None
+        p = geo.sum_pool(s.reshape(b, ng * nb, *sp), geo.padding)
+        if zero_bases is not None:
+            p = (p.reshape(b, ng, nb, *p.shape[2:]) + (cc // ng) * zero_bases.to(p.dtype)).reshape(b, ng * nb,
+                                                                                                   *p.shape[2:])
+        return p, None
     dense = basis_sum(xc.reshape(b, cc, 1, *sp), geo.grid)  # [B, cc, nb, *sp]
     dense = dense.transpose(1, 2).reshape(b * nb, cc, *sp)
     w = lam[c0:c1].to(dense.dtype).reshape(ng, cc // ng, *geo.kernel)
-    p = geo.conv(dense, w, ng)  # [B*nb, ng, *sp_out]: lambda-weighted window sums (Eq. 6's lambda_j)
-    return p.reshape(b, nb, ng, *p.shape[2:]).transpose(1, 2), dense
-
-
-def _spline_path(geo: _ConvGeometry, x_pad: torch.Tensor, v: torch.Tensor, lam: Optional[torch.Tensor],
-                 out_dtype: torch.dtype) -> torch.Tensor:
-    """Spline path of the fast KAonv (no autograd): ``[B, C_out, *sp_out]``."""
-    b = x_pad.shape[0]
-    nb = geo.grid.n_bases
-    vg = v.reshape(geo.groups, geo.cout_g, nb)
-    outs = []
-    for g0, g1, pieces in geo.blocks():
-        ng = g1 - g0
-        p = None
-        for c0, c1 in pieces:
-            part, _ = _piece_spline_sums(geo, x_pad, lam, c0, c1, ng)
-            p = part if p is None else p + part
-        y = torch.einsum("bgk...,gok->bgo...", p.to(out_dtype), vg[g0:g1].to(out_dtype))
-        outs.append(y.reshape(b, ng * geo.cout_g, *y.shape[3:]))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+    p = geo.conv(dense, w, ng, geo.no_padding)  # [B*nb, ng, *sp_out]: lambda-weighted window sums (Eq. 6's lambda_j)
+    return p.reshape(b, nb, ng, *p.shape[2:]).transpose(1, 2).reshape(b, ng * nb, *p.shape[2:]), dense
 
 
 class _KAConvFunction(torch.autograd.Function):
-    """Fast KAonv with an explicit backward that saves only (x, u, v, lam), like a plain convolution."""
+    """Fast KAonv with an explicit backward that saves only (x, u, v, lam), like a plain convolution.
+
+    Without lambda no padded copy of x is made: silu(0) = 0, so the silu path uses the convolution's own zero
+    padding, and the padded zeros' bases B(0) enter the spline path as a constant per window
+    (``padded_zero_bases``). The 1x1 map by v is a grouped 1x1 convolution of the window sums.
+    """
 
     @staticmethod
     def forward(ctx, x, u, v, lam, bias, geo: _ConvGeometry):
-        x_pad = geo.pad(x)
-        y = geo.conv(F.silu(x_pad), u, geo.groups)
-        y = y + _spline_path(geo, x_pad, v, lam, y.dtype)
+        nd, nb = geo.nd, geo.grid.n_bases
+        implicit = lam is None
+        x_src = x if implicit else geo.pad(x)
+        conv_pad = geo.padding if implicit else geo.no_padding
+        y = geo.conv(F.silu(x_src), u, geo.groups, conv_pad)
+        zero_bases = geo.padded_zero_bases(x.shape[2:], torch.float64 if x.dtype == torch.float64 else
+                                           torch.float32, x.device) if implicit else None
+        w_v = v.reshape(geo.out_channels, nb, *([1] * nd))
+        for g0, g1, pieces in geo.blocks():
+            p = None
+            for c0, c1 in pieces:
+                part, _ = _piece_spline_sums(geo, x_src, lam, c0, c1, g1 - g0, zero_bases)
+                p = part if p is None else p + part
+            o0, o1 = g0 * geo.cout_g, g1 * geo.cout_g
+            y[:, o0:o1] += _conv_fn(nd)(p.to(y.dtype), w_v[o0:o1], None, 1, 0, 1, g1 - g0)
         if bias is not None:
-            y = y + bias.reshape(1, -1, *([1] * geo.nd))
+            y += bias.reshape(1, -1, *([1] * nd))
         ctx.geo = geo
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, u, v, lam)
@@ -274,75 +313,79 @@ class _KAConvFunction(torch.autograd.Function):
         x, u, v, lam = ctx.saved_tensors
         geo: _ConvGeometry = ctx.geo
         need_x, need_u, need_v, need_lam, need_bias, _ = ctx.needs_input_grad
+        nd, nb = geo.nd, geo.grid.n_bases
         gy = gy.contiguous()
-        x_pad = geo.pad(x)
-        b, nb = x.shape[0], geo.grid.n_bases
-        sp_pad = x_pad.shape[2:]
+        implicit = lam is None
+        x_src = x if implicit else geo.pad(x)
+        conv_pad = geo.padding if implicit else geo.no_padding
+        pool_pad = geo.padding if implicit else geo.no_padding
+        b = x.shape[0]
+        sp_src = x_src.shape[2:]
         grad_x = grad_u = grad_v = grad_lam = grad_bias = None
 
-        # silu path: recompute silu(x_pad) instead of having stored it.
-        grad_xpad = None
+        # silu path: silu(x) is recomputed here instead of being stored by forward.
+        grad_src = None
         if need_x or need_u:
-            sig = torch.sigmoid(x_pad)
-            xs = x_pad * sig
+            xs = F.silu(x_src)
             gin, gw, _ = torch.ops.aten.convolution_backward(
-                gy, xs, u, None, list(geo.stride), [0] * geo.nd, list(geo.dilation), False, [0] * geo.nd,
-                geo.groups, [need_x, need_u, False])
+                gy, xs, u, None, list(geo.stride), list(conv_pad), list(geo.dilation), False, [0] * nd, geo.groups,
+                [need_x, need_u, False])
             del xs
             if need_u:
                 grad_u = gw
             if need_x:
-                grad_xpad = gin * (sig * (1.0 + x_pad * (1.0 - sig)))  # silu'(z) = s(z) (1 + z (1 - s(z)))
-            del sig
+                grad_src = torch.ops.aten.silu_backward(gin, x_src)
+            del gin
 
-        # spline path, block by block: exact v (and lambda) gradients; B'-path only without grad_free.
+        # spline path, block by block: exact v (and lambda) gradients; the B'-path only without grad_free.
         spline_x = need_x and not geo.grad_free
-        vg = v.reshape(geo.groups, geo.cout_g, nb)
-        if need_v:
-            grad_v = torch.empty_like(vg)
-        if need_lam:
-            grad_lam = torch.empty_like(lam)
         if need_v or need_lam or spline_x:
+            zero_bases = geo.padded_zero_bases(x.shape[2:], torch.float64 if x.dtype == torch.float64 else
+                                               torch.float32, x.device) if implicit else None
+            w_v = v.reshape(geo.out_channels, nb, *([1] * nd))
+            grad_v = torch.empty_like(w_v) if need_v else None
+            grad_lam = torch.empty_like(lam) if need_lam else None
             for g0, g1, pieces in geo.blocks():
                 ng = g1 - g0
-                gy_b = gy[:, g0 * geo.cout_g: g1 * geo.cout_g].reshape(b, ng, geo.cout_g, *gy.shape[2:])
-                g_s = None
+                o0, o1 = g0 * geo.cout_g, g1 * geo.cout_g
+                gy_b = gy[:, o0:o1]
+                g_s = None  # dL/dP: [B, ng * nb, *sp_out]
                 if spline_x or need_lam:
-                    # dL/dS_k for this block's groups: [B, ng, nb, *sp_out]
-                    g_s = torch.einsum("bgo...,gok->bgk...", gy_b, vg[g0:g1].to(gy_b.dtype))
+                    g_s = torch.nn.grad.conv2d_input if nd == 2 else torch.nn.grad.conv3d_input
+                    g_s = g_s([b, ng * nb, *gy.shape[2:]], w_v[o0:o1].to(gy.dtype), gy_b, 1, 0, 1, ng)
                 p = None
                 for c0, c1 in pieces:
                     ngp = ng if len(pieces) == 1 else 1
-                    part, dense = _piece_spline_sums(geo, x_pad, lam, c0, c1, ngp)
+                    part, dense = _piece_spline_sums(geo, x_src, lam, c0, c1, ngp, zero_bases)
                     if need_v:
                         p = part if p is None else p + part
                     cc = c1 - c0
                     if lam is not None and (need_lam or spline_x):
-                        g_flat = g_s.to(dense.dtype).transpose(1, 2).reshape(b * nb, ngp, *g_s.shape[3:])
+                        g_flat = g_s.reshape(b, ngp, nb, *g_s.shape[2:]).transpose(1, 2)
+                        g_flat = g_flat.reshape(b * nb, ngp, *g_s.shape[2:]).to(dense.dtype)
                         if need_lam:
-                            gl = geo.conv_weight_grad(dense, (ngp, cc // ngp) + geo.kernel, g_flat, ngp)
+                            gl = geo.conv_weight_grad(dense, (ngp, cc // ngp) + geo.kernel, g_flat, ngp,
+                                                      geo.no_padding)
                             grad_lam[c0:c1] = gl.reshape(cc, *geo.kernel).to(lam.dtype)
                         if spline_x:
                             w = lam[c0:c1].to(dense.dtype).reshape(ngp, cc // ngp, *geo.kernel)
-                            h = geo.conv_input_grad((b * nb, cc) + tuple(sp_pad), w, g_flat, ngp)
-                            h = h.reshape(b, nb, cc, *sp_pad).transpose(1, 2)  # [B, cc, nb, *sp]
-                            d = basis_derivative_dot(x_pad[:, c0:c1].reshape(b, cc, 1, *sp_pad), h, geo.grid)
-                            grad_xpad[:, c0:c1] += d.reshape(b, cc, *sp_pad).to(grad_xpad.dtype)
+                            h = geo.conv_input_grad((b * nb, cc) + tuple(sp_src), w, g_flat, ngp, geo.no_padding)
+                            h = h.reshape(b, nb, cc, *sp_src).transpose(1, 2)  # [B, cc, nb, *sp]
+                            d = basis_derivative_dot(x_src[:, c0:c1].reshape(b, cc, 1, *sp_src), h, geo.grid)
+                            grad_src[:, c0:c1] += d.reshape(b, cc, *sp_src).to(grad_src.dtype)
                     elif spline_x:
-                        gsf = g_s.reshape(b, ngp * nb, *g_s.shape[3:]).to(x_pad.dtype)
-                        ones = gsf.new_ones((ngp * nb, 1) + geo.kernel)
-                        h = geo.conv_input_grad((b, ngp * nb) + tuple(sp_pad), ones, gsf, ngp * nb)
-                        d = basis_derivative_dot(x_pad[:, c0:c1].reshape(b, ngp, cc // ngp, *sp_pad),
-                                                 h.reshape(b, ngp, nb, *sp_pad), geo.grid)
-                        grad_xpad[:, c0:c1] += d.reshape(b, cc, *sp_pad).to(grad_xpad.dtype)
+                        h = geo.sum_pool_adjoint(g_s.to(x_src.dtype), (b, ngp * nb) + tuple(sp_src), pool_pad)
+                        d = basis_derivative_dot(x_src[:, c0:c1].reshape(b, ngp, cc // ngp, *sp_src),
+                                                 h.reshape(b, ngp, nb, *sp_src), geo.grid)
+                        grad_src[:, c0:c1] += d.reshape(b, cc, *sp_src).to(grad_src.dtype)
                 if need_v:
-                    grad_v[g0:g1] = torch.einsum("bgo...,bgk...->gok", gy_b, p.to(gy_b.dtype)).to(v.dtype)
+                    fn = torch.nn.grad.conv2d_weight if nd == 2 else torch.nn.grad.conv3d_weight
+                    grad_v[o0:o1] = fn(p.to(gy.dtype), list(w_v[o0:o1].shape), gy_b, 1, 0, 1, ng).to(v.dtype)
             if need_v:
                 grad_v = grad_v.reshape_as(v)
 
         if need_x:
-            crop = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(geo.padding, x.shape[2:]))
-            grad_x = grad_xpad[crop].to(x.dtype)
+            grad_x = (grad_src if implicit else geo.crop(grad_src)).to(x.dtype)
         if need_bias and ctx.has_bias:
             grad_bias = gy.sum(dim=[0] + list(range(2, gy.dim())))
         return grad_x, grad_u, grad_v, grad_lam, grad_bias, None
@@ -459,7 +502,7 @@ class _KAConvNd(nn.Module):
         u = self.u.reshape(self.groups, geo.cout_g, n_in)
         v = self.v.reshape(self.groups, geo.cout_g, -1)
         lam = None if self.lam is None else self.lam.reshape(self.groups, n_in)
-        y = ka_grouped(cols, u, v, lam, geo.grid, geo.grad_free, geo.chunk_size)  # [N, G, out_g]
+        y = ka_grouped(cols, u, v, lam, geo.grid, geo.grad_free, geo.chunk_size, literal=True)  # [N, G, out_g]
         y = y.reshape(b, *sp_out, self.out_channels).movedim(-1, 1)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, *([1] * self.nd)).to(y.dtype)

@@ -128,10 +128,10 @@ class KANConv2d(nn.Module):
             y = y + torch.einsum("bhwgjk,gojk->bhwgo", bases,
                                  w_s.reshape(self.groups, og, -1, self.grid.n_bases))
             return y.reshape(b, ho, wo, self.out_channels).permute(0, 3, 1, 2).contiguous()
-        y = geo.conv(F.silu(x_pad), self.base_weight, self.groups)
+        y = geo.conv(F.silu(x_pad), self.base_weight, self.groups, geo.no_padding)
         bases = _expanded_bases(x_pad, self.grid, self.grad_free).to(x.dtype)  # [B, C_in, nb, Hp, Wp]
         w = w_s.movedim(-1, 2).reshape(self.out_channels, -1, *self.kernel_size)  # channel-major (c, k) order
-        return y + geo.conv(bases.flatten(1, 2), w, self.groups)
+        return y + geo.conv(bases.flatten(1, 2), w, self.groups, geo.no_padding)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

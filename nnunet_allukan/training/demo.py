@@ -10,7 +10,7 @@ is written, then the project's and nnU-Net's own console commands run in order:
 5. IoU / F1 (per image and the reference code's batch-pooled protocol) and an overlay PNG.
 
 Everything lands in one output folder (default ``./allukan_demo``), printed at the end. The defaults
-(64 x 64 images, 5 epochs of ALL U-KAN) are sized for a 2-core CPU; the scores of such a short run say
+(60 images of 64 x 64, 10 short epochs of ALL U-KAN) are sized for a 2-core CPU; the scores of such a short run say
 that the pipeline works, not what ALL U-KAN reaches with the paper's 400 epochs.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 DEMO_DATASET_ID = 701
-DEMO_TRAINER = "nnUNetTrainerAllUKAN_5epochs"
+DEMO_TRAINER = "nnUNetTrainerAllUKAN_10epochs"
 DEMO_FOLD = 0
 OVERLAY_CASES = 4
 GROUND_TRUTH_RGB = (40, 220, 60)
@@ -157,11 +157,14 @@ def run_demo(args: argparse.Namespace) -> Path:
     logs = output / "logs"
     logs.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_compile"}  # compile slows CPU runs down
+    env["PYTHONUNBUFFERED"] = "1"  # the steps' progress is shown line by line
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (output / name).mkdir()
         env[name] = str(output / name)
     env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
-    env.setdefault("nnUNet_n_proc_DA", "0")  # tiny images: worker processes cost more than they save
+    # Training: augmentation in the training process (tiny images: workers cost more than they save).
+    # Not for planning: nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0.
+    train_env = env | {"nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "0")}
     dataset_id = str(DEMO_DATASET_ID)
     started = time.time()
 
@@ -179,11 +182,12 @@ def run_demo(args: argparse.Namespace) -> Path:
     print("\n[demo 3/6] nnU-Net planning and preprocessing", flush=True)
     run_step("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d",
                                      "--verify_dataset_integrity", "-np", env["nnUNet_def_n_proc"],
-                                     "-npfp", env["nnUNet_def_n_proc"]], env, logs)
+                                     "-npfp", env["nnUNet_def_n_proc"]],
+             env | {"nnUNet_n_proc_DA": env["nnUNet_def_n_proc"]}, logs)
 
     print(f"\n[demo 4/6] training {args.trainer}, fold {DEMO_FOLD} (the paper's seed-2981 split)", flush=True)
     run_step("train", ["nnUNetv2_train", dataset_id, "2d", str(DEMO_FOLD), "-tr", args.trainer,
-                       "-device", args.device], env, logs)
+                       "-device", args.device], train_env, logs)
 
     print("\n[demo 5/6] predicting the held-out cases with nnUNetv2_predict", flush=True)
     splits = json.loads((output / "nnUNet_preprocessed" / raw.name / "splits_allukan_paper.json").read_text())

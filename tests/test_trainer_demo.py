@@ -1,0 +1,60 @@
+"""nnUNetv2_allukan_demo: argument checks, scoring and the overlay (the full run is minutes: run by hand)."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from nnunet_allukan.training import demo
+
+
+def test_bad_size_is_an_error_and_writes_nothing(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert demo.main(["-o", str(output), "--size", "50"]) == 1
+    assert "multiple of 32" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_existing_output_folder_needs_overwrite(tmp_path, capsys):
+    output = tmp_path / "demo"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    assert demo.main(["-o", str(output)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (output / "keep.txt").read_text() == "mine"
+
+
+def _write_case(folder, case, image, label, prediction):
+    (folder / "images").mkdir(exist_ok=True)
+    (folder / "labels").mkdir(exist_ok=True)
+    (folder / "predictions").mkdir(exist_ok=True)
+    Image.fromarray(image).save(folder / "images" / f"{case}_0000.png")
+    Image.fromarray(label.astype(np.uint8)).save(folder / "labels" / f"{case}.png")
+    Image.fromarray(prediction.astype(np.uint8)).save(folder / "predictions" / f"{case}.png")
+
+
+def test_scores_and_overlay(tmp_path):
+    label = np.zeros((32, 32), dtype=bool)
+    label[8:24, 8:24] = True  # 256 pixels
+    half = label.copy()
+    half[8:16] = False  # 128 pixels, all inside the label
+    image = np.full((32, 32, 3), 100, dtype=np.uint8)
+    _write_case(tmp_path, "a", image, label, label)
+    _write_case(tmp_path, "b", image, label, half)
+    scores = demo.score_predictions(["a", "b"], tmp_path / "labels", tmp_path / "predictions")
+    assert scores["per_case"]["a"]["IoU"] == pytest.approx(1.0)
+    assert scores["per_case"]["b"]["IoU"] == pytest.approx(0.5, abs=1e-6)
+    assert scores["per_image"]["IoU"] == pytest.approx(0.75, abs=1e-6)
+    # reference protocol: one batch, IoU pooled over both images = (256 + 128) / (256 + 256)
+    assert scores["reference_batch_pooled"]["IoU"] == pytest.approx(0.75, abs=1e-6)
+
+    png = tmp_path / "overlay.png"
+    demo.write_overlay_png(["a", "b"], tmp_path / "images", tmp_path / "labels", tmp_path / "predictions", png)
+    picture = np.asarray(Image.open(png))
+    scale = 192 // 32
+    assert picture.shape == (2 * 32 * scale, 3 * 32 * scale, 3)
+    row_b = picture[32 * scale:]
+    inside, outside = (12 * scale, 12 * scale), (2 * scale, 2 * scale)
+    assert tuple(row_b[inside]) == (100, 100, 100)  # raw image panel
+    assert row_b[inside[0], 32 * scale + inside[1], 1] > 150  # ground truth tinted green
+    assert row_b[inside[0], 64 * scale + inside[1], 0] < 150  # prediction of b is empty in rows 8..15
+    assert row_b[20 * scale, 64 * scale + 12 * scale, 0] > 150  # ... and red in rows 16..23
+    assert tuple(row_b[outside[0], 64 * scale + outside[1]]) == (100, 100, 100)
