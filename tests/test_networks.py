@@ -124,13 +124,13 @@ def _dice(logits, target):
 
 
 def test_allukan_learns_blobs():
-    """A broken gradient path (u, v or the input path) keeps Dice far below 0.9."""
+    """A broken gradient path (u, v or the input path) keeps Dice far below 0.9 (seen: 0.93 after 60 steps)."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    net = ALLUKAN(3, 1, embed_dims=(32, 40, 64))
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for step in range(150):
-        x, y = _blobs(8, 64, gen)
+    net = ALLUKAN(3, 1, embed_dims=(16, 24, 32))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(90):
+        x, y = _blobs(4, 64, gen)
         logits = net(x)
         prob = logits.sigmoid()
         dice = 1 - (2 * (prob * y).sum((1, 2, 3)) + 1e-5) / (prob.sum((1, 2, 3)) + y.sum((1, 2, 3)) + 1e-5)
