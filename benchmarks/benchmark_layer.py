@@ -61,7 +61,8 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
-    p.add_argument("--json", type=Path, default=None, help="write results as JSON")
+    p.add_argument("--json", type=Path, default=Path("benchmark_results/layer_benchmark.json"),
+                   help="where to write the results as JSON (default benchmark_results/layer_benchmark.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.threads:
@@ -101,6 +102,7 @@ def main() -> int:
         print(f"\nfast vs reference (grad-free): {times[rg] / times[fg]:.1f}x faster, {mems[rg] / max(mems[fg], 1):.1f}x"
               f" less peak memory")
     if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "time_s": times,
                                       "peak_bytes": mems, "compiled": compiled_kernels_enabled(device.type),
                                       "pid": os.getpid()}, indent=2))

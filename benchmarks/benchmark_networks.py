@@ -106,7 +106,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), help="subset of: " + ", ".join(CONFIGS))
     p.add_argument("--skip-batch1", action="store_true", help="skip the batch-1 rows 9/11 memory comparison")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=Path("benchmark_results/network_benchmark.json"),
+                   help="where to write the results as JSON (default benchmark_results/network_benchmark.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-batch", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()

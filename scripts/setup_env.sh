@@ -7,7 +7,7 @@
 #   Pinning a matching pair (torch 2.13.0 / torchvision 0.28.0) keeps the torch we chose. On a CPU-only
 #   machine torchvision then cannot be imported ("operator torchvision::nms does not exist"); that is
 #   harmless because nnunet-allukan never imports timm or torchvision and its trainers are found by
-#   nnU-Net before anything that does (docs/installation.md).
+#   nnU-Net before anything that does (README, "Installing into your own environment").
 #
 # Override the pair with ALLUKAN_TORCH_SPEC, e.g. ALLUKAN_TORCH_SPEC="torch==2.14.1 torchvision==0.29.1".
 # Override the environment location with ALLUKAN_VENV (default: .venv in the repository root).

@@ -174,7 +174,7 @@ def test_every_trainer_is_exported_and_has_nnunet_init_signature():
     expected = list(inspect.signature(nnUNetTrainer.__init__).parameters)
     for name in trainers.__all__:
         assert list(inspect.signature(getattr(trainers, name).__init__).parameters) == expected, name
-    epochs = {"_1epoch": 1, "_5epochs": 5, "_10epochs": 10, "_20epochs": 20, "_100epochs": 100}
+    epochs = {"_1epoch": 1, "_5epochs": 5, "_10epochs": 10, "_20epochs": 20, "_50epochs": 50, "_100epochs": 100}
     for name in trainers.__all__:
         for suffix, n in epochs.items():
             if name.endswith(suffix):

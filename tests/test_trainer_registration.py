@@ -11,13 +11,20 @@ from nnunet_allukan.training import registration
 def test_register_is_idempotent_and_remove_deletes_only_our_module(tmp_path):
     target = tmp_path / registration.SHIM_MODULE_NAME
     assert registration.register(tmp_path) == (target, "registered")
-    assert target.read_text() == registration.SHIM_SOURCE.read_text()
+    assert target.read_text() == registration.SHIM_TEXT
     assert "from nnunet_allukan.training.trainers import *" in target.read_text()
     assert registration.register(tmp_path) == (target, "already registered")
     assert sorted(p.name for p in tmp_path.iterdir()) == [registration.SHIM_MODULE_NAME]  # no temp file left
     assert registration.unregister(tmp_path) == (target, "removed")
     assert not target.exists()
     assert registration.unregister(tmp_path) == (target, "was not registered")
+
+
+def test_embedded_shim_text_is_the_shim_source():
+    source = registration.SHIM_SOURCE
+    if not source.is_file():  # a wheel install: the file lives only in nnU-Net's trainer folder
+        source = registration.nnunet_trainer_folder() / registration.SHIM_MODULE_NAME
+    assert source.read_text() == registration.SHIM_TEXT
 
 
 def test_a_symlink_to_the_shim_counts_as_registered(tmp_path):
@@ -56,3 +63,16 @@ def test_console_command_runs(tmp_path):
     result = subprocess.run(command + ["--trainer_folder", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"registered: {tmp_path / registration.SHIM_MODULE_NAME}"
+
+
+def test_wheel_installs_the_shim_into_nnunets_trainer_folder_and_declares_the_commands():
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    config = tomllib.loads(pyproject.read_text())
+    force_include = config["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    assert force_include["nnunet_allukan/training/nnunet_trainer_shim.py"] == \
+        f"nnunetv2/training/nnUNetTrainer/{registration.SHIM_MODULE_NAME}"
+    scripts = config["project"]["scripts"]
+    assert scripts["nnUNetv2_allukan_register"] == "nnunet_allukan.training.registration:main"
+    assert scripts["nnUNetv2_allukan_demo"] == "nnunet_allukan.training.demo:main"

@@ -290,17 +290,19 @@ class _KAConvFunction(torch.autograd.Function):
         implicit = lam is None
         x_src = x if implicit else geo.pad(x)
         conv_pad = geo.padding if implicit else geo.no_padding
-        y = geo.conv(F.silu(x_src), u, geo.groups, conv_pad)
+        y = geo.conv(F.silu(x_src), u, geo.groups, conv_pad).contiguous()
         zero_bases = geo.padded_zero_bases(x.shape[2:], torch.float64 if x.dtype == torch.float64 else
                                            torch.float32, x.device) if implicit else None
-        w_v = v.reshape(geo.out_channels, nb, *([1] * nd))
+        v_g = v.reshape(geo.groups, geo.cout_g, nb)
+        y_g = y.view(y.shape[0], geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
         for g0, g1, pieces in geo.blocks():
             p = None
             for c0, c1 in pieces:
                 part, _ = _piece_spline_sums(geo, x_src, lam, c0, c1, g1 - g0, zero_bases)
                 p = part if p is None else p + part
-            o0, o1 = g0 * geo.cout_g, g1 * geo.cout_g
-            y[:, o0:o1] += _conv_fn(nd)(p.to(y.dtype), w_v[o0:o1], None, 1, 0, 1, g1 - g0)
+            p = p.to(y.dtype).reshape(y.shape[0], g1 - g0, nb, -1)
+            for i in range(y.shape[0]):  # y += v @ P, per sample (in place, as a batched GEMM over groups)
+                y_g[i, g0:g1].baddbmm_(v_g[g0:g1], p[i])
         if bias is not None:
             y += bias.reshape(1, -1, *([1] * nd))
         ctx.geo = geo
@@ -342,17 +344,16 @@ class _KAConvFunction(torch.autograd.Function):
         if need_v or need_lam or spline_x:
             zero_bases = geo.padded_zero_bases(x.shape[2:], torch.float64 if x.dtype == torch.float64 else
                                                torch.float32, x.device) if implicit else None
-            w_v = v.reshape(geo.out_channels, nb, *([1] * nd))
-            grad_v = torch.empty_like(w_v) if need_v else None
+            v_g = v.reshape(geo.groups, geo.cout_g, nb)
+            gy_g = gy.view(b, geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
+            grad_v = torch.zeros_like(v_g) if need_v else None
             grad_lam = torch.empty_like(lam) if need_lam else None
             for g0, g1, pieces in geo.blocks():
                 ng = g1 - g0
-                o0, o1 = g0 * geo.cout_g, g1 * geo.cout_g
-                gy_b = gy[:, o0:o1]
-                g_s = None  # dL/dP: [B, ng * nb, *sp_out]
+                g_s = None  # dL/dP = v^T dL/dy: [B, ng * nb, *sp_out]
                 if spline_x or need_lam:
-                    g_s = torch.nn.grad.conv2d_input if nd == 2 else torch.nn.grad.conv3d_input
-                    g_s = g_s([b, ng * nb, *gy.shape[2:]], w_v[o0:o1].to(gy.dtype), gy_b, 1, 0, 1, ng)
+                    g_s = torch.matmul(v_g[g0:g1].transpose(1, 2).to(gy.dtype), gy_g[:, g0:g1])
+                    g_s = g_s.reshape(b, ng * nb, *gy.shape[2:])
                 p = None
                 for c0, c1 in pieces:
                     ngp = ng if len(pieces) == 1 else 1
@@ -378,9 +379,11 @@ class _KAConvFunction(torch.autograd.Function):
                         d = basis_derivative_dot(x_src[:, c0:c1].reshape(b, ngp, cc // ngp, *sp_src),
                                                  h.reshape(b, ngp, nb, *sp_src), geo.grid)
                         grad_src[:, c0:c1] += d.reshape(b, cc, *sp_src).to(grad_src.dtype)
-                if need_v:
-                    fn = torch.nn.grad.conv2d_weight if nd == 2 else torch.nn.grad.conv3d_weight
-                    grad_v[o0:o1] = fn(p.to(gy.dtype), list(w_v[o0:o1].shape), gy_b, 1, 0, 1, ng).to(v.dtype)
+                if need_v:  # dL/dv = sum over samples and positions of dL/dy P^T (Eq. 9)
+                    p = p.to(gy.dtype).reshape(b, ng, nb, -1)
+                    acc = grad_v[g0:g1]
+                    for i in range(b):
+                        acc.baddbmm_(gy_g[i, g0:g1], p[i].transpose(1, 2))
             if need_v:
                 grad_v = grad_v.reshape_as(v)
 

@@ -10,8 +10,8 @@ is written, then the project's and nnU-Net's own console commands run in order:
 5. IoU / F1 (per image and the reference code's batch-pooled protocol) and an overlay PNG.
 
 Everything lands in one output folder (default ``./allukan_demo``), printed at the end. The defaults
-(60 images of 64 x 64, 10 short epochs of ALL U-KAN) are sized for a 2-core CPU; the scores of such a short run say
-that the pipeline works, not what ALL U-KAN reaches with the paper's 400 epochs.
+(60 images of 64 x 64, 50 short epochs = 300 steps of ALL U-KAN) are sized for a 2-core CPU; the scores of
+such a short run say that the pipeline works, not what ALL U-KAN reaches with the paper's 400 epochs.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 DEMO_DATASET_ID = 701
-DEMO_TRAINER = "nnUNetTrainerAllUKAN_10epochs"
+DEMO_TRAINER = "nnUNetTrainerAllUKAN_50epochs"
 DEMO_FOLD = 0
 OVERLAY_CASES = 4
 GROUND_TRUTH_RGB = (40, 220, 60)

@@ -35,6 +35,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
+from nnunet_allukan.networks import network_summary
 from nnunet_allukan.training.protocol import (
     PAPER_BATCH_SIZE, PAPER_BCE_WEIGHT, PAPER_DICE_SMOOTH, PAPER_INITIAL_LR, PAPER_MIN_LR, PAPER_NUM_EPOCHS,
     PAPER_SPLIT_SEEDS, PAPER_WEIGHT_DECAY, SPLITS_FILE_NAME, ClosedFormCosineLRScheduler,
@@ -44,7 +45,7 @@ from nnunet_allukan.training.protocol import (
 __all__ = [
     f"nnUNetTrainer{network}{length}"
     for network in ("AllUKAN", "UKAN", "UKAN_MLP")
-    for length in ("", "_1epoch", "_5epochs", "_10epochs", "_20epochs", "_100epochs")
+    for length in ("", "_1epoch", "_5epochs", "_10epochs", "_20epochs", "_50epochs", "_100epochs")
 ]
 
 # Key of the network record inside a configuration of plans.json.
@@ -213,23 +214,21 @@ class nnUNetTrainerAllUKAN(nnUNetTrainer):
         network = self.network.module if self.is_ddp else self.network
         network = getattr(network, "_orig_mod", network)
         record = self.configuration_manager.configuration[NETWORK_PLANS_KEY]
-        from nnunet_allukan.networks import network_summary
-
         summary = network_summary(network)
         layer_counts = ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("class", "parameters"))
-        binary = self.label_manager.has_regions
+        loss = ("loss 0.5 * BCE + (1 - Dice), one sigmoid output, prediction = sigmoid > 0.5"
+                if self.label_manager.has_regions else
+                "loss CE + Dice, softmax over background + foreground labels, prediction = argmax")
+        batch_size, patch_size = self.configuration_manager.batch_size, self.configuration_manager.patch_size
         self.print_to_log_file(
             f"\nNetwork: {summary['class']} ({record['class']}, kwargs {json.dumps(record['kwargs'])}), "
             f"{self.num_input_channels} input channels -> {self.label_manager.num_segmentation_heads} outputs, "
             f"{summary['parameters']:,} parameters; layers: {layer_counts}\n"
-            f"Protocol (ALL U-KAN paper): fold {self.fold} = split seed {self.split_seed}; Adam lr {self.initial_lr:g}, "
-            f"weight decay {self.weight_decay:g}; cosine annealing to {self.min_lr:g} over {self.num_epochs} epochs "
-            f"(closed form of the epoch); batch size {self.configuration_manager.batch_size}; "
+            f"Protocol (ALL U-KAN paper): fold {self.fold} = split seed {self.split_seed}; "
+            f"Adam lr {self.initial_lr:g}, weight decay {self.weight_decay:g}; cosine annealing to {self.min_lr:g} "
+            f"over {self.num_epochs} epochs (closed form of the epoch); batch size {batch_size}; "
             f"{self.num_iterations_per_epoch} training / {self.num_val_iterations_per_epoch} validation iterations "
-            f"per epoch (ceil(n / batch size)); patch size {self.configuration_manager.patch_size}; "
-            + ("loss 0.5 * BCE + (1 - Dice), one sigmoid output, prediction = sigmoid > 0.5"
-               if binary else "loss CE + Dice, softmax over background + foreground labels, prediction = argmax")
-            + "; no deep supervision\n",
+            f"per epoch (ceil(n / batch size)); patch size {patch_size}; {loss}; no deep supervision\n",
             add_timestamp=False)
 
 
@@ -289,6 +288,13 @@ class nnUNetTrainerAllUKAN_20epochs(nnUNetTrainerAllUKAN):
         self.num_epochs = 20
 
 
+class nnUNetTrainerAllUKAN_50epochs(nnUNetTrainerAllUKAN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 50
+
+
 class nnUNetTrainerAllUKAN_100epochs(nnUNetTrainerAllUKAN):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -324,6 +330,13 @@ class nnUNetTrainerUKAN_20epochs(nnUNetTrainerUKAN):
         self.num_epochs = 20
 
 
+class nnUNetTrainerUKAN_50epochs(nnUNetTrainerUKAN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 50
+
+
 class nnUNetTrainerUKAN_100epochs(nnUNetTrainerUKAN):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -357,6 +370,13 @@ class nnUNetTrainerUKAN_MLP_20epochs(nnUNetTrainerUKAN_MLP):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 20
+
+
+class nnUNetTrainerUKAN_MLP_50epochs(nnUNetTrainerUKAN_MLP):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 50
 
 
 class nnUNetTrainerUKAN_MLP_100epochs(nnUNetTrainerUKAN_MLP):
