@@ -24,12 +24,12 @@ def median_time(step: Callable[[], None], device: torch.device, warmup: int, rep
         step()
     sync(device)
     times = []
-    for _ in range(repeats):
+    for _ in range(max(repeats, 0)):
         t = time.perf_counter()
         step()
         sync(device)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times) if times else float("nan")
 
 
 def current_rss_bytes() -> int:

@@ -2,7 +2,7 @@
 
     python benchmarks/benchmark_layer.py [--batch 2 --channels 32 --size 128 --kernel 3] [--device cpu|cuda]
 
-Time: median of ``--repeats`` steps after warm-up, every variant in this process, interleaved in one run.
+Time: median over ``--repeats`` interleaved rounds (one step of every variant per round) after warm-up.
 Peak memory: every variant in a fresh process (``--child``), on CPU as growth of the peak RSS.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -81,7 +82,15 @@ def main() -> int:
     print(f"shape B={a.batch} C={a.channels} {a.size}x{a.size}, kernel {a.kernel}, device {device}, "
           f"threads {torch.get_num_threads()}, compiled basis kernels: {compiled_kernels_enabled(device.type)}")
     steps = {name: make_step(name, a, device) for name in a.variants}
-    times = {name: median_time(step, device, a.warmup, a.repeats) for name, step in steps.items()}
+    # Interleaved rounds (one step of every variant per round) so that drifting load on a shared machine
+    # affects all variants alike; the median over rounds is reported.
+    for step in steps.values():
+        median_time(step, device, a.warmup, 0)
+    rounds = {name: [] for name in steps}
+    for _ in range(a.repeats):
+        for name, step in steps.items():
+            rounds[name].append(median_time(step, device, 0, 1))
+    times = {name: statistics.median(ts) for name, ts in rounds.items()}
     base_args = [a_ for k, v in vars(a).items() if k not in ("variants", "json", "child") and v is not None
                  for a_ in (f"--{k.replace('_', '-')}", str(v))]
     mems = {}
