@@ -249,31 +249,36 @@ class _ConvGeometry:
                 yield g, g + 1, [(c0, min(c0 + chunk, (g + 1) * cg)) for c0 in range(g * cg, (g + 1) * cg, chunk)]
 
 
-def _piece_spline_sums(geo: _ConvGeometry, x_src: torch.Tensor, lam: Optional[torch.Tensor], c0: int, c1: int,
-                       ng: int, zero_bases: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Window sums of the bases of channels c0..c1, which form ``ng`` (partial) groups.
+def _piece_lambda_window_sums(geo: _ConvGeometry, x_pad: torch.Tensor, lam: torch.Tensor, c0: int, c1: int,
+                              ng: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """lambda-weighted window sums (Eq. 6's lambda_j) of channels c0..c1 (``ng`` partial groups), padded input.
 
-    Without lambda ``x_src`` is the unpadded input (padding handled by the pooling plus ``zero_bases``); with
-    lambda it is the explicitly padded input. Returns ``(P [B, ng * nb, *sp_out], dense)``; ``dense``
-    (``[B*nb, cc, *sp_pad]``, the bases themselves) only with lambda, whose gradient needs it again.
+    Returns ``(P [B, ng * nb, *sp_out], dense)`` with ``dense`` the bases ``[B*nb, cc, *sp_pad]`` (lambda's
+    gradient needs them again).
     """
-    b = x_src.shape[0]
-    sp = x_src.shape[2:]
-    cc = c1 - c0
-    xc = x_src[:, c0:c1]
-    nb = geo.grid.n_bases
-    if lam is None:
-        s = basis_sum(xc.reshape(b, ng, cc // ng, *sp), geo.grid)  # [B, ng, nb, *sp]
-        p = geo.sum_pool(s.reshape(b, ng * nb, *sp), geo.padding)
-        if zero_bases is not None:
-            p = (p.reshape(b, ng, nb, *p.shape[2:]) + (cc // ng) * zero_bases.to(p.dtype)).reshape(b, ng * nb,
-                                                                                                   *p.shape[2:])
-        return p, None
-    dense = basis_sum(xc.reshape(b, cc, 1, *sp), geo.grid)  # [B, cc, nb, *sp]
+    b, sp, cc, nb = x_pad.shape[0], x_pad.shape[2:], c1 - c0, geo.grid.n_bases
+    dense = basis_sum(x_pad[:, c0:c1].reshape(b, cc, 1, *sp), geo.grid)  # [B, cc, nb, *sp]
     dense = dense.transpose(1, 2).reshape(b * nb, cc, *sp)
     w = lam[c0:c1].to(dense.dtype).reshape(ng, cc // ng, *geo.kernel)
-    p = geo.conv(dense, w, ng, geo.no_padding)  # [B*nb, ng, *sp_out]: lambda-weighted window sums (Eq. 6's lambda_j)
+    p = geo.conv(dense, w, ng, geo.no_padding)  # [B*nb, ng, *sp_out]
     return p.reshape(b, nb, ng, *p.shape[2:]).transpose(1, 2).reshape(b, ng * nb, *p.shape[2:]), dense
+
+
+def _block_window_sums(geo: _ConvGeometry, x: torch.Tensor, g0: int, g1: int, pieces: list[tuple[int, int]],
+                       zero_bases: Optional[torch.Tensor]) -> torch.Tensor:
+    """Window sums of the bases for groups g0..g1 (no lambda; ``x`` unpadded): ``[B, ng * nb, *sp_out]``.
+
+    The channel sums of all pieces are added first and pooled once (pooling is linear)."""
+    b, sp, nb, ng = x.shape[0], x.shape[2:], geo.grid.n_bases, g1 - g0
+    ngp = ng if len(pieces) == 1 else 1
+    s = None
+    for c0, c1 in pieces:
+        part = basis_sum(x[:, c0:c1].reshape(b, ngp, (c1 - c0) // ngp, *sp), geo.grid)  # [B, ngp, nb, *sp]
+        s = part if s is None else s.add_(part)
+    p = geo.sum_pool(s.reshape(b, ng * nb, *sp), geo.padding)
+    if zero_bases is not None:  # every channel of a group contributes B(0) per padded tap
+        p = p.reshape(b, ng, nb, *p.shape[2:]).add_(geo.cin_g * zero_bases.to(p.dtype)).reshape(b, ng * nb, *p.shape[2:])
+    return p
 
 
 class _KAConvFunction(torch.autograd.Function):
@@ -296,10 +301,10 @@ class _KAConvFunction(torch.autograd.Function):
         v_g = v.reshape(geo.groups, geo.cout_g, nb)
         y_g = y.view(y.shape[0], geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
         for g0, g1, pieces in geo.blocks():
-            p = None
-            for c0, c1 in pieces:
-                part, _ = _piece_spline_sums(geo, x_src, lam, c0, c1, g1 - g0, zero_bases)
-                p = part if p is None else p + part
+            if lam is None:
+                p = _block_window_sums(geo, x_src, g0, g1, pieces, zero_bases)
+            else:
+                p = sum(_piece_lambda_window_sums(geo, x_src, lam, c0, c1, g1 - g0)[0] for c0, c1 in pieces)
             p = p.to(y.dtype).reshape(y.shape[0], g1 - g0, nb, -1)
             for i in range(y.shape[0]):  # y += v @ P, per sample (in place, as a batched GEMM over groups)
                 y_g[i, g0:g1].baddbmm_(v_g[g0:g1], p[i])
@@ -354,14 +359,23 @@ class _KAConvFunction(torch.autograd.Function):
                 if spline_x or need_lam:
                     g_s = torch.matmul(v_g[g0:g1].transpose(1, 2).to(gy.dtype), gy_g[:, g0:g1])
                     g_s = g_s.reshape(b, ng * nb, *gy.shape[2:])
-                p = None
+                p = _block_window_sums(geo, x_src, g0, g1, pieces, zero_bases) if need_v and lam is None else None
+                h = None
+                if lam is None and spline_x:  # adjoint of the window sums, once per block: [B, ng, nb, *sp]
+                    h = geo.sum_pool_adjoint(g_s.to(x_src.dtype), (b, ng * nb) + tuple(sp_src), pool_pad)
+                    h = h.reshape(b, ng, nb, *sp_src)
                 for c0, c1 in pieces:
                     ngp = ng if len(pieces) == 1 else 1
-                    part, dense = _piece_spline_sums(geo, x_src, lam, c0, c1, ngp, zero_bases)
+                    cc = c1 - c0
+                    if lam is None:
+                        if spline_x:
+                            d = basis_derivative_dot(x_src[:, c0:c1].reshape(b, ngp, cc // ngp, *sp_src), h, geo.grid)
+                            grad_src[:, c0:c1] += d.reshape(b, cc, *sp_src).to(grad_src.dtype)
+                        continue
+                    part, dense = _piece_lambda_window_sums(geo, x_src, lam, c0, c1, ngp)
                     if need_v:
                         p = part if p is None else p + part
-                    cc = c1 - c0
-                    if lam is not None and (need_lam or spline_x):
+                    if need_lam or spline_x:
                         g_flat = g_s.reshape(b, ngp, nb, *g_s.shape[2:]).transpose(1, 2)
                         g_flat = g_flat.reshape(b * nb, ngp, *g_s.shape[2:]).to(dense.dtype)
                         if need_lam:
@@ -374,11 +388,6 @@ class _KAConvFunction(torch.autograd.Function):
                             h = h.reshape(b, nb, cc, *sp_src).transpose(1, 2)  # [B, cc, nb, *sp]
                             d = basis_derivative_dot(x_src[:, c0:c1].reshape(b, cc, 1, *sp_src), h, geo.grid)
                             grad_src[:, c0:c1] += d.reshape(b, cc, *sp_src).to(grad_src.dtype)
-                    elif spline_x:
-                        h = geo.sum_pool_adjoint(g_s.to(x_src.dtype), (b, ngp * nb) + tuple(sp_src), pool_pad)
-                        d = basis_derivative_dot(x_src[:, c0:c1].reshape(b, ngp, cc // ngp, *sp_src),
-                                                 h.reshape(b, ngp, nb, *sp_src), geo.grid)
-                        grad_src[:, c0:c1] += d.reshape(b, cc, *sp_src).to(grad_src.dtype)
                 if need_v:  # dL/dv = sum over samples and positions of dL/dy P^T (Eq. 9)
                     p = p.to(gy.dtype).reshape(b, ng, nb, -1)
                     acc = grad_v[g0:g1]
