@@ -306,8 +306,7 @@ class _KAConvFunction(torch.autograd.Function):
             else:
                 p = sum(_piece_lambda_window_sums(geo, x_src, lam, c0, c1, g1 - g0)[0] for c0, c1 in pieces)
             p = p.to(y.dtype).reshape(y.shape[0], g1 - g0, nb, -1)
-            for i in range(y.shape[0]):  # y += v @ P, per sample (in place, as a batched GEMM over groups)
-                y_g[i, g0:g1].baddbmm_(v_g[g0:g1], p[i])
+            y_g[:, g0:g1] += torch.matmul(v_g[g0:g1], p)  # y += v @ P: one GEMM broadcast over samples/groups
         if bias is not None:
             y += bias.reshape(1, -1, *([1] * nd))
         ctx.geo = geo
@@ -351,7 +350,7 @@ class _KAConvFunction(torch.autograd.Function):
                                                torch.float32, x.device) if implicit else None
             v_g = v.reshape(geo.groups, geo.cout_g, nb)
             gy_g = gy.view(b, geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
-            grad_v = torch.zeros_like(v_g) if need_v else None
+            grad_v = torch.empty_like(v_g) if need_v else None
             grad_lam = torch.empty_like(lam) if need_lam else None
             for g0, g1, pieces in geo.blocks():
                 ng = g1 - g0
@@ -390,9 +389,7 @@ class _KAConvFunction(torch.autograd.Function):
                             grad_src[:, c0:c1] += d.reshape(b, cc, *sp_src).to(grad_src.dtype)
                 if need_v:  # dL/dv = sum over samples and positions of dL/dy P^T (Eq. 9)
                     p = p.to(gy.dtype).reshape(b, ng, nb, -1)
-                    acc = grad_v[g0:g1]
-                    for i in range(b):
-                        acc.baddbmm_(gy_g[i, g0:g1], p[i].transpose(1, 2))
+                    grad_v[g0:g1] = torch.matmul(gy_g[:, g0:g1], p.transpose(-1, -2)).sum(0)
             if need_v:
                 grad_v = grad_v.reshape_as(v)
 

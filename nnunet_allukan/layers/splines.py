@@ -200,6 +200,12 @@ def _run_kernel(name: str, device_type: str, *args):
     if compiled_kernels_enabled(device_type) and name not in _COMPILE_FAILED:
         fn = _COMPILED.get(name)
         if fn is None:
+            # Sizes of 1 (depthwise pieces, token layers, batch 1) and dtypes each get their own specialisation;
+            # dynamo's default limit of 8 per function would silently send later shapes to the eager kernel.
+            import torch._dynamo  # noqa: PLC0415 - only needed once compilation is used
+            for attr in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, attr):
+                    setattr(torch._dynamo.config, attr, max(getattr(torch._dynamo.config, attr), 64))
             fn = _COMPILED[name] = torch.compile(_KERNELS[name], dynamic=True)
         try:
             return fn(*args)
