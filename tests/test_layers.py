@@ -347,3 +347,17 @@ def test_fast_backward_keeps_only_the_input():
     big = [t for t in saved if t.numel() >= x.numel()]
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
     assert math.prod(y.shape) == x.numel()
+
+
+@pytest.mark.parametrize("order,grid_size", [(1, 4), (2, 6), (4, 3)])
+def test_non_cubic_grids_fast_equals_reference(order, grid_size):
+    """The non-cubic kernel path (truncated powers) through the fast and the reference KAonv."""
+    kw = dict(in_channels=3, out_channels=4, kernel_size=3, padding=1, spline_order=order, grid_size=grid_size,
+              grid_range=(-1.5, 1.0), chunk_size=2)
+    fast, ref = _pair(KAConv2d, **kw)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    yf, gf = _grads(fast, x)
+    yr, gr = _grads(ref, x)
+    torch.testing.assert_close(yf, yr, **TOL)
+    for name in gr:
+        torch.testing.assert_close(gf[name], gr[name], **TOL, msg=name)

@@ -38,3 +38,17 @@ def test_compile_env_validation(monkeypatch):
     monkeypatch.setenv("NNUNET_ALLUKAN_COMPILE", "sometimes")
     with pytest.raises(ValueError, match="NNUNET_ALLUKAN_COMPILE"):
         splines.compiled_kernels_enabled("cpu")
+
+
+def test_compilation_raises_dynamo_recompile_limit(monkeypatch):
+    """Each size-1 / dtype specialisation compiles anew; the default limit (8) would silently fall back to eager."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    monkeypatch.setattr(splines, "_COMPILED", {})
+    monkeypatch.setenv("NNUNET_ALLUKAN_COMPILE", "1")
+    try:
+        splines.basis_sum(torch.randn(1, 1, 2, 3), splines.SplineGrid())
+    except Exception as e:
+        pytest.skip(f"torch.compile unavailable here: {type(e).__name__}: {e}")
+    assert torch._dynamo.config.recompile_limit >= 64

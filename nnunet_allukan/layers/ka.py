@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .splines import SplineGrid, basis_derivative_dot, basis_sum, bspline_bases, differentiable_basis_sum
+from .splines import (SplineGrid, _compute_dtype, basis_derivative_dot, basis_sum, bspline_bases,
+                      differentiable_basis_sum)
 
 __all__ = ["KALinear", "KAConv2d", "KAConv3d", "ka_grouped"]
 
@@ -150,10 +151,6 @@ class KALinear(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # KAonv: shared geometry helpers
 # ----------------------------------------------------------------------------------------------------
-def _conv_fn(nd: int):
-    return F.conv2d if nd == 2 else F.conv3d
-
-
 @dataclass(frozen=True)
 class _ConvGeometry:
     nd: int
@@ -192,7 +189,8 @@ class _ConvGeometry:
         return x_pad[(slice(None), slice(None)) + tuple(slice(p, s - p) for p, s in zip(self.padding, x_pad.shape[2:]))]
 
     def conv(self, x: torch.Tensor, w: torch.Tensor, groups: int, padding: Sequence[int]) -> torch.Tensor:
-        return _conv_fn(self.nd)(x, w, None, self.stride, tuple(padding), self.dilation, groups)
+        conv = F.conv2d if self.nd == 2 else F.conv3d
+        return conv(x, w, None, self.stride, tuple(padding), self.dilation, groups)
 
     def sum_pool(self, s: torch.Tensor, padding: Sequence[int]) -> torch.Tensor:
         """Window sums with the conv's kernel/stride/dilation, zero padding: [B, n, *sp_in] -> [B, n, *sp_out]."""
@@ -286,7 +284,8 @@ class _KAConvFunction(torch.autograd.Function):
 
     Without lambda no padded copy of x is made: silu(0) = 0, so the silu path uses the convolution's own zero
     padding, and the padded zeros' bases B(0) enter the spline path as a constant per window
-    (``padded_zero_bases``). The 1x1 map by v is a grouped 1x1 convolution of the window sums.
+    (``padded_zero_bases``, computed once in forward and kept: it is x-independent and tiny). The 1x1 map
+    by v is one GEMM per block of groups.
     """
 
     @staticmethod
@@ -294,10 +293,9 @@ class _KAConvFunction(torch.autograd.Function):
         nd, nb = geo.nd, geo.grid.n_bases
         implicit = lam is None
         x_src = x if implicit else geo.pad(x)
-        conv_pad = geo.padding if implicit else geo.no_padding
-        y = geo.conv(F.silu(x_src), u, geo.groups, conv_pad).contiguous()
-        zero_bases = geo.padded_zero_bases(x.shape[2:], torch.float64 if x.dtype == torch.float64 else
-                                           torch.float32, x.device) if implicit else None
+        src_pad = geo.padding if implicit else geo.no_padding  # padding still to apply to x_src
+        y = geo.conv(F.silu(x_src), u, geo.groups, src_pad).contiguous()
+        zero_bases = geo.padded_zero_bases(x.shape[2:], _compute_dtype(x), x.device) if implicit else None
         v_g = v.reshape(geo.groups, geo.cout_g, nb)
         y_g = y.view(y.shape[0], geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
         for g0, g1, pieces in geo.blocks():
@@ -310,6 +308,7 @@ class _KAConvFunction(torch.autograd.Function):
         if bias is not None:
             y += bias.reshape(1, -1, *([1] * nd))
         ctx.geo = geo
+        ctx.zero_bases = zero_bases
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, u, v, lam)
         return y
@@ -323,8 +322,7 @@ class _KAConvFunction(torch.autograd.Function):
         gy = gy.contiguous()
         implicit = lam is None
         x_src = x if implicit else geo.pad(x)
-        conv_pad = geo.padding if implicit else geo.no_padding
-        pool_pad = geo.padding if implicit else geo.no_padding
+        src_pad = geo.padding if implicit else geo.no_padding
         b = x.shape[0]
         sp_src = x_src.shape[2:]
         grad_x = grad_u = grad_v = grad_lam = grad_bias = None
@@ -334,7 +332,7 @@ class _KAConvFunction(torch.autograd.Function):
         if need_x or need_u:
             xs = F.silu(x_src)
             gin, gw, _ = torch.ops.aten.convolution_backward(
-                gy, xs, u, None, list(geo.stride), list(conv_pad), list(geo.dilation), False, [0] * nd, geo.groups,
+                gy, xs, u, None, list(geo.stride), list(src_pad), list(geo.dilation), False, [0] * nd, geo.groups,
                 [need_x, need_u, False])
             del xs
             if need_u:
@@ -346,8 +344,7 @@ class _KAConvFunction(torch.autograd.Function):
         # spline path, block by block: exact v (and lambda) gradients; the B'-path only without grad_free.
         spline_x = need_x and not geo.grad_free
         if need_v or need_lam or spline_x:
-            zero_bases = geo.padded_zero_bases(x.shape[2:], torch.float64 if x.dtype == torch.float64 else
-                                               torch.float32, x.device) if implicit else None
+            zero_bases = ctx.zero_bases
             v_g = v.reshape(geo.groups, geo.cout_g, nb)
             gy_g = gy.view(b, geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
             grad_v = torch.empty_like(v_g) if need_v else None
@@ -361,7 +358,7 @@ class _KAConvFunction(torch.autograd.Function):
                 p = _block_window_sums(geo, x_src, g0, g1, pieces, zero_bases) if need_v and lam is None else None
                 h = None
                 if lam is None and spline_x:  # adjoint of the window sums, once per block: [B, ng, nb, *sp]
-                    h = geo.sum_pool_adjoint(g_s.to(x_src.dtype), (b, ng * nb) + tuple(sp_src), pool_pad)
+                    h = geo.sum_pool_adjoint(g_s.to(x_src.dtype), (b, ng * nb) + tuple(sp_src), src_pad)
                     h = h.reshape(b, ng, nb, *sp_src)
                 for c0, c1 in pieces:
                     ngp = ng if len(pieces) == 1 else 1
