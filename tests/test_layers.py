@@ -33,6 +33,15 @@ def _pair(cls, **kw):
     return fast, ref
 
 
+def _assert_same_outputs_and_grads(fast, ref, x):
+    yf, gf = _grads(fast, x)
+    yr, gr = _grads(ref, x)
+    torch.testing.assert_close(yf, yr, **TOL)
+    assert set(gf) == set(gr)
+    for name in gr:
+        torch.testing.assert_close(gf[name], gr[name], **TOL, msg=name)
+
+
 # ------------------------------------------------------------------------------------------- bases
 @pytest.mark.parametrize("grid_size,order,grid_range", [(5, 3, (-1.0, 1.0)), (7, 3, (-2.0, 0.5)), (4, 1, (0.0, 1.0)),
                                                         (6, 2, (-1.0, 1.0)), (3, 4, (-1.5, 1.5)), (5, 5, (-1.0, 1.0))])
@@ -123,13 +132,9 @@ def test_kaconv2d_fast_equals_reference(case):
     case["groups"] = _resolve_groups(case["groups"], c_in, c_out)
     fast, ref = _pair(KAConv2d, in_channels=c_in, out_channels=c_out, chunk_size=3, **case)
     x = torch.randn(2, c_in, 9, 8, dtype=torch.float64, requires_grad=True)
-    yf, gf = _grads(fast, x)
-    yr, gr = _grads(ref, x)
-    torch.testing.assert_close(yf, yr, **TOL)
-    assert yf.shape == nn.Conv2d(c_in, c_out, case["kernel_size"], case["stride"], case["padding"],
-                                 groups=case["groups"])(x.float()).shape
-    for name in gr:
-        torch.testing.assert_close(gf[name], gr[name], **TOL, msg=name)
+    _assert_same_outputs_and_grads(fast, ref, x)
+    assert fast(x).shape == nn.Conv2d(c_in, c_out, case["kernel_size"], case["stride"], case["padding"],
+                                      groups=case["groups"])(x.float()).shape
 
 
 CASES_3D = [dict(kernel_size=k, stride=s, padding=p, groups=g, grad_free=gf)
@@ -145,11 +150,7 @@ def test_kaconv3d_fast_equals_reference(case):
     case["groups"] = _resolve_groups(case["groups"], c_in, c_out)
     fast, ref = _pair(KAConv3d, in_channels=c_in, out_channels=c_out, chunk_size=3, **case)
     x = torch.randn(2, c_in, 6, 7, 6, dtype=torch.float64, requires_grad=True)
-    yf, gf = _grads(fast, x)
-    yr, gr = _grads(ref, x)
-    torch.testing.assert_close(yf, yr, **TOL)
-    for name in gr:
-        torch.testing.assert_close(gf[name], gr[name], **TOL, msg=name)
+    _assert_same_outputs_and_grads(fast, ref, x)
 
 
 @pytest.mark.parametrize("grad_free", [True, False])
@@ -160,12 +161,7 @@ def test_kaconv2d_options_fast_equals_reference(grad_free, extras):
     kw.update(extras)
     fast, ref = _pair(KAConv2d, grad_free=grad_free, **kw)
     x = torch.randn(2, 4, 9, 10, dtype=torch.float64, requires_grad=True)
-    yf, gf = _grads(fast, x)
-    yr, gr = _grads(ref, x)
-    torch.testing.assert_close(yf, yr, **TOL)
-    assert set(gf) == set(gr)
-    for name in gr:
-        torch.testing.assert_close(gf[name], gr[name], **TOL, msg=name)
+    _assert_same_outputs_and_grads(fast, ref, x)
 
 
 def test_reference_is_the_unfolded_ka_layer():
@@ -277,11 +273,7 @@ def test_kanconv2d_fast_equals_reference(grad_free, k, s, p, g):
     fast, ref = _pair(KANConv2d, in_channels=4, out_channels=8, kernel_size=k, stride=s, padding=p, groups=g,
                       grad_free=grad_free)
     x = torch.randn(2, 4, 7, 8, dtype=torch.float64, requires_grad=True)
-    yf, gf = _grads(fast, x)
-    yr, gr = _grads(ref, x)
-    torch.testing.assert_close(yf, yr, **TOL)
-    for name in gr:
-        torch.testing.assert_close(gf[name], gr[name], **TOL, msg=name)
+    _assert_same_outputs_and_grads(fast, ref, x)
 
 
 # ------------------------------------------------------------------------------------------- dtypes
@@ -356,8 +348,4 @@ def test_non_cubic_grids_fast_equals_reference(order, grid_size):
               grid_range=(-1.5, 1.0), chunk_size=2)
     fast, ref = _pair(KAConv2d, **kw)
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
-    yf, gf = _grads(fast, x)
-    yr, gr = _grads(ref, x)
-    torch.testing.assert_close(yf, yr, **TOL)
-    for name in gr:
-        torch.testing.assert_close(gf[name], gr[name], **TOL, msg=name)
+    _assert_same_outputs_and_grads(fast, ref, x)
