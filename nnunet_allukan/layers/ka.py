@@ -91,7 +91,25 @@ def ka_grouped(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, lam: Optional[
     return y + torch.einsum("ngk,gok->ngo", s.to(y.dtype), v.to(y.dtype))
 
 
-class KALinear(nn.Module):
+class _SplineGridAttributes:
+    """``grid_size`` / ``spline_order`` / ``grid_range`` read from the layer's :class:`SplineGrid` ``grid``."""
+
+    grid: SplineGrid
+
+    @property
+    def grid_size(self) -> int:
+        return self.grid.grid_size
+
+    @property
+    def spline_order(self) -> int:
+        return self.grid.spline_order
+
+    @property
+    def grid_range(self) -> tuple[float, float]:
+        return (self.grid.lo, self.grid.hi)
+
+
+class KALinear(_SplineGridAttributes, nn.Module):
     """KA layer: SaKAN with Grad-Free Spline, a drop-in for ``nn.Linear`` (paper Eq. 7).
 
     Parameters: ``u`` [out, in] (linear residual on silu), ``v`` [out, n_bases] (one shared activation per
@@ -119,18 +137,6 @@ class KALinear(nn.Module):
         self.lam = nn.Parameter(torch.ones(in_features)) if use_lambda else None
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         _init_ka_parameters(self.u, self.v, in_features)
-
-    @property
-    def grid_size(self) -> int:
-        return self.grid.grid_size
-
-    @property
-    def spline_order(self) -> int:
-        return self.grid.spline_order
-
-    @property
-    def grid_range(self) -> tuple[float, float]:
-        return (self.grid.lo, self.grid.hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -419,7 +425,7 @@ def _ntuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
     return out
 
 
-class _KAConvNd(nn.Module):
+class _KAConvNd(_SplineGridAttributes, nn.Module):
     nd: int = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple, stride: IntOrTuple = 1,
@@ -461,18 +467,6 @@ class _KAConvNd(nn.Module):
         self.lam = nn.Parameter(torch.ones(in_channels, *kernel)) if use_lambda else None
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         _init_ka_parameters(self.u, self.v, (in_channels // groups) * math.prod(kernel))
-
-    @property
-    def grid_size(self) -> int:
-        return self.grid.grid_size
-
-    @property
-    def spline_order(self) -> int:
-        return self.grid.spline_order
-
-    @property
-    def grid_range(self) -> tuple[float, float]:
-        return (self.grid.lo, self.grid.hi)
 
     def _geometry(self) -> _ConvGeometry:
         return _ConvGeometry(self.nd, self.in_channels, self.out_channels, self.groups, self.kernel_size,

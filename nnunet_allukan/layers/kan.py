@@ -13,7 +13,6 @@ convolution of silu(x_pad) plus a convolution of the basis-expanded padded input
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
