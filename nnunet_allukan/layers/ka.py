@@ -200,7 +200,10 @@ class _ConvGeometry:
 
     def sum_pool(self, s: torch.Tensor, padding: Sequence[int]) -> torch.Tensor:
         """Window sums with the conv's kernel/stride/dilation, zero padding: [B, n, *sp_in] -> [B, n, *sp_out]."""
-        if all(d == 1 for d in self.dilation) and all(p <= k // 2 for p, k in zip(padding, self.kernel)):
+        # avg_pool3d refuses inputs smaller than the kernel even when padding makes the window valid (a thin
+        # slab of a 3D plan, e.g. 2 slices with a 3x3x3 kernel); the grouped ones-convolution has no such limit.
+        pool_ok = self.nd == 2 or all(n >= k for n, k in zip(s.shape[2:], self.kernel))
+        if pool_ok and all(d == 1 for d in self.dilation) and all(p <= k // 2 for p, k in zip(padding, self.kernel)):
             pool = F.avg_pool2d if self.nd == 2 else F.avg_pool3d
             return pool(s, self.kernel, self.stride, tuple(padding), divisor_override=1)
         ones = s.new_ones((s.shape[1], 1) + self.kernel)
