@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from dataset_conversion.common import CaseSource, ConversionError, DatasetInfo, locate_source_folder, \
-    sanitize_id, visible_entries
+    raise_problems, sanitize_id, visible_entries
 
 INFO = DatasetInfo(
     key="busi",
@@ -53,13 +53,29 @@ def case_id_for(class_name: str, stem: str) -> str:
     return f"{class_name}_{sanitize_id(stem)}"
 
 
-def _mask_sort_key(path: Path) -> tuple[int, str]:
+def _mask_index(path: Path) -> int:
+    """0 for ``_mask.png``, N for ``_mask_N.png``."""
     index = _MASK_STEM.match(path.stem).group("index")
-    return (-1 if index is None else int(index), path.name)
+    return 0 if index is None else int(index)
 
 
-def collect_class(class_folder: Path) -> list[CaseSource]:
-    """Pair every image of one class folder with all of its masks."""
+def _mask_set_problems(class_folder: Path, stem: str, masks: list[Path]) -> list[str]:
+    """A lesion's mask file missing from the numbered set (``_mask_1.png`` without ``_mask.png``, or a gap)
+    would silently drop that lesion from the label."""
+    indices = sorted(_mask_index(m) for m in masks)
+    missing = sorted(set(range(indices[-1] + 1)) - set(indices))
+    if not missing:
+        return []
+    names = [f"{stem}_mask.png" if i == 0 else f"{stem}_mask_{i}.png" for i in missing]
+    return [
+        f"{class_folder / stem}.png has the masks {[m.name for m in masks]} but not {', '.join(names)}: a lesion's "
+        "mask is missing and would be lost. Restore it from the dataset archive (or, if the present files are "
+        "all the lesions, rename them to _mask.png, _mask_1.png, ...)"
+    ]
+
+
+def collect_class(class_folder: Path, problems: list[str]) -> list[CaseSource]:
+    """Pair every image of one class folder with all of its masks; problems are appended, not raised."""
     class_name = class_folder.name
     images: dict[str, Path] = {}
     masks: dict[str, list[Path]] = {}
@@ -67,57 +83,68 @@ def collect_class(class_folder: Path) -> list[CaseSource]:
         if path.is_dir():
             continue
         if path.suffix.lower() != ".png":
-            raise ConversionError(
+            problems.append(
                 f"unexpected file {path}: BUSI images and masks are .png files; move it out of the dataset folder"
             )
+            continue
         match = _MASK_STEM.match(path.stem)
         if match:
             masks.setdefault(match.group("image"), []).append(path)
+        elif path.stem in images:
+            problems.append(
+                f"duplicate images {images[path.stem]} and {path} (same name, different extension case); "
+                "remove one of them"
+            )
         else:
-            if path.stem in images:
-                raise ConversionError(
-                    f"duplicate images {images[path.stem]} and {path} (same name, different extension case); "
-                    "remove one of them"
-                )
             images[path.stem] = path
-    orphans = sorted(set(masks) - set(images))
-    if orphans:
-        raise ConversionError(
-            f"mask {masks[orphans[0]][0]} has no image (expected {class_folder / (orphans[0] + '.png')}); "
-            f"{len(orphans)} orphan mask group(s) in {class_folder}. Restore the image or remove the mask"
+    for stem in sorted(set(masks) - set(images)):
+        problems.append(
+            f"mask {masks[stem][0]} has no image (expected {class_folder / (stem + '.png')}). Restore the image "
+            "or remove the mask"
         )
     cases = []
     for stem, image in sorted(images.items()):
         if stem not in masks:
-            raise ConversionError(
+            problems.append(
                 f"image {image} has no mask (expected {class_folder / (stem + '_mask.png')}); "
                 "restore the mask from the dataset archive or remove the image"
             )
+            continue
+        set_problems = _mask_set_problems(class_folder, stem, masks[stem])
+        if set_problems:
+            problems.extend(set_problems)
+            continue
         cases.append(CaseSource(
             case_id=case_id_for(class_name, stem),
             original_id=stem,
             image=image,
-            masks=tuple(sorted(masks[stem], key=_mask_sort_key)),
+            masks=tuple(sorted(masks[stem], key=lambda m: (_mask_index(m), m.name))),
             mask_kind="binary",
         ))
     return cases
 
 
-def collect_cases(folder: Path, include_normal: bool = False) -> tuple[list[CaseSource], list[dict]]:
+def collect_cases(folder: Path, include_normal: bool = False,
+                  problems: list[str] | None = None) -> tuple[list[CaseSource], list[dict]]:
     """All cases of a ``Dataset_BUSI_with_GT`` folder.
+
+    Args:
+        problems: unpaired or unexpected files are appended here (and the other cases returned); without
+            it they are raised together at the end.
 
     Returns:
         (cases, excluded) where excluded lists the normal images left out (``{"image": name, "reason": ...}``).
     """
+    found: list[str] = [] if problems is None else problems
     cases: list[CaseSource] = []
     for class_name in CLASSES:
-        cases += collect_class(folder / class_name)
+        cases += collect_class(folder / class_name, found)
     excluded: list[dict] = []
     normal_folder = folder / NORMAL_CLASS
     if include_normal:
         if not normal_folder.is_dir():
             raise ConversionError(f"--include-normal was given but {normal_folder} does not exist")
-        cases += collect_class(normal_folder)
+        cases += collect_class(normal_folder, found)
     elif normal_folder.is_dir():
         for path in visible_entries(normal_folder):
             if path.is_file() and not _MASK_STEM.match(path.stem):
@@ -125,4 +152,6 @@ def collect_cases(folder: Path, include_normal: bool = False) -> tuple[list[Case
                     "image": f"{NORMAL_CLASS}/{path.name}",
                     "reason": "normal image (no lesion), excluded as in the paper; --include-normal keeps it",
                 })
+    if problems is None:
+        raise_problems(found)
     return cases, excluded

@@ -14,10 +14,17 @@ from pathlib import Path
 from types import ModuleType
 
 from dataset_conversion import busi, cvc, glas
-from dataset_conversion.common import ConversionError, ConversionResult, write_nnunet_dataset
+from dataset_conversion.common import ConversionError, ConversionResult, filesystem_error, write_nnunet_dataset
 
 DATASETS: dict[str, ModuleType] = {"busi": busi, "glas": glas, "cvc": cvc}
 MAX_SIZE = 4096
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or a batch job's share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def default_num_processes() -> int:
@@ -26,7 +33,7 @@ def default_num_processes() -> int:
         wanted = int(os.environ.get("nnUNet_def_n_proc", 8))
     except ValueError:
         wanted = 8
-    return max(1, min(wanted, os.cpu_count() or 1))
+    return max(1, min(wanted, available_cpus()))
 
 
 def _nnunet_folder(variable: str) -> Path | None:
@@ -77,6 +84,11 @@ def convert_dataset(
         raise ConversionError("--include-normal applies to BUSI only")
     if num_processes < 0:
         raise ConversionError(f"-np must be >= 0, got {num_processes}")
+    if num_processes > available_cpus():
+        # more workers than CPUs only adds start-up time and memory (each worker is a fresh interpreter)
+        print(f"Note: -np {num_processes} capped at {available_cpus()}, the number of CPUs available "
+              "(the default is capped the same way)")
+        num_processes = available_cpus()
     if raw_folder is None:
         raw_folder = _nnunet_folder("nnUNet_raw")
         if raw_folder is None:
@@ -88,7 +100,8 @@ def convert_dataset(
     target_hw = None if side is None else (side, side)
 
     source = module.find_source(source_folder)
-    cases, excluded = module.collect_cases(source, include_normal=include_normal)
+    problems: list[str] = []
+    cases, excluded = module.collect_cases(source, include_normal=include_normal, problems=problems)
     arguments = {
         "dataset": dataset,
         "dataset_id": int(dataset_id),
@@ -108,6 +121,7 @@ def convert_dataset(
         excluded=excluded,
         arguments=arguments,
         other_nnunet_roots=other_roots,
+        problems=problems,
     )
 
 
@@ -138,8 +152,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_on_sigterm(signum, frame):  # turn a kill into an exception so the temporary folder is removed
-    raise SystemExit(128 + signum)
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the temporary folder is removed on the way out."""
+
+
+def _raise_on_sigterm(signum, frame):
+    raise Terminated
+
+
+def _print_summary(result: ConversionResult) -> None:
+    s = result.summary
+    print(
+        f"Done: {s['cases_written']} cases written ({s['empty_labels']} with an empty label), "
+        f"{s['excluded']} excluded, {s['masks_merged']} with masks merged, {s['thresholded']} thresholded, "
+        f"{s['instance_maps_binarised']} instance maps binarised, {s['resized']} resized."
+    )
+    print(
+        f"Masks: {s['masks_read']} read: {s['masks_binary']} binary (two values), {s['masks_empty']} empty, "
+        f"{s['masks_soft_edged']} soft-edged (thresholded at >= 128; {s['masks_with_faint_values']} of them with "
+        f"faint values near 0/255), {s['instance_maps_binarised']} instance maps (> 0). Per mask: "
+        "conversion_record.json, \"mask_kinds\"."
+    )
+    warned = [(f, m) for r in result.records.values() for f, m in sorted(r.get("read_warnings", {}).items())]
+    if warned:
+        print(f"Warning: {len(warned)} files were read with warnings (their pixels were read; "
+              "listed in conversion_record.json, \"read_warnings\"):", file=sys.stderr)
+        for file, messages in warned[:20]:
+            print(f"  {file}: {'; '.join(messages)[:200]}", file=sys.stderr)
+        if len(warned) > 20:
+            print(f"  ... and {len(warned) - 20} more", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,15 +201,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {err}", file=sys.stderr)
         print("Nothing was written.", file=sys.stderr)
         return 1
+    except OSError as err:  # an unforeseen file-system error: still one clear line, not a traceback
+        folder = Path(os.environ.get("nnUNet_raw") or ".")
+        print(f"ERROR: {filesystem_error(err, folder)}", file=sys.stderr)
+        print("Nothing was written.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("Interrupted; nothing was written.", file=sys.stderr)
         return 130
-    s = result.summary
-    print(
-        f"Done: {s['cases_written']} cases written ({s['empty_labels']} with an empty label), "
-        f"{s['excluded']} excluded, {s['masks_merged']} with masks merged, {s['thresholded']} thresholded, "
-        f"{s['instance_maps_binarised']} instance maps binarised, {s['resized']} resized."
-    )
+    except Terminated:
+        print("Terminated (SIGTERM); nothing was written.", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    _print_summary(result)
     print(f"Wrote {result.dataset_folder}")
     preprocessed = _nnunet_folder("nnUNet_preprocessed")
     if args.overwrite and preprocessed is not None and (preprocessed / result.dataset_folder.name).is_dir():

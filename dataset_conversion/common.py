@@ -8,15 +8,21 @@ and says how to fix it; the command line prints it and exits non-zero.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import multiprocessing
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import threading
+import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,17 +31,73 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; stale temporary folders are then only named
+    fcntl = None
+
 # Soft-edged 0/255 masks (CVC-ClinicDB) are thresholded here: the reference code's 127/128 cut.
 SOFT_MASK_THRESHOLD = 128
 # A mask (binary or instance map) is piecewise constant: few neighbouring pixels differ (< 1 % on the
 # real CVC/BUSI masks). A photograph or ultrasound frame passed by mistake has 50-80 % differing
 # neighbours (measured on the BUSI and CVC samples). 15 % separates the two with a wide margin.
 MAX_MASK_NEIGHBOUR_CHANGE = 0.15
+# Soft edges: anti-aliasing gives intermediate values only to pixels the object's border crosses (in the
+# real CVC samples all lie within 1 pixel of both levels), so they must lie within EDGE_WIDTH pixels of
+# both background and object ...
+EDGE_WIDTH = 2
+# ... and be a thin band: at most this fraction of the pixels (0.02 % in the CVC samples).
+MAX_EDGE_FRACTION = 0.05
+# Values within this fraction of the value range of a level are noise of that level (compression): the
+# real CVC masks hold a faint halo of 5-16 reaching 65 pixels away from the polyp.
+LEVEL_TOLERANCE = 1 / 8
+# Faint values that thresholding drops are noise only in a continuous-tone mask (44-50 distinct values in
+# each CVC sample); a handful of exact levels (0/1/2/255) is a label map whose labels would vanish.
+MIN_TONES_FOR_NOISE = 16
 IGNORED_FILE_NAMES = {"Thumbs.db", "desktop.ini"}
+# At most this many problems are listed; the rest are counted.
+MAX_PROBLEMS_SHOWN = 20
 
 
 class ConversionError(Exception):
     """Bad input or arguments: the message names the offending file/argument and the fix."""
+
+
+class ConversionProblems(ConversionError):
+    """Every problem found in the source data, reported together (the message lists the first
+    MAX_PROBLEMS_SHOWN and counts the rest)."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return self.problems[0]
+        shown = "\n".join(f"  - {p}" for p in self.problems[:MAX_PROBLEMS_SHOWN])
+        more = len(self.problems) - MAX_PROBLEMS_SHOWN
+        tail = f"\n  ... and {more} more problems" if more > 0 else ""
+        return f"{len(self.problems)} problems in the source data; fix all of them, then re-run:\n{shown}{tail}"
+
+
+def raise_problems(problems: Sequence[str]) -> None:
+    if problems:
+        raise ConversionProblems(problems)
+
+
+def filesystem_error(error: OSError, folder: Path, variable: str = "nnUNet_raw") -> ConversionError:
+    """A clear message for a failed write below ``folder`` (read-only, full, or not a folder)."""
+    path = error.filename or folder
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        fix = f"free space on that file system, or set {variable} to a folder on another disk"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"make {folder} writable for you, or set {variable} to a folder you can write to"
+    elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+        fix = f"{variable} must name a folder ({folder}); point it to a folder, or move the file away"
+    else:
+        fix = f"check {folder} and its file system"
+    return ConversionError(f"cannot write {path}: {reason}. {fix}")
 
 
 @dataclass(frozen=True)
@@ -148,22 +210,24 @@ def locate_source_folder(source: Path | str, looks_right: Callable[[Path], bool]
     raise ConversionError(f"{source} does not look like {expected} (nor does any folder inside it)")
 
 
-def check_unique_case_ids(cases: Sequence[CaseSource]) -> None:
-    """Two source files mapping to one case id (e.g. ``benign (1).png`` and ``benign (01).png``) is an error."""
+def unique_case_id_problems(cases: Sequence[CaseSource]) -> list[str]:
+    """Two source files mapping to one case id (e.g. ``benign (1).png`` and ``benign (01).png``) is a problem."""
     by_id: dict[str, list[CaseSource]] = {}
     for case in cases:
         by_id.setdefault(case.case_id, []).append(case)
     duplicates = {k: v for k, v in by_id.items() if len(v) > 1}
+    problems = []
     if duplicates:
         lines = [f"{k}: " + ", ".join(str(c.image) for c in v) for k, v in sorted(duplicates.items())]
-        raise ConversionError(
-            "duplicate case ids (several images map to the same case):\n  " + "\n  ".join(lines)
-            + "\nremove or rename the duplicate files"
+        problems.append(
+            "duplicate case ids (several images map to the same case):\n    " + "\n    ".join(lines)
+            + "\n    remove or rename the duplicate files"
         )
     by_original = Counter(c.original_id for c in cases)
     repeated = sorted(k for k, n in by_original.items() if n > 1)
     if repeated:
-        raise ConversionError(f"duplicate original image names {repeated}: remove the duplicate files")
+        problems.append(f"duplicate original image names {repeated}: remove the duplicate files")
+    return problems
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -268,32 +332,119 @@ def _check_piecewise_constant(mask: np.ndarray, path: Path) -> None:
         )
 
 
-def binarize_binary_mask(mask: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
-    """0/255 (or 0/1) mask -> bool foreground; soft-edged masks are thresholded at 128.
+def _check_not_whole_frame(foreground: np.ndarray, mask: np.ndarray, path: Path) -> None:
+    if foreground.size > 1 and foreground.all():
+        raise ConversionError(
+            f"mask {path} marks every pixel as object (all values {_shown_values(np.unique(mask))}): a blank or "
+            "inverted mask, not a lesion outline. Replace it with the mask from the dataset archive"
+        )
 
-    Returns:
-        (foreground ``bool [H, W]``, whether thresholding was needed).
+
+def _shown_values(values: np.ndarray, limit: int = 8) -> list:
+    return values.tolist() if values.size <= limit else values[:limit].tolist() + ["..."]
+
+
+def _dilate(region: np.ndarray, steps: int) -> np.ndarray:
+    """``region`` grown by ``steps`` pixels in the 8-neighbourhood (numpy only: no scipy dependency)."""
+    grown = region.copy()
+    for _ in range(steps):
+        rows = grown.copy()
+        rows[1:] |= grown[:-1]
+        rows[:-1] |= grown[1:]
+        grown = rows.copy()
+        grown[:, 1:] |= rows[:, :-1]
+        grown[:, :-1] |= rows[:, 1:]
+    return grown
+
+
+@dataclass(frozen=True)
+class BinarisedMask:
+    """A mask file read as a foreground, with what it took (summarised per dataset).
+
+    kind: "empty" (all 0), "binary" (two values), "soft" (soft edges thresholded) or "instance".
+    edge_pixels: pixels of intermediate value at the object's border (anti-aliasing).
+    faint_pixels: pixels within LEVEL_TOLERANCE of 0 or 255 but not equal to it (compression noise, halos).
+    """
+
+    foreground: np.ndarray
+    kind: str
+    edge_pixels: int = 0
+    faint_pixels: int = 0
+    instances: int = 0
+
+
+def binarize_binary_mask(mask: np.ndarray, path: Path) -> BinarisedMask:
+    """A 0/255 (or 0/1) mask, possibly with soft edges, as a foreground; anything else is refused.
+
+    Two values: the larger one is the object. More values (8-bit only): a soft-edged mask is thresholded
+    at SOFT_MASK_THRESHOLD when its extra values are what anti-aliasing and compression produce:
+
+    - intermediate values (more than LEVEL_TOLERANCE of the range away from both levels) only at the
+      border between background and object: within EDGE_WIDTH pixels of both, and a small fraction
+      (MAX_EDGE_FRACTION) of the pixels. A grey-level gradient or image has them everywhere;
+    - faint values near a level (the CVC halos of 5-16) anywhere, but values near 0 that would vanish
+      only in a continuous-tone mask (>= MIN_TONES_FOR_NOISE distinct values): a few exact levels such as
+      0/1/2/255 are a label map whose labels 1 and 2 would be lost.
+
+    The whole frame as object (e.g. all 255) is refused.
     """
     _check_piecewise_constant(mask, path)
     values = np.unique(mask)
+    if values.size == 1 and values[0] == 0:
+        return BinarisedMask(np.zeros(mask.shape, dtype=bool), "empty")
     if values.size <= 2:
-        # the larger of the two values is the object (0/255 and 0/1 masks alike)
-        return (mask == values[-1]) & (values[-1] > 0), False
+        foreground = mask == values[-1]
+        _check_not_whole_frame(foreground, mask, path)
+        return BinarisedMask(foreground, "binary")
     if mask.dtype != np.uint8 or values[-1] < SOFT_MASK_THRESHOLD:
-        shown = values.tolist() if values.size <= 8 else values[:8].tolist() + ["..."]
         raise ConversionError(
-            f"mask {path} has the values {shown}: neither a 0/255 mask nor a soft-edged one (whose object is "
-            f">= {SOFT_MASK_THRESHOLD}); a multi-class label map or the wrong file. Replace it with the "
+            f"mask {path} has the values {_shown_values(values)}: neither a 0/255 mask nor a soft-edged one (whose "
+            f"object is >= {SOFT_MASK_THRESHOLD}); a multi-class label map or the wrong file. Replace it with the "
             "binary mask from the dataset archive"
         )
-    return mask >= SOFT_MASK_THRESHOLD, True
+    low, high = int(values[0]), int(values[-1])
+    tolerance = (high - low) * LEVEL_TOLERANCE
+    near_low, near_high = mask <= low + tolerance, mask >= high - tolerance
+    intermediate = ~(near_low | near_high)
+    at_border = _dilate(near_low, EDGE_WIDTH) & _dilate(near_high, EDGE_WIDTH)
+    stray = intermediate & ~at_border
+    if stray.any():
+        row, col = (int(i[0]) for i in np.nonzero(stray))
+        raise ConversionError(
+            f"mask {path} is not binary: {np.count_nonzero(stray)} pixels have intermediate values away from the "
+            f"object's border (e.g. {int(mask[row, col])} at row {row}, column {col}; values "
+            f"{_shown_values(values)}). Soft edges only occur within {EDGE_WIDTH} pixels of the border; this is a "
+            "grey-level image or gradient, not a mask. Replace it with the binary mask from the dataset archive"
+        )
+    n_intermediate = np.count_nonzero(intermediate)
+    if n_intermediate > MAX_EDGE_FRACTION * mask.size:
+        raise ConversionError(
+            f"mask {path} is not binary: {100 * n_intermediate / mask.size:.1f} % of its pixels have intermediate "
+            f"values (soft edges are a thin border, < {100 * MAX_EDGE_FRACTION:.0f} %). Replace it with the binary "
+            "mask from the dataset archive"
+        )
+    foreground = mask >= SOFT_MASK_THRESHOLD
+    faint = (near_low & (mask != low)) | (near_high & (mask != high))
+    faint_lost = near_low & (mask != low) & ~at_border
+    if faint_lost.any() and values.size < MIN_TONES_FOR_NOISE:
+        extra = values[(values != low) & (values != high)]
+        raise ConversionError(
+            f"mask {path} has the values {_shown_values(values)}: besides {low} and {high} a few exact levels "
+            f"({_shown_values(extra)}) cover regions away from the object's border. That is a label map, not a "
+            f"soft-edged mask, and thresholding at {SOFT_MASK_THRESHOLD} would drop them. Replace it with the "
+            "binary mask from the dataset archive (or merge the labels into 0/255 yourself)"
+        )
+    _check_not_whole_frame(foreground, mask, path)
+    return BinarisedMask(foreground, "soft", edge_pixels=int(n_intermediate),
+                         faint_pixels=int(np.count_nonzero(faint)))
 
 
-def binarize_instance_map(label_map: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
-    """Instance map (0 background, 1..N objects) -> bool foreground ``[H, W]`` and N."""
+def binarize_instance_map(label_map: np.ndarray, path: Path) -> BinarisedMask:
+    """Instance map (0 background, 1..N objects) -> foreground ``> 0`` and N."""
     _check_piecewise_constant(label_map, path)
     foreground = label_map > 0
-    return foreground, int(np.unique(label_map[foreground]).size)
+    _check_not_whole_frame(foreground, label_map, path)
+    return BinarisedMask(foreground, "instance", instances=int(np.unique(label_map[foreground]).size))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -308,37 +459,92 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list[str]):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+@contextmanager
+def _captured_read_warnings(sink: list[str]):
+    """Pillow's warnings and tifffile's log messages while reading one file go into ``sink``: the command
+    prints them as one line per file instead of letting the raw warnings interleave with its output."""
+    logger = logging.getLogger("tifffile")
+    handler, propagate = _ListHandler(sink), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                sink.extend(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def convert_case(case: CaseSource, target_hw: tuple[int, int] | None, output_folder: Path,
                  source_root: Path) -> dict:
     """Read, binarise, unite, resize and write one case; return its record for ``conversion_record.json``.
 
     Writes ``imagesTr/<case>_0000.png`` (RGB uint8) and ``labelsTr/<case>.png`` (uint8 0/1).
     Images are resized bilinearly (Pillow's antialiased filter), masks with nearest neighbour after
-    binarisation, so labels stay exactly 0/1.
+    binarisation, so labels stay exactly 0/1. Every problem of the case (image and each mask) is checked
+    and raised together as :class:`ConversionProblems`; nothing is written for such a case.
     """
-    image = read_image_rgb(case.image)
+    problems: list[str] = []
+    read_warnings: dict[str, list[str]] = {}
+
+    def read(path: Path, reader: Callable[[Path], np.ndarray]) -> np.ndarray | None:
+        messages: list[str] = []
+        try:
+            with _captured_read_warnings(messages):
+                return reader(path)
+        except ConversionError as err:
+            problems.append(str(err))
+            return None
+        finally:
+            if messages:
+                read_warnings[_relative(path, source_root)] = sorted(set(m.strip() for m in messages))
+
+    image = read(case.image, read_image_rgb)
+    mask_readings: list[tuple[Path, BinarisedMask]] = []
+    for mask_path in case.masks:
+        raw_mask = read(mask_path, read_mask_array)
+        if raw_mask is None:
+            continue
+        if image is not None and raw_mask.shape != image.shape[:2]:
+            problems.append(
+                f"mask {mask_path} is {raw_mask.shape[1]}x{raw_mask.shape[0]} (WxH) but its image {case.image} is "
+                f"{image.shape[1]}x{image.shape[0]}: they do not belong together; replace the mismatched file "
+                "from the archive"
+            )
+            continue
+        try:
+            binarise = binarize_instance_map if case.mask_kind == "instance" else binarize_binary_mask
+            mask_readings.append((mask_path, binarise(raw_mask, mask_path)))
+        except ConversionError as err:
+            problems.append(str(err))
+    raise_problems(problems)
+
     height, width = image.shape[:2]
     foreground = np.zeros((height, width), dtype=bool)
     steps: list[str] = []
-    thresholded = False
-    instances = 0
-    for mask_path in case.masks:
-        raw_mask = read_mask_array(mask_path)
-        if raw_mask.shape != (height, width):
-            raise ConversionError(
-                f"mask {mask_path} is {raw_mask.shape[1]}x{raw_mask.shape[0]} (WxH) but its image {case.image} is "
-                f"{width}x{height}: they do not belong together; replace the mismatched file from the archive"
-            )
-        if case.mask_kind == "instance":
-            mask, n = binarize_instance_map(raw_mask, mask_path)
-            instances += n
-            steps.append(f"binarised instance map ({n} objects) at > 0")
-        else:
-            mask, was_thresholded = binarize_binary_mask(raw_mask, mask_path)
-            if was_thresholded:
-                thresholded = True
-                steps.append(f"thresholded soft-edged mask {mask_path.name} at >= {SOFT_MASK_THRESHOLD}")
-        foreground |= mask
+    mask_kinds: list[dict] = []
+    for mask_path, reading in mask_readings:
+        foreground |= reading.foreground
+        mask_kinds.append({"file": _relative(mask_path, source_root), "kind": reading.kind,
+                           "edge_pixels": reading.edge_pixels, "faint_pixels": reading.faint_pixels})
+        if reading.kind == "instance":
+            steps.append(f"binarised instance map ({reading.instances} objects) at > 0")
+        elif reading.kind == "soft":
+            steps.append(f"thresholded soft-edged mask {mask_path.name} at >= {SOFT_MASK_THRESHOLD} "
+                         f"({reading.edge_pixels} edge pixels, {reading.faint_pixels} faint pixels)")
     if len(case.masks) > 1:
         steps.append(f"united {len(case.masks)} masks")
     label = foreground.astype(np.uint8)
@@ -356,21 +562,44 @@ def convert_case(case: CaseSource, target_hw: tuple[int, int] | None, output_fol
         "original_id": case.original_id,
         "image": _relative(case.image, source_root),
         "masks": [_relative(m, source_root) for m in case.masks],
+        "mask_kinds": mask_kinds,
         "original_shape_hw": [height, width],
         "output_shape_hw": [label_pil.height, label_pil.width],
         "merged_masks": len(case.masks) > 1,
-        "thresholded": thresholded,
+        "thresholded": any(reading.kind == "soft" for _, reading in mask_readings),
         "resized": resized,
         "foreground_pixels": int(np.count_nonzero(np.asarray(label_pil))),
         "steps": steps,
     }
     if case.mask_kind == "instance":
-        record["instances"] = instances
+        record["instances"] = sum(reading.instances for _, reading in mask_readings)
+    if read_warnings:
+        record["read_warnings"] = read_warnings
     return record
 
 
-def _convert_case_job(job: tuple[CaseSource, tuple[int, int] | None, Path, Path]) -> dict:
-    return convert_case(*job)
+def _convert_case_job(job: tuple[CaseSource, tuple[int, int] | None, Path, Path]) -> tuple[str, object]:
+    """("ok", record) or ("problems", [messages]): a bad case does not stop the others from being checked.
+    File-system errors (a full or read-only disk) are raised: no later case could be written either."""
+    try:
+        return "ok", convert_case(*job)
+    except ConversionProblems as err:
+        return "problems", err.problems
+    except ConversionError as err:
+        return "problems", [str(err)]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initialiser: exit when the converter is gone (e.g. SIGKILLed), instead of lingering as an
+    orphan that keeps multiprocessing's resource tracker alive. Polls: portable and independent of which thread
+    started the worker (PR_SET_PDEATHSIG is tied to the starting thread)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -410,29 +639,114 @@ def _dump_json(data, path: Path) -> None:
         f.write("\n")
 
 
-def _run_jobs(jobs: list, num_processes: int) -> list[dict]:
-    """Convert all cases, in order; in ``num_processes`` spawned workers when > 1."""
+def make_fresh_folder(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder created like a plain ``mkdir``: its mode follows the user's umask
+    (``tempfile.mkdtemp`` makes 0700, which would stay on the dataset after the rename into place)."""
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary folder name", str(parent / prefix))
+
+
+def _try_lock(folder: Path) -> int | None:
+    """An exclusive advisory lock on ``folder``, held by the returned descriptor (released when it is closed
+    or the process dies); None where locks are unavailable. Raises BlockingIOError if another process holds it."""
+    if fcntl is None:
+        return None
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _clear_interrupted_runs(raw_folder: Path, dataset_id: int, target: Path) -> None:
+    """Remove what a killed conversion of this dataset id left in ``raw_folder``.
+
+    A running conversion holds a lock on its ``.tmp_DatasetID_*`` folder, so a folder nobody locks is
+    stale. A ``.old_<name>_*`` folder is the previous dataset moved aside by ``--overwrite``: removed when
+    the new dataset is in place, otherwise renamed back.
+    """
+    temporary_prefix = f".tmp_Dataset{dataset_id:03d}_"
+    for entry in sorted(raw_folder.iterdir()):
+        if not (entry.name.startswith(temporary_prefix) and entry.is_dir()):
+            continue
+        try:
+            descriptor = _try_lock(entry)
+        except BlockingIOError:
+            raise ConversionError(
+                f"{entry} is being written by another conversion of dataset id {dataset_id} that is still running; "
+                "wait for it to finish (or stop it), then re-run"
+            ) from None
+        if descriptor is None:
+            print(f"Note: {entry} was left by an interrupted conversion, or another one is running; "
+                  "delete it once no conversion runs")
+            continue
+        try:
+            shutil.rmtree(entry)
+        finally:
+            os.close(descriptor)
+        print(f"Removed {entry}, left behind by an interrupted conversion")
+    for entry in sorted(raw_folder.iterdir()):
+        if not (entry.name.startswith(f".old_{target.name}_") and entry.is_dir()):
+            continue
+        if target.exists():
+            shutil.rmtree(entry)
+            print(f"Removed {entry}, the previous dataset left behind by an interrupted --overwrite")
+        else:
+            os.rename(entry, target)
+            print(f"Restored {target} from {entry}, where an interrupted --overwrite had moved it")
+
+
+def _run_jobs(jobs: list, num_processes: int) -> list[tuple[str, object]]:
+    """Convert (or check) all cases, in order; in ``num_processes`` spawned workers when > 1."""
     with tqdm(total=len(jobs), desc="Converting cases", unit="case") as progress:
         if num_processes <= 1 or len(jobs) <= 1:
-            records = []
+            outcomes = []
             for job in jobs:
-                records.append(_convert_case_job(job))
+                outcomes.append(_convert_case_job(job))
                 progress.update()
-            return records
+            return outcomes
         # spawn, not fork: the caller (e.g. a training script) may hold threads. An executor, not a
         # multiprocessing.Pool: a worker that dies raises BrokenProcessPool instead of hanging.
         executor = ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)),
-                                       mp_context=multiprocessing.get_context("spawn"))
+                                       mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_die_with_parent, initargs=(os.getpid(),))
         try:
-            records = []
-            for record in executor.map(_convert_case_job, jobs):
-                records.append(record)
+            outcomes = []
+            for outcome in executor.map(_convert_case_job, jobs):
+                outcomes.append(outcome)
                 progress.update()
-            return records
+            return outcomes
         finally:
             # on error: drop queued cases and wait for the running ones, so that none writes into the
             # temporary folder while it is being removed
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _summarise(records: dict[str, dict], excluded: Sequence[dict]) -> dict[str, int]:
+    kinds = Counter(m["kind"] for r in records.values() for m in r["mask_kinds"])
+    return {
+        "cases_written": len(records),
+        "excluded": len(excluded),
+        "masks_merged": sum(r["merged_masks"] for r in records.values()),
+        "thresholded": sum(r["thresholded"] for r in records.values()),
+        "resized": sum(r["resized"] for r in records.values()),
+        "instance_maps_binarised": sum("instances" in r for r in records.values()),
+        "empty_labels": sum(r["foreground_pixels"] == 0 for r in records.values()),
+        "masks_read": sum(kinds.values()),
+        "masks_binary": kinds["binary"],
+        "masks_empty": kinds["empty"],
+        "masks_soft_edged": kinds["soft"],
+        "masks_with_faint_values": sum(m["faint_pixels"] > 0 for r in records.values() for m in r["mask_kinds"]),
+        "files_with_read_warnings": sum(len(r.get("read_warnings", {})) for r in records.values()),
+    }
 
 
 def write_nnunet_dataset(
@@ -447,49 +761,58 @@ def write_nnunet_dataset(
     excluded: Sequence[dict] = (),
     arguments: dict | None = None,
     other_nnunet_roots: Iterable[Path] = (),
+    problems: Sequence[str] = (),
 ) -> ConversionResult:
-    """Write ``raw_folder/DatasetXXX_NAME`` atomically.
+    """Write ``raw_folder/DatasetXXX_NAME`` atomically, or nothing.
 
     Everything goes to a hidden temporary folder inside ``raw_folder`` (same file system) that is
     renamed into place only once complete; on any error or interruption it is deleted, so no
     ``DatasetXXX_*`` is left half-written. With ``overwrite`` the old dataset is replaced only
-    after the new one is complete.
+    after the new one is complete. Every case is checked even after a bad one: all problems (``problems``
+    found earlier, e.g. unpaired files, plus those of the cases) are raised together as
+    :class:`ConversionProblems`. File-system errors become a :class:`ConversionError` naming the path.
     """
     # imported here, not at module level: scikit-learn takes seconds to import in every spawned worker
     from dataset_conversion.splits import paper_splits
 
+    problems = list(problems) + unique_case_id_problems(cases)
     if not cases:
+        raise_problems(problems)
         raise ConversionError(f"no cases found in {source_root}")
-    check_unique_case_ids(cases)
     folder_name = dataset_folder_name(dataset_id, info.name)
     raw_folder = Path(raw_folder)
-    raw_folder.mkdir(parents=True, exist_ok=True)
+    if raw_folder.exists() and not raw_folder.is_dir():
+        raise ConversionError(f"nnUNet_raw folder {raw_folder} is a file, not a folder; point nnUNet_raw to a "
+                              "folder (or move the file away)")
     other_roots = [Path(p) for p in other_nnunet_roots]
-    _check_target(raw_folder, dataset_id, folder_name, overwrite, other_roots)
     target = raw_folder / folder_name
-
-    cases = sorted(cases, key=lambda c: c.case_id)
-    temporary = Path(tempfile.mkdtemp(prefix=f".tmp_{folder_name}_", dir=raw_folder))
     try:
+        raw_folder.mkdir(parents=True, exist_ok=True)
+        _clear_interrupted_runs(raw_folder, dataset_id, target)
+        _check_target(raw_folder, dataset_id, folder_name, overwrite, other_roots)
+        temporary = make_fresh_folder(raw_folder, f".tmp_{folder_name}_")
+    except OSError as err:
+        raise filesystem_error(err, raw_folder) from err
+    lock = None
+    try:
+        lock = _try_lock(temporary)
         (temporary / "imagesTr").mkdir()
         (temporary / "labelsTr").mkdir()
-        jobs = [(case, target_hw, temporary, source_root) for case in cases]
-        record_list = _run_jobs(jobs, num_processes)
-        records = {case.case_id: rec for case, rec in zip(cases, record_list)}
-        original_ids = {case.case_id: case.original_id for case in cases}
-        summary = {
-            "cases_written": len(cases),
-            "excluded": len(excluded),
-            "masks_merged": sum(r["merged_masks"] for r in records.values()),
-            "thresholded": sum(r["thresholded"] for r in records.values()),
-            "resized": sum(r["resized"] for r in records.values()),
-            "instance_maps_binarised": sum("instances" in r for r in records.values()),
-            "empty_labels": sum(r["foreground_pixels"] == 0 for r in records.values()),
-        }
+        keep = [case for case in sorted(cases, key=lambda c: c.case_id)]
+        jobs = [(case, target_hw, temporary, source_root) for case in keep]
+        records: dict[str, dict] = {}
+        for case, (status, outcome) in zip(keep, _run_jobs(jobs, num_processes)):
+            if status == "ok":
+                records[case.case_id] = outcome
+            else:
+                problems.extend(outcome)
+        raise_problems(problems)
+        original_ids = {case.case_id: case.original_id for case in keep}
+        summary = _summarise(records, excluded)
         dataset_json = {
             "channel_names": {"0": "R", "1": "G", "2": "B"},
             "labels": {"background": 0, info.label_name: 1},
-            "numTraining": len(cases),
+            "numTraining": len(keep),
             "file_ending": ".png",
             "name": info.name,
             "description": info.description,
@@ -511,9 +834,15 @@ def write_nnunet_dataset(
         )
         _dump_json(paper_splits(original_ids), temporary / "paper_splits.json")
         _move_into_place(temporary, target)
+    except OSError as err:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise filesystem_error(err, raw_folder) from err
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return ConversionResult(dataset_folder=target, dataset_id=dataset_id, records=records, summary=summary)
 
 
@@ -521,8 +850,7 @@ def _move_into_place(temporary: Path, target: Path) -> None:
     if not target.exists():
         os.rename(temporary, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".old_{target.name}_", dir=target.parent))
-    old.rmdir()
+    old = target.parent / f".old_{target.name}_{secrets.token_hex(4)}"
     os.rename(target, old)
     try:
         os.rename(temporary, target)

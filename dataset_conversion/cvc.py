@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.common import CaseSource, ConversionError, DatasetInfo, locate_source_folder, \
-    sanitize_id, visible_entries
+from dataset_conversion.common import CaseSource, DatasetInfo, locate_source_folder, raise_problems, sanitize_id, \
+    visible_entries
 
 INFO = DatasetInfo(
     key="cvc",
@@ -46,38 +46,41 @@ def case_id_for(stem: str) -> str:
     return f"cvc_{int(stem):04d}" if stem.isdigit() else f"cvc_{sanitize_id(stem)}"
 
 
-def _files_by_stem(folder: Path) -> dict[str, Path]:
+def _files_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for path in visible_entries(folder):
         if path.is_dir():
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise ConversionError(
+            problems.append(
                 f"unexpected file {path}: expected images ({', '.join(IMAGE_EXTENSIONS)}); move it out of {folder}"
             )
-        if path.stem in files:
-            raise ConversionError(f"duplicate files {files[path.stem]} and {path}; keep one of them")
-        files[path.stem] = path
+        elif path.stem in files:
+            problems.append(f"duplicate files {files[path.stem]} and {path}; keep one of them")
+        else:
+            files[path.stem] = path
     return files
 
 
-def collect_cases(folder: Path, include_normal: bool = False) -> tuple[list[CaseSource], list[dict]]:
-    """Pair ``Original/<n>.*`` with ``Ground Truth/<n>.*``. Returns (cases, excluded=[])."""
-    images = _files_by_stem(folder / IMAGE_FOLDER)
-    masks = _files_by_stem(folder / MASK_FOLDER)
-    orphans = sorted(set(masks) - set(images))
-    if orphans:
-        raise ConversionError(
-            f"mask {masks[orphans[0]]} has no image in {folder / IMAGE_FOLDER}; {len(orphans)} such mask(s). "
-            "Restore the image or remove the mask"
-        )
+def collect_cases(folder: Path, include_normal: bool = False,
+                  problems: list[str] | None = None) -> tuple[list[CaseSource], list[dict]]:
+    """Pair ``Original/<n>.*`` with ``Ground Truth/<n>.*``. Returns (cases, excluded=[]).
+
+    Unpaired or unexpected files are appended to ``problems`` (raised together at the end without it).
+    """
+    found: list[str] = [] if problems is None else problems
+    images = _files_by_stem(folder / IMAGE_FOLDER, found)
+    masks = _files_by_stem(folder / MASK_FOLDER, found)
+    for stem in sorted(set(masks) - set(images)):
+        found.append(f"mask {masks[stem]} has no image in {folder / IMAGE_FOLDER}. Restore the image or remove the mask")
     cases = []
     for stem, image in sorted(images.items()):
         if stem not in masks:
-            raise ConversionError(
+            found.append(
                 f"image {image} has no mask (expected {folder / MASK_FOLDER / (stem + image.suffix)}); "
                 "restore the mask from the dataset archive or remove the image"
             )
+            continue
         cases.append(CaseSource(
             case_id=case_id_for(stem),
             original_id=stem,
@@ -85,4 +88,6 @@ def collect_cases(folder: Path, include_normal: bool = False) -> tuple[list[Case
             masks=(masks[stem],),
             mask_kind="binary",
         ))
+    if problems is None:
+        raise_problems(found)
     return cases, []

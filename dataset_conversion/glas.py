@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.common import CaseSource, ConversionError, DatasetInfo, locate_source_folder, \
-    sanitize_id, visible_entries
+from dataset_conversion.common import CaseSource, DatasetInfo, locate_source_folder, raise_problems, sanitize_id, \
+    visible_entries
 
 INFO = DatasetInfo(
     key="glas",
@@ -45,8 +45,13 @@ def find_source(source: Path | str) -> Path:
     return locate_source_folder(source, looks_like_glas_folder, INFO.source_description)
 
 
-def collect_cases(folder: Path, include_normal: bool = False) -> tuple[list[CaseSource], list[dict]]:
-    """Pair ``<name>.bmp`` with ``<name>_anno.bmp``. Returns (cases, excluded=[])."""
+def collect_cases(folder: Path, include_normal: bool = False,
+                  problems: list[str] | None = None) -> tuple[list[CaseSource], list[dict]]:
+    """Pair ``<name>.bmp`` with ``<name>_anno.bmp``. Returns (cases, excluded=[]).
+
+    Unpaired or unexpected files are appended to ``problems`` (raised together at the end without it).
+    """
+    found: list[str] = [] if problems is None else problems
     images: dict[str, Path] = {}
     annotations: dict[str, Path] = {}
     for path in visible_entries(folder):
@@ -56,28 +61,30 @@ def collect_cases(folder: Path, include_normal: bool = False) -> tuple[list[Case
         if suffix in KNOWN_OTHER_FILES:
             continue
         if suffix != IMAGE_EXTENSION:
-            raise ConversionError(
+            found.append(
                 f"unexpected file {path}: GlaS images and annotations are .bmp files; move it out of the folder"
             )
+            continue
         is_annotation = path.stem.endswith(ANNOTATION_SUFFIX)
         group = annotations if is_annotation else images
         stem = path.stem[: -len(ANNOTATION_SUFFIX)] if is_annotation else path.stem
         if stem in group:
-            raise ConversionError(f"duplicate files {group[stem]} and {path}; remove one of them")
+            found.append(f"duplicate files {group[stem]} and {path}; remove one of them")
+            continue
         group[stem] = path
-    orphans = sorted(set(annotations) - set(images))
-    if orphans:
-        raise ConversionError(
-            f"annotation {annotations[orphans[0]]} has no image (expected {folder / (orphans[0] + IMAGE_EXTENSION)}); "
-            f"{len(orphans)} such annotation(s). Restore the image or remove the annotation"
+    for stem in sorted(set(annotations) - set(images)):
+        found.append(
+            f"annotation {annotations[stem]} has no image (expected {folder / (stem + IMAGE_EXTENSION)}). Restore "
+            "the image or remove the annotation"
         )
     cases = []
     for stem, image in sorted(images.items()):
         if stem not in annotations:
-            raise ConversionError(
+            found.append(
                 f"image {image} has no annotation (expected {folder / (stem + ANNOTATION_SUFFIX + IMAGE_EXTENSION)}); "
                 "restore it from the dataset archive or remove the image"
             )
+            continue
         cases.append(CaseSource(
             case_id=sanitize_id(stem),
             original_id=stem,
@@ -85,4 +92,6 @@ def collect_cases(folder: Path, include_normal: bool = False) -> tuple[list[Case
             masks=(annotations[stem],),
             mask_kind="instance",
         ))
+    if problems is None:
+        raise_problems(found)
     return cases, []

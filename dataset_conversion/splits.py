@@ -6,7 +6,8 @@ The reference U-KAN code splits ``sorted(image basenames without extension)`` wi
 and only then mapping them to this project's case ids, makes fold k of the trainer hold out exactly
 the images the reference code held out for seed k.
 
-Pure (scikit-learn + stdlib) so that the trainer imports the very same function.
+Pure (scikit-learn + stdlib + the constants of nnunet_allukan.paper) so that the trainer imports the
+very same function.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from sklearn.model_selection import train_test_split
 
-PAPER_SEEDS: tuple[int, ...] = (2981, 6142, 1187)
-PAPER_TEST_SIZE: float = 0.2
+from nnunet_allukan.paper import SPLIT_SEEDS as PAPER_SEEDS, TEST_SIZE as PAPER_TEST_SIZE
 
 
 def paper_splits(

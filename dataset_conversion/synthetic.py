@@ -170,8 +170,10 @@ def make_synthetic_cvc(
         image[radius < 1] = (235.0, 175.0, 150.0)  # bright polyp
         image += rng.normal(0.0, 6.0, size=image.shape)
         if number % 2:
-            # soft edge: 255 well inside, ramping down to 0 over ~3 pixels across the border
-            mask = _to_uint8(np.clip((1.15 - radius) / 0.3, 0.0, 1.0) * 255.0)
+            # soft edge as anti-aliasing makes it: 255 inside, ramping down to 0 over ~2 pixels across
+            # the border (distance in pixels = normalised radius over its gradient)
+            gradient = np.hypot(*np.gradient(radius))
+            mask = _to_uint8(np.clip(0.5 - (radius - 1.0) / gradient / 2.0, 0.0, 1.0) * 255.0)
         else:
             mask = (radius < 1).astype(np.uint8) * 255
         rgb = _to_uint8(image)
