@@ -66,15 +66,49 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def load_state_dict(path: Path) -> dict[str, np.ndarray]:
-    """Network weights of an nnU-Net checkpoint ('network_weights') or of a plain state_dict file, as numpy."""
+def _torch_load(path: Path):
+    """torch.load with weights_only=True: tensors, plain containers and numbers only, so a checkpoint cannot
+    run code. nnU-Net checkpoints also hold numpy scalars in their training log (allow-listed: data, not
+    code); anything else is refused with the reason."""
+    import pickle
+
     import torch
 
+    numpy_scalars = [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
+    multiarray = getattr(np, "_core", getattr(np, "core", None)).multiarray
+    try:
+        with torch.serialization.safe_globals([multiarray.scalar, *numpy_scalars]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):
+            raise  # not a refused object but a corrupt file, reported as such by the caller
+        raise EvaluationError(
+            f"{path}: holds objects other than tensors, containers and numbers, so it is not loaded (that could "
+            f"run code from the file). torch says: {_unsupported_global(error)}. Save the network's "
+            "state_dict on its own (torch.save(network.state_dict(), 'weights.pth')) and pass that file with -i.")
+
+
+def _unsupported_global(error: Exception) -> str:
+    """The line of torch's weights-only message that names the refused object."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "Unsupported global" in line]
+    return (named or lines or ["(no detail)"])[0][:300]
+
+
+def load_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """Network weights of an nnU-Net checkpoint ('network_weights') or of a plain state_dict file, as numpy."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pth"))
+        hint = f" It holds {', '.join(found[:5])}." if found else " It holds no *.pth file."
+        raise EvaluationError(f"{path} is a folder: give the checkpoint file with -i, e.g. "
+                              f"{path / (found[0] if found else 'checkpoint_final.pth')}.{hint}")
     if not path.is_file():
         raise EvaluationError(f"{path}: checkpoint not found. Train the fold first, or give the path with -i.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = _torch_load(path)
+    except EvaluationError:
+        raise
     except Exception as error:  # torch raises many types for corrupt files
         raise EvaluationError(f"{path}: cannot be loaded as a PyTorch checkpoint ({type(error).__name__}: {error}).")
     state = checkpoint.get("network_weights", checkpoint) if isinstance(checkpoint, dict) else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,14 +13,35 @@ DEFAULT_PLANS = "nnUNetPlans"
 DEFAULT_CONFIGURATION = "2d"
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that temporary files are removed on the way out."""
+
+
+def _raise_on_sigterm(signum, frame):
+    raise Terminated
+
+
 def _run(function: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
          argv: Sequence[str] | None) -> None:
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         function(args)
     except EvaluationError as error:
-        print(f"ERROR: {error}", file=sys.stderr)
+        print(f"ERROR: {error}\nNothing was written.", file=sys.stderr)
         sys.exit(1)
+    except OSError as error:  # an unforeseen file-system error: one clear line, not a traceback
+        print(f"ERROR: {error.filename or ''}: {error.strerror or error}. Check that path and its file system."
+              "\nNothing was written.", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("Interrupted; nothing was written.", file=sys.stderr)
+        sys.exit(130)
+    except Terminated:
+        print("Terminated (SIGTERM); nothing was written.", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _add_nnunet_selection(parser: argparse.ArgumentParser, several_trainers: bool = True) -> None:
@@ -86,6 +108,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from nnunet_allukan.evaluation.evaluate import evaluate_folders, evaluate_nnunet, write_results
+    from nnunet_allukan.evaluation.output import check_output_folder
 
     predictions = _parse_pred(args.pred)
     if predictions and (args.d or args.tr):
@@ -95,12 +118,15 @@ def _evaluate(args: argparse.Namespace) -> None:
             raise EvaluationError("--pred needs -l LABELS_FOLDER (the ground truth).")
         if args.o is None:
             raise EvaluationError("--pred needs -o OUTPUT_FOLDER.")
+        check_output_folder(args.o)  # before the evaluation, not after it
         results = evaluate_folders(predictions, args.l, args.dataset_label, args.splits, args.file_ending,
                                    args.order, args.batch_size, args.std_ddof)
         output = args.o
     else:
         if not args.d or not args.tr:
             raise EvaluationError("give -d DATASET [...] and -tr TRAINER [...] (or --pred NAME FOLDER... -l LABELS).")
+        if args.o is not None:
+            check_output_folder(args.o)
         results = evaluate_nnunet(args.d, args.tr, args.p, args.c, args.f, args.order, args.batch_size,
                                   args.std_ddof, args.l)
         names = list(results["datasets"])

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import load_json
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -35,32 +39,60 @@ def env_folder(variable: str) -> Path:
 
 
 def resolve_dataset_name(dataset: str) -> str:
-    """'601' or 'Dataset601_BUSI' -> 'Dataset601_BUSI', looked up in the nnUNet_* folders like nnU-Net does."""
+    """'601' or 'Dataset601_BUSI' -> 'Dataset601_BUSI', looked up in the nnUNet_* folders like nnU-Net does.
+
+    A name must exist in one of the folders, so that a typo reads as a missing dataset rather than as a
+    missing trainer further on. (nnU-Net's maybe_convert_to_dataset_name reads the folders from
+    nnunetv2.paths, frozen when nnunetv2 is first imported, so it is not used here.)
+    """
+    roots = [(variable, os.environ.get(variable)) for variable in ("nnUNet_results", "nnUNet_preprocessed",
+                                                                   "nnUNet_raw")]
+    roots = [(variable, root) for variable, root in roots if root and os.path.isdir(root)]
+    searched = "$nnUNet_results / $nnUNet_preprocessed / $nnUNet_raw"
     if dataset.startswith("Dataset"):
+        if not any(os.path.isdir(os.path.join(root, dataset)) for _, root in roots):
+            raise EvaluationError(
+                f"-d {dataset}: no folder of that name in {searched} "
+                f"({', '.join(f'{v}={r}' for v, r in roots) or 'none of them is set to an existing folder'}). "
+                "Check the dataset name (or pass its id, e.g. -d 601) and the environment variables.")
         return dataset
     try:
         dataset_id = int(dataset)
     except ValueError:
         raise EvaluationError(f"-d {dataset!r}: give a dataset id (e.g. 601) or a name (e.g. Dataset601_BUSI).")
+    if dataset_id < 0:
+        raise EvaluationError(f"-d {dataset}: dataset ids are non-negative integers (e.g. 601).")
     prefix = f"Dataset{dataset_id:03d}_"
     names = set()
-    for variable in ("nnUNet_results", "nnUNet_preprocessed", "nnUNet_raw"):
-        root = os.environ.get(variable)
-        if root and os.path.isdir(root):
-            names.update(d for d in os.listdir(root) if d.startswith(prefix) and os.path.isdir(os.path.join(root, d)))
+    for _, root in roots:
+        names.update(d for d in os.listdir(root) if d.startswith(prefix) and os.path.isdir(os.path.join(root, d)))
     if len(names) != 1:
         found = "none" if not names else ", ".join(sorted(names))
         raise EvaluationError(
-            f"-d {dataset}: expected exactly one folder named {prefix}* in $nnUNet_results / $nnUNet_preprocessed / "
-            f"$nnUNet_raw, found {found}. Check the environment variables and the dataset id."
+            f"-d {dataset}: expected exactly one folder named {prefix}* in {searched}, found {found}. Check the "
+            "environment variables and the dataset id."
         )
     return names.pop()
+
+
+@contextmanager
+def reported_read_warnings(path: Path):
+    """Pillow's warnings while reading ``path`` (e.g. 'Corrupt EXIF data') as one line naming the file,
+    instead of a raw warning with a source line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            messages = sorted({" ".join(str(w.message).split()) for w in caught})
+            if messages:
+                print(f"Warning: {path}: {'; '.join(messages)[:200]} (pixels read)", file=sys.stderr)
 
 
 def read_label_image(path: Path) -> np.ndarray:
     """A 2D label map from an image file (PNG/BMP/TIF), as an integer array [H, W]."""
     try:
-        with Image.open(path) as image:
+        with reported_read_warnings(path), Image.open(path) as image:
             array = np.asarray(image)
     except FileNotFoundError:
         raise EvaluationError(f"{path}: file not found.")
@@ -83,8 +115,7 @@ def read_binary_mask(path: Path) -> np.ndarray:
 
 def read_json(path: Path):
     try:
-        with open(path) as handle:
-            return json.load(handle)
+        return load_json(str(path))
     except FileNotFoundError:
         raise EvaluationError(f"{path}: file not found.")
     except json.JSONDecodeError as error:
@@ -101,11 +132,50 @@ def list_cases(folder: Path, file_ending: str) -> list[str]:
 
 def load_split_val_lists(splits_file: Path) -> list[list[str]]:
     """Validation case lists of splits_final.json, in file order (the trainers store train_test_split's
-    output order there, which is the reference loader's order)."""
+    output order there, which is the reference loader's order). The structure is checked: a list of
+    {"train": [case ids], "val": [case ids]}."""
     splits = read_json(splits_file)
-    if not isinstance(splits, list) or not all(isinstance(s, dict) and "val" in s for s in splits):
-        raise EvaluationError(f"{splits_file}: expected a list of {{'train': [...], 'val': [...]}} (nnU-Net splits).")
-    return [list(s["val"]) for s in splits]
+    fix = ("An nnU-Net split file is a list with one {\"train\": [case ids], \"val\": [case ids]} per fold; "
+           "regenerate it (e.g. copy paper_splits.json of the converted dataset) or correct it.")
+    if not isinstance(splits, list) or not splits:
+        raise EvaluationError(f"{splits_file}: holds {_json_kind(splits)}, not a list of splits. {fix}")
+    val_lists = []
+    for index, split in enumerate(splits):
+        if not isinstance(split, dict):
+            raise EvaluationError(f"{splits_file}: split {index} is {_json_kind(split)}, not an object. {fix}")
+        if "val" not in split:
+            raise EvaluationError(f"{splits_file}: split {index} has no \"val\" entry (keys: {sorted(split)}). {fix}")
+        for key in ("train", "val"):
+            if key not in split:
+                continue
+            value = split[key]
+            if not isinstance(value, list):
+                raise EvaluationError(f"{splits_file}: split {index}: \"{key}\" is {_json_kind(value)}, not a list of "
+                                      f"case ids. {fix}")
+            bad = [v for v in value if not isinstance(v, str)]
+            if bad:
+                raise EvaluationError(f"{splits_file}: split {index}: \"{key}\" holds {_json_kind(bad[0])} among its "
+                                      f"case ids; case ids are strings (e.g. \"benign_0001\"). {fix}")
+        if not split["val"]:
+            raise EvaluationError(f"{splits_file}: split {index}: \"val\" is an empty list. {fix}")
+        repeated = sorted({c for c in split["val"] if split["val"].count(c) > 1})
+        if repeated:
+            raise EvaluationError(f"{splits_file}: split {index}: \"val\" lists {repeated[:5]} more than once. {fix}")
+        val_lists.append(list(split["val"]))
+    return val_lists
+
+
+def _json_kind(value) -> str:
+    """'the number 5', 'the string "cvc_0001"', ...: what a JSON value is, for messages."""
+    if isinstance(value, bool) or value is None:
+        return f"the value {json.dumps(value)}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value)[:60]}"
+    if isinstance(value, list):
+        return "an empty list" if not value else f"a list of {len(value)}"
+    return "an object"
 
 
 def dataset_file_ending(dataset_name: str, default: str = ".png") -> str:

@@ -12,6 +12,7 @@ from nnunet_allukan.evaluation.metrics import REFERENCE_BATCH_SIZE, SMOOTH
 from nnunet_allukan.evaluation.tables import (
     markdown_report, per_case_csv, results_json, summarise_dataset, summary_csv)
 from nnunet_allukan.evaluation.output import write_text_files
+from nnunet_allukan.paper import SPLIT_SEEDS
 
 BATCH_ORDERS = ("split", "sorted")
 
@@ -25,7 +26,7 @@ def _settings(order: str, batch_size: int, ddof: int) -> dict:
         raise EvaluationError(f"std ddof must be 0 or 1, got {ddof}")
     return {"unit": "percent", "order": order, "batch_size": batch_size, "std_ddof": ddof, "iou_smoothing": SMOOTH,
             "thresholds": "prediction > 0.5, target > 0.5 (labels 0/1; 0/255 masks are scaled to 0/1)",
-            "seeds_of_folds": {"0": 2981, "1": 6142, "2": 1187}}
+            "seeds_of_folds": {str(fold): seed for fold, seed in enumerate(SPLIT_SEEDS)}}
 
 
 def _evaluate_dataset(name: str, fold_predictions: Sequence[FoldPredictions], labels_folder: Path,

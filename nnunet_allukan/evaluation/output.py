@@ -1,19 +1,82 @@
-"""Writing outputs so that a failure leaves nothing half-written behind."""
+"""Writing outputs so that a failure leaves nothing half-written behind, with the modes a plain ``mkdir`` /
+``open`` gives under the user's umask (``tempfile.mkdtemp`` / ``mkstemp`` would make them 0700 / 0600, which
+the rename into place would keep: unreadable for the rest of a group sharing ``nnUNet_results``)."""
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
+from nnunet_allukan.evaluation.collect import EvaluationError
 
-def write_text_files(folder: Path, files: Mapping[str, str]) -> list[Path]:
-    """Write all files into a temporary sibling folder first, then move them into ``folder`` together."""
+
+def output_error(error: OSError, target: Path, option: str) -> EvaluationError:
+    """A clear message for a failed write of ``target`` (read-only, full, or a file where a folder belongs)."""
+    path = error.filename or target
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        fix = f"free space on that file system, or pass {option} on another disk"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"pass {option} with a folder you can write to"
+    elif error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = f"a file is in the way of {target}: pass another {option}, or move that file away"
+    else:
+        fix = f"check {target} and its file system, or pass another {option}"
+    return EvaluationError(f"cannot write {path}: {reason}. {fix}.")
+
+
+def check_output_folder(folder: Path, option: str = "-o") -> None:
+    """Fail before the (long) evaluation if ``folder`` cannot be created or written."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    if folder.exists() and not folder.is_dir():
+        raise EvaluationError(f"{option} {folder} is a file, not a folder: pass a folder, or move the file away.")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EvaluationError(f"{option} {folder}: {existing} is a file, not a folder: pass another {option}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EvaluationError(f"{option} {folder}: {existing} is not writable for you: pass a folder you can "
+                              "write to.")
+
+
+def _fresh_folder(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder created like a plain mkdir (mode from the umask)."""
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / prefix))
+
+
+def _fresh_file(parent: Path, prefix: str, suffix: str) -> Path:
+    """A new, uniquely named empty file created like a plain open (mode from the umask)."""
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / prefix))
+
+
+def write_text_files(folder: Path, files: Mapping[str, str], option: str = "-o") -> list[Path]:
+    """Write all files into a temporary sibling folder first, then move them into ``folder`` together.
+    A file-system error becomes an :class:`EvaluationError` naming the path (``option``: the command-line
+    option that chose ``folder``, named in the fix)."""
+    folder = Path(folder)
+    check_output_folder(folder, option)
+    staging = None
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = _fresh_folder(folder.parent, f".{folder.name}.tmp-")
         for name, text in files.items():
             (staging / name).write_text(text)
         folder.mkdir(exist_ok=True)
@@ -22,20 +85,28 @@ def write_text_files(folder: Path, files: Mapping[str, str]) -> list[Path]:
             os.replace(staging / name, folder / name)
             written.append(folder / name)
         return written
+    except OSError as error:
+        raise output_error(error, folder, option) from error
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
-def save_atomically(path: Path, save: Callable[[Path], None]) -> Path:
+def save_atomically(path: Path, save: Callable[[Path], None], option: str = "-o") -> Path:
     """Call ``save(temporary_path)`` (e.g. a figure's savefig) and move the result to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
+    if path.is_dir():
+        raise EvaluationError(f"{option} {path} is a folder: give the PNG file to write, e.g. {path / 'figure.png'}.")
+    check_output_folder(path.parent, option)
+    temporary = None
     try:
-        save(Path(temporary))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = _fresh_file(path.parent, f".{path.stem}.tmp-", path.suffix)
+        save(temporary)
         os.replace(temporary, path)
+    except OSError as error:
+        raise output_error(error, path, option) from error
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        if temporary is not None and temporary.exists():
+            temporary.unlink()
     return path
