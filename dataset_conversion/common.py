@@ -380,7 +380,8 @@ def binarize_binary_mask(mask: np.ndarray, path: Path) -> BinarisedMask:
     at SOFT_MASK_THRESHOLD when its extra values are what anti-aliasing and compression produce:
 
     - intermediate values (more than LEVEL_TOLERANCE of the range away from both levels) only at the
-      border between background and object: within EDGE_WIDTH pixels of both, and a small fraction
+      border between background and object: within EDGE_WIDTH pixels of both (of one, along the image
+      frame), and a small fraction
       (MAX_EDGE_FRACTION) of the pixels. A grey-level gradient or image has them everywhere;
     - faint values near a level (the CVC halos of 5-16) anywhere, but values near 0 that would vanish
       only in a continuous-tone mask (>= MIN_TONES_FOR_NOISE distinct values): a few exact levels such as
@@ -406,7 +407,11 @@ def binarize_binary_mask(mask: np.ndarray, path: Path) -> BinarisedMask:
     tolerance = (high - low) * LEVEL_TOLERANCE
     near_low, near_high = mask <= low + tolerance, mask >= high - tolerance
     intermediate = ~(near_low | near_high)
-    at_border = _dilate(near_low, EDGE_WIDTH) & _dilate(near_high, EDGE_WIDTH)
+    near_low_zone, near_high_zone = _dilate(near_low, EDGE_WIDTH), _dilate(near_high, EDGE_WIDTH)
+    # along the image frame the other level may lie outside the image (an object cut by the frame)
+    frame = np.ones(mask.shape, dtype=bool)
+    frame[EDGE_WIDTH:-EDGE_WIDTH, EDGE_WIDTH:-EDGE_WIDTH] = False
+    at_border = (near_low_zone & near_high_zone) | (frame & (near_low_zone | near_high_zone))
     stray = intermediate & ~at_border
     if stray.any():
         row, col = (int(i[0]) for i in np.nonzero(stray))
