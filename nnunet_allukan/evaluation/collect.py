@@ -86,7 +86,7 @@ def reported_read_warnings(path: Path):
         finally:
             messages = sorted({" ".join(str(w.message).split()) for w in caught})
             if messages:
-                print(f"Warning: {path}: {'; '.join(messages)[:200]} (pixels read)", file=sys.stderr)
+                tqdm.write(f"Warning: {path}: {'; '.join(messages)[:200]} (pixels read)", file=sys.stderr)
 
 
 def read_label_image(path: Path) -> np.ndarray:
