@@ -13,37 +13,12 @@ from typing import Sequence
 from nnunet_allukan.evaluation.collect import FoldCounts, FoldPredictions
 from nnunet_allukan.evaluation.metrics import (
     REFERENCE_BATCH_SIZE, SMOOTH, mean_std, per_image_scores, reference_batches, reference_scores)
+from nnunet_allukan.paper import SPLIT_SEEDS, TABLE1, TABLE2_BUSI_SEED2981
 
-PAPER_SEEDS = (2981, 6142, 1187)  # folds 0, 1, 2 (paper Sec. 4.1)
-
-# Paper Table 1: IoU / F1 in percent, (mean, std) over the three seeds, batch-pooled reference protocol.
-PAPER_TABLE1: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
-    "U-Net": {"BUSI": {"iou": (57.22, 4.74), "f1": (71.91, 3.54)}, "GlaS": {"iou": (86.66, 0.91), "f1": (92.79, 0.56)},
-              "CVC": {"iou": (83.79, 0.77), "f1": (91.06, 0.47)}},
-    "Att-Unet": {"BUSI": {"iou": (55.18, 3.61), "f1": (70.22, 2.88)}, "GlaS": {"iou": (86.84, 1.19), "f1": (92.89, 0.65)},
-                 "CVC": {"iou": (84.52, 0.51), "f1": (91.46, 0.25)}},
-    "U-Net++": {"BUSI": {"iou": (57.41, 4.77), "f1": (72.11, 3.90)}, "GlaS": {"iou": (87.07, 0.76), "f1": (92.96, 0.44)},
-                "CVC": {"iou": (86.11, 1.47), "f1": (91.53, 0.88)}},
-    "U-NeXt": {"BUSI": {"iou": (59.06, 1.03), "f1": (73.08, 1.32)}, "GlaS": {"iou": (84.51, 0.37), "f1": (91.55, 0.23)},
-               "CVC": {"iou": (74.83, 2.44), "f1": (85.36, 0.17)}},
-    "Rolling-UNet": {"BUSI": {"iou": (61.00, 0.64), "f1": (74.67, 1.24)},
-                     "GlaS": {"iou": (86.42, 0.96), "f1": (92.63, 0.62)},
-                     "CVC": {"iou": (82.87, 1.42), "f1": (90.48, 0.83)}},
-    "U-Mamba": {"BUSI": {"iou": (61.81, 3.24), "f1": (75.55, 3.01)}, "GlaS": {"iou": (87.01, 0.39), "f1": (93.02, 0.24)},
-                "CVC": {"iou": (84.79, 0.58), "f1": (91.63, 0.39)}},
-    "U-KAN": {"BUSI": {"iou": (63.38, 2.83), "f1": (76.40, 2.90)}, "GlaS": {"iou": (87.64, 0.32), "f1": (93.37, 0.16)},
-              "CVC": {"iou": (85.05, 0.53), "f1": (91.88, 0.29)}},
-    "ALL U-KAN": {"BUSI": {"iou": (66.14, 5.43), "f1": (78.64, 5.33)},
-                  "GlaS": {"iou": (88.72, 0.23), "f1": (94.00, 0.07)},
-                  "CVC": {"iou": (85.37, 0.06), "f1": (91.98, 0.02)}},
-}
-
-# Paper Table 2 (BUSI, seed 2981 = fold 0): IoU / F1 in percent of the three trained networks.
-PAPER_TABLE2_BUSI_SEED2981: dict[str, dict[str, float]] = {
-    "U-KAN_MLP": {"iou": 63.49, "f1": 77.07},
-    "U-KAN": {"iou": 65.26, "f1": 78.75},
-    "ALL U-KAN": {"iou": 69.43, "f1": 81.82},
-}
+# The paper's seeds and numbers live in nnunet_allukan.paper; the names here are the ones this module used.
+PAPER_SEEDS = SPLIT_SEEDS  # folds 0, 1, 2 (paper Sec. 4.1)
+PAPER_TABLE1 = TABLE1
+PAPER_TABLE2_BUSI_SEED2981 = TABLE2_BUSI_SEED2981
 
 PROTOCOLS = {
     "reference": "Reference protocol (U-KAN code): IoU pooled over each validation batch of {batch} cases in "
