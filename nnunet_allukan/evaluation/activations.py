@@ -12,6 +12,7 @@ first dimension is out (shape [out, in] for KALinear, [out, in/groups, k, k] for
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -75,24 +76,29 @@ def _torch_load(path: Path):
     import torch
 
     numpy_scalars = [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
-    multiarray = getattr(np, "_core", getattr(np, "core", None)).multiarray
+    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray  # numpy 2 renamed core
     try:
         with torch.serialization.safe_globals([multiarray.scalar, *numpy_scalars]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):
-            raise  # not a refused object but a corrupt file, reported as such by the caller
+        if "Unsupported global" not in str(error):  # not a refused object: a damaged file or not a checkpoint
+            raise EvaluationError(f"{path}: cannot be loaded as a PyTorch checkpoint: the file is damaged or is not "
+                                  f"a checkpoint ({_unpickler_detail(error)}). Pass the checkpoint_final.pth or "
+                                  "checkpoint_best.pth that nnU-Net wrote.") from None
         raise EvaluationError(
-            f"{path}: holds objects other than tensors, containers and numbers, so it is not loaded (that could "
-            f"run code from the file). torch says: {_unsupported_global(error)}. Save the network's "
-            "state_dict on its own (torch.save(network.state_dict(), 'weights.pth')) and pass that file with -i.")
+            f"{path}: holds objects other than tensors, containers and numbers ({_unpickler_detail(error)}), so it "
+            "is not loaded: unpickling them could run code from the file. Save the network's state_dict on its own "
+            "(torch.save(network.state_dict(), 'weights.pth')) and pass that file with -i.") from None
 
 
-def _unsupported_global(error: Exception) -> str:
-    """The line of torch's weights-only message that names the refused object."""
+def _unpickler_detail(error: Exception) -> str:
+    """The part of torch's weights-only message that says what stopped it (e.g. 'Unsupported global:
+    GLOBAL getattr', 'Unsupported operand 103'), without its advice to allow-list or to trust the file."""
+    match = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+)", str(error))
+    if match:
+        return f"Unsupported {match.group(1)}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    named = [line for line in lines if "Unsupported global" in line]
-    return (named or lines or ["(no detail)"])[0][:300]
+    return (lines or ["no detail"])[0][:200]
 
 
 def load_state_dict(path: Path) -> dict[str, np.ndarray]:
