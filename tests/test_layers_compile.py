@@ -1,54 +1,107 @@
-"""The torch.compile'd basis kernels agree with the eager ones (skipped where inductor cannot compile)."""
+"""The torch.compile'd kernels agree with the eager ones (skipped where inductor cannot compile), compiling
+them changes no process-wide dynamo setting, and the compile switch is read once."""
 import pytest
 import torch
 
-from nnunet_allukan.layers import KAConv2d
+from nnunet_allukan.layers import KAConv2d, KALinear
 from nnunet_allukan.layers import splines
 
 
-def test_compiled_kernels_match_eager(monkeypatch):
-    x = torch.randn(2, 3, 5, 9, 9)
-    g = torch.randn(2, 3, 8, 9, 9)
+@pytest.fixture
+def compile_mode():
+    """Set the kernel compilation mode for one test; restore the previous one afterwards."""
+    before = splines._COMPILE_MODE
+    yield splines.set_kernel_compilation
+    splines._COMPILE_MODE = before
+
+
+def _kernel_calls(dtype):
     grid = splines.SplineGrid()
-    monkeypatch.setenv("NNUNET_ALLUKAN_COMPILE", "0")
-    s_eager = splines.basis_sum(x, grid)
-    d_eager = splines.basis_derivative_dot(x, g, grid)
-    monkeypatch.setenv("NNUNET_ALLUKAN_COMPILE", "1")
+    x = torch.randn(2, 3, 5, 9, 9, dtype=dtype) * 1.5
+    g = torch.randn(2, 3, 8, 9, 9, dtype=dtype)
+    v = torch.randn(3, 8, dtype=dtype)
+    g_act = torch.randn(2, 3, 6, 9, 9, dtype=dtype)
+    return {
+        "basis_sum": lambda: splines.basis_sum(x, grid),
+        "basis_derivative_dot": lambda: splines.basis_derivative_dot(x, g, grid),
+        "silu_and_basis_sums": lambda: splines.silu_and_basis_sums(x, grid, True),
+        "silu_and_basis_sums unpadded": lambda: splines.silu_and_basis_sums(x, grid, False),
+        "silu_and_activation_sums": lambda: splines.silu_and_activation_sums(x, v, grid, True),
+        "silu_and_activation_sums_backward": lambda: splines.silu_and_activation_sums_backward(
+            x, g_act, v, grid, True, True),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32])
+def test_compiled_kernels_match_eager(compile_mode, dtype):
+    calls = _kernel_calls(dtype)
+    compile_mode("0")
+    eager = {name: call() for name, call in calls.items()}
+    compile_mode("1")
     try:
-        s_comp = splines.basis_sum(x, grid)
-        d_comp = splines.basis_derivative_dot(x, g, grid)
+        compiled = {name: call() for name, call in calls.items()}
     except Exception as e:  # no C++ toolchain for inductor on this machine
         pytest.skip(f"torch.compile unavailable here: {type(e).__name__}: {e}")
-    torch.testing.assert_close(s_comp, s_eager, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(d_comp, d_eager, atol=1e-5, rtol=1e-5)
-    # and through a layer, forward + backward, full spline gradient
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-12)
+    for name in calls:
+        torch.testing.assert_close(compiled[name], eager[name], **tol, msg=name)
+
+
+@pytest.mark.parametrize("grad_free", [False])  # the full-gradient path runs every kernel
+def test_compiled_layers_match_eager(compile_mode, grad_free):
+    """Through the layers (dense, depthwise, linear), forward and every gradient, batch 1 and 2."""
     torch.manual_seed(0)
-    m = KAConv2d(4, 4, 3, padding=1, grad_free=False)
-    xi = torch.randn(1, 4, 12, 12, requires_grad=True)
-    y_c = m(xi)
-    gx_c = torch.autograd.grad(y_c.sum(), xi)[0]
-    monkeypatch.setenv("NNUNET_ALLUKAN_COMPILE", "0")
-    y_e = m(xi)
-    gx_e = torch.autograd.grad(y_e.sum(), xi)[0]
-    torch.testing.assert_close(y_c, y_e, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(gx_c, gx_e, atol=1e-5, rtol=1e-5)
+    layers = [KAConv2d(4, 6, 3, padding=1, grad_free=grad_free), KAConv2d(4, 4, 3, padding=1, groups=4,
+                                                                           grad_free=grad_free),
+              KALinear(4, 3, grad_free=grad_free)]
+    results = {}
+    for mode in ("0", "1"):
+        compile_mode(mode)
+        out = []
+        for batch in (1, 2):
+            for layer in layers:
+                x = torch.randn(batch, 4, 10, 10, generator=torch.Generator().manual_seed(batch), requires_grad=True)
+                xin = x.permute(0, 2, 3, 1) if isinstance(layer, KALinear) else x
+                try:
+                    y = layer(xin)
+                except Exception as e:
+                    if mode == "1":
+                        pytest.skip(f"torch.compile unavailable here: {type(e).__name__}: {e}")
+                    raise
+                grads = torch.autograd.grad(y.square().sum(), [x] + list(layer.parameters()))
+                out.append((y,) + grads)
+        results[mode] = out
+    for eager, compiled in zip(results["0"], results["1"]):
+        for a, b in zip(compiled, eager):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_compile_env_validation(monkeypatch):
-    monkeypatch.setenv("NNUNET_ALLUKAN_COMPILE", "sometimes")
-    with pytest.raises(ValueError, match="NNUNET_ALLUKAN_COMPILE"):
-        splines.compiled_kernels_enabled("cpu")
-
-
-def test_compilation_raises_dynamo_recompile_limit(monkeypatch):
-    """Each size-1 / dtype specialisation compiles anew; the default limit (8) would silently fall back to eager."""
+def test_compiling_leaves_dynamo_config_alone(compile_mode):
+    """The kernels get their own code objects instead of a raised process-wide recompile limit."""
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    monkeypatch.setattr(splines, "_COMPILED", {})
-    monkeypatch.setenv("NNUNET_ALLUKAN_COMPILE", "1")
+    before = {k: getattr(torch._dynamo.config, k) for k in ("recompile_limit", "cache_size_limit")
+              if hasattr(torch._dynamo.config, k)}
+    compile_mode("1")
     try:
-        splines.basis_sum(torch.randn(1, 1, 2, 3), splines.SplineGrid())
+        for batch, c in [(1, 2), (2, 2), (1, 1), (3, 5)]:  # size-1 specialisations
+            for dtype in (torch.float32, torch.float64):  # float64: a second compiled copy
+                splines.basis_sum(torch.randn(batch, 1, c, 3, dtype=dtype), splines.SplineGrid())
     except Exception as e:
         pytest.skip(f"torch.compile unavailable here: {type(e).__name__}: {e}")
-    assert torch._dynamo.config.recompile_limit >= 64
+    after = {k: getattr(torch._dynamo.config, k) for k in before}
+    assert after == before
+    # one compiled copy per (kernel, device, dtype)
+    assert {key for key in splines._COMPILED if key[0] == "basis_sum"} >= {
+        ("basis_sum", "cpu", torch.float32), ("basis_sum", "cpu", torch.float64)}
+    assert not splines._COMPILE_FAILED
+
+
+def test_compile_switch_is_parsed_once_and_validated(monkeypatch, compile_mode):
+    with pytest.raises(ValueError, match="NNUNET_ALLUKAN_COMPILE"):
+        splines._parse_compile_mode("sometimes")
+    compile_mode("0")
+    monkeypatch.setenv("NNUNET_ALLUKAN_COMPILE", "1")  # read at import only: no effect now
+    assert not splines.compiled_kernels_enabled("cpu")
+    compile_mode("auto")
+    assert splines.compiled_kernels_enabled("cpu")

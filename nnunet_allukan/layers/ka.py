@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .splines import (SplineGrid, _compute_dtype, basis_derivative_dot, basis_sum, bspline_bases,
-                      differentiable_basis_sum)
+from .splines import (SplineGrid, basis_derivative_dot, basis_sum, bspline_bases, differentiable_basis_sum,
+                      silu_and_activation_sums, silu_and_activation_sums_backward, silu_and_basis_sums, zero_bases)
 
 __all__ = ["KALinear", "KAConv2d", "KAConv3d", "ka_grouped"]
 
@@ -91,6 +91,41 @@ def ka_grouped(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, lam: Optional[
     return y + torch.einsum("ngk,gok->ngo", s.to(y.dtype), v.to(y.dtype))
 
 
+class _KALinearFunction(torch.autograd.Function):
+    """KA layer without lambda as one GEMM: ``y = [silu(x), S(x)] @ [u, v]^T`` with ``S_k = sum_j B_k(x_j)``
+    (Eq. 7). Saves only (x, u, v), as ``nn.Linear`` saves (x, w); the augmented input is recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, x, u, v, bias, grid: SplineGrid, grad_free: bool):
+        z = silu_and_basis_sums(x.unsqueeze(1), grid, False).squeeze(1)  # [N, in + nb]
+        y = F.linear(z, torch.cat([u, v], dim=1), bias)
+        ctx.grid, ctx.grad_free = grid, grad_free
+        ctx.save_for_backward(x, u, v)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, u, v = ctx.saved_tensors
+        need_x, need_u, need_v, need_bias, _, _ = ctx.needs_input_grad
+        n_in = x.shape[1]
+        gy = gy.contiguous()
+        grad_x = grad_u = grad_v = grad_bias = None
+        if need_x:
+            gz = gy @ torch.cat([u, v], dim=1)  # [N, in + nb]
+            grad_x = torch.ops.aten.silu_backward(gz[:, :n_in], x)
+            if not ctx.grad_free:  # spline path: sum_k dL/dS_k B'_k(x_j)
+                d = basis_derivative_dot(x.unsqueeze(1), gz[:, None, n_in:], ctx.grid).squeeze(1)
+                grad_x = grad_x + d.to(grad_x.dtype)
+        if need_u or need_v:
+            z = silu_and_basis_sums(x.unsqueeze(1), ctx.grid, False).squeeze(1)
+            gw = gy.t() @ z  # [out, in + nb]: u's gradient and v's (Eq. 9)
+            grad_u = gw[:, :n_in] if need_u else None
+            grad_v = gw[:, n_in:] if need_v else None
+        if need_bias:
+            grad_bias = gy.sum(0)
+        return grad_x, grad_u, grad_v, grad_bias, None, None
+
+
 class _SplineGridAttributes:
     """``grid_size`` / ``spline_order`` / ``grid_range`` read from the layer's :class:`SplineGrid` ``grid``."""
 
@@ -142,9 +177,12 @@ class KALinear(_SplineGridAttributes, nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"KALinear expected last dimension {self.in_features}, got input of shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        lam = None if self.lam is None else self.lam.unsqueeze(0)
-        y = ka_grouped(x.reshape(-1, 1, self.in_features), self.u.unsqueeze(0), self.v.unsqueeze(0), lam,
-                       self.grid, self.grad_free, self.chunk_size)
+        x2 = x.reshape(-1, self.in_features)
+        if self.lam is None:
+            y = _apply_in_amp_dtype(_KALinearFunction, (x2, self.u, self.v, self.bias), self.grid, self.grad_free)
+            return y.reshape(*lead, self.out_features)
+        y = ka_grouped(x2.unsqueeze(1), self.u.unsqueeze(0), self.v.unsqueeze(0), self.lam.unsqueeze(0), self.grid,
+                       self.grad_free, self.chunk_size)
         y = y.reshape(*lead, self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
@@ -180,6 +218,11 @@ class _ConvGeometry:
         return self.out_channels // self.groups
 
     @property
+    def one_output_per_group(self) -> bool:
+        """Depthwise and alike: each group's KA layer has one output (one learned activation)."""
+        return self.cout_g == 1
+
+    @property
     def no_padding(self) -> tuple[int, ...]:
         return (0,) * self.nd
 
@@ -198,21 +241,6 @@ class _ConvGeometry:
         conv = F.conv2d if self.nd == 2 else F.conv3d
         return conv(x, w, None, self.stride, tuple(padding), self.dilation, groups)
 
-    def sum_pool(self, s: torch.Tensor, padding: Sequence[int]) -> torch.Tensor:
-        """Window sums with the conv's kernel/stride/dilation, zero padding: [B, n, *sp_in] -> [B, n, *sp_out]."""
-        # avg_pool3d refuses inputs smaller than the kernel even when padding makes the window valid (a thin
-        # slab of a 3D plan, e.g. 2 slices with a 3x3x3 kernel); the grouped ones-convolution has no such limit.
-        pool_ok = self.nd == 2 or all(n >= k for n, k in zip(s.shape[2:], self.kernel))
-        if pool_ok and all(d == 1 for d in self.dilation) and all(p <= k // 2 for p, k in zip(padding, self.kernel)):
-            pool = F.avg_pool2d if self.nd == 2 else F.avg_pool3d
-            return pool(s, self.kernel, self.stride, tuple(padding), divisor_override=1)
-        ones = s.new_ones((s.shape[1], 1) + self.kernel)
-        return self.conv(s, ones, s.shape[1], padding)
-
-    def sum_pool_adjoint(self, g: torch.Tensor, in_shape: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
-        ones = g.new_ones((g.shape[1], 1) + self.kernel)
-        return self.conv_input_grad(in_shape, ones, g, g.shape[1], padding)
-
     def conv_input_grad(self, in_shape: Sequence[int], w: torch.Tensor, gy: torch.Tensor, groups: int,
                         padding: Sequence[int]) -> torch.Tensor:
         fn = torch.nn.grad.conv2d_input if self.nd == 2 else torch.nn.grad.conv3d_input
@@ -222,19 +250,6 @@ class _ConvGeometry:
                          padding: Sequence[int]) -> torch.Tensor:
         fn = torch.nn.grad.conv2d_weight if self.nd == 2 else torch.nn.grad.conv3d_weight
         return fn(x, list(w_shape), gy, self.stride, tuple(padding), self.dilation, groups)
-
-    def padded_zero_bases(self, sp_in: Sequence[int], dtype: torch.dtype, device) -> Optional[torch.Tensor]:
-        """What the padded zeros of one input channel add to each window: n_pad(p) * B_k(0), ``[1, 1, nb, *sp_out]``.
-
-        Lets the fast path pool the bases of the *unpadded* input (no padded copy of x) and still equal the
-        paper's definition, in which padded zeros are KA-layer inputs like any other."""
-        if not any(self.padding):
-            return None
-        ones = torch.ones((1, 1) + tuple(sp_in), dtype=dtype, device=device)
-        n_pad = math.prod(self.kernel) - self.sum_pool(ones, self.padding)  # [1, 1, *sp_out]
-        b0 = bspline_bases(torch.zeros(1, dtype=dtype, device=device), self.grid.grid_size, self.grid.spline_order,
-                           (self.grid.lo, self.grid.hi)).to(dtype).reshape(1, 1, -1, *([1] * self.nd))
-        return n_pad.unsqueeze(2) * b0
 
     def blocks(self) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
         """Chunk plan over input channels, never crossing a group boundary inside one piece.
@@ -271,53 +286,124 @@ def _piece_lambda_window_sums(geo: _ConvGeometry, x_pad: torch.Tensor, lam: torc
     return p.reshape(b, nb, ng, *p.shape[2:]).transpose(1, 2).reshape(b, ng * nb, *p.shape[2:]), dense
 
 
-def _block_window_sums(geo: _ConvGeometry, x: torch.Tensor, g0: int, g1: int, pieces: list[tuple[int, int]],
-                       zero_bases: Optional[torch.Tensor]) -> torch.Tensor:
-    """Window sums of the bases for groups g0..g1 (no lambda; ``x`` unpadded): ``[B, ng * nb, *sp_out]``.
-
-    The channel sums of all pieces are added first and pooled once (pooling is linear)."""
-    b, sp, nb, ng = x.shape[0], x.shape[2:], geo.grid.n_bases, g1 - g0
-    ngp = ng if len(pieces) == 1 else 1
-    s = None
-    for c0, c1 in pieces:
-        part = basis_sum(x[:, c0:c1].reshape(b, ngp, (c1 - c0) // ngp, *sp), geo.grid)  # [B, ngp, nb, *sp]
-        s = part if s is None else s.add_(part)
-    p = geo.sum_pool(s.reshape(b, ng * nb, *sp), geo.padding)
-    if zero_bases is not None:  # every channel of a group contributes B(0) per padded tap
-        p = p.reshape(b, ng, nb, *p.shape[2:]).add_(geo.cin_g * zero_bases.to(p.dtype)).reshape(b, ng * nb, *p.shape[2:])
-    return p
-
-
 class _KAConvFunction(torch.autograd.Function):
-    """Fast KAonv with an explicit backward that saves only (x, u, v, lam), like a plain convolution.
+    """Fast KAonv (no lambda) as one convolution of an augmented input; saves only (x, u, v), as a convolution
+    saves (x, w).
 
-    Without lambda no padded copy of x is made: silu(0) = 0, so the silu path uses the convolution's own zero
-    padding, and the padded zeros' bases B(0) enter the spline path as a constant per window
-    (``padded_zero_bases``, computed once in forward and kept: it is x-independent and tiny). The 1x1 map
-    by v is one GEMM per block of groups.
+    Per group, the KA layer of a receptive field is (Eq. 7) ``sum_{c,tap} u[o,c,tap] silu(x_c) +
+    sum_k v[o,k] sum_tap S_k`` with ``S_k = sum_c B_k(x_c)``: a convolution of ``[silu(x), S]`` with the weight
+    ``[u, v broadcast over the taps]``. Groups with one output (depthwise) use the single map
+    ``sum_k v[o,k] S_k`` with weight 1 instead of the n_bases maps S_k. Padded zeros are KA inputs too and add
+    ``C_g B(0)`` per tap to S: the augmented input carries ``S - C_g B(0)``, which the convolution's zero
+    padding then pads exactly, and the constant ``n_taps C_g v B(0)`` is added to the output. Backward
+    recomputes the augmented input (one pass over x) and runs one ``convolution_backward``: its weight gradient
+    holds u's and (summed over the taps) v's gradient (Eq. 9), its input gradient the silu path's G_L
+    (Eq. 11) and, for ``grad_free=False``, what the spline path's gradient needs.
     """
+
+    @staticmethod
+    def forward(ctx, x, u, v, bias, geo: _ConvGeometry):
+        z, w = _augmented_conv_operands(geo, x, u, v)
+        y = geo.conv(z, w, geo.groups, geo.padding)
+        offset = _padding_offset(geo, v)  # [C_out] or None
+        if offset is not None:
+            bias = offset if bias is None else bias + offset
+        if bias is not None:
+            y = y + bias.reshape(1, -1, *([1] * geo.nd))
+        ctx.geo = geo
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, u, v)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, u, v = ctx.saved_tensors
+        geo: _ConvGeometry = ctx.geo
+        need_x, need_u, need_v, need_bias, _ = ctx.needs_input_grad
+        nd, nb, cg, grid = geo.nd, geo.grid.n_bases, geo.cin_g, geo.grid
+        b, sp = x.shape[0], x.shape[2:]
+        gy = gy.contiguous()
+        z, w = _augmented_conv_operands(geo, x, u, v)
+        gz, gw, _ = torch.ops.aten.convolution_backward(
+            gy, z, w, None, list(geo.stride), list(geo.padding), list(geo.dilation), False, [0] * nd, geo.groups,
+            [need_x or need_v and geo.one_output_per_group, need_u or need_v and not geo.one_output_per_group, False])
+        del z
+        grad_x = grad_u = grad_v = grad_bias = None
+        gy_sum = gy.sum(dim=[0] + list(range(2, gy.dim()))) if need_bias or need_v and any(geo.padding) else None
+        if need_u:
+            grad_u = gw[:, :cg]
+        if geo.one_output_per_group:
+            if need_x or need_v:
+                gz = gz.reshape(b, geo.groups, cg + 1, *sp)
+                grad_x, grad_v = silu_and_activation_sums_backward(x.reshape(b, geo.groups, cg, *sp), gz, v, grid,
+                                                                   any(geo.padding), not geo.grad_free)
+                grad_x = grad_x.reshape(x.shape)
+        else:
+            if need_v:
+                grad_v = gw[:, cg:].sum(dim=list(range(2, 2 + nd)))
+            if need_x:
+                gz = gz.reshape(b, geo.groups, cg + nb, *sp)
+                xg = x.reshape(b, geo.groups, cg, *sp)
+                grad_x = torch.ops.aten.silu_backward(gz[:, :, :cg], xg)
+                if not geo.grad_free:  # spline path: sum_k dL/dS_k B'_k(x_c)
+                    grad_x = grad_x + basis_derivative_dot(xg, gz[:, :, cg:], grid).to(grad_x.dtype)
+                grad_x = grad_x.reshape(x.shape)
+        if need_v:
+            if any(geo.padding):  # d(padding offset)/dv
+                grad_v = grad_v + _padding_offset_grad(geo, gy_sum)
+            grad_v = grad_v.reshape_as(v).to(v.dtype)
+        if need_bias and ctx.has_bias:
+            grad_bias = gy_sum
+        return grad_x, grad_u, grad_v, grad_bias, None
+
+
+def _augmented_conv_operands(geo: _ConvGeometry, x: torch.Tensor, u: torch.Tensor,
+                             v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmented input and weight of :class:`_KAConvFunction`'s one convolution."""
+    b, sp, cg, g = x.shape[0], x.shape[2:], geo.cin_g, geo.groups
+    xg = x.reshape(b, g, cg, *sp)
+    taps = (1,) * geo.nd
+    if geo.one_output_per_group:
+        z = silu_and_activation_sums(xg, v, geo.grid, any(geo.padding))  # [B, G, cg + 1, *sp]
+        w = torch.cat([u, u.new_ones((u.shape[0], 1) + geo.kernel)], dim=1)
+    else:
+        z = silu_and_basis_sums(xg, geo.grid, any(geo.padding))  # [B, G, cg + nb, *sp]
+        w = torch.cat([u, v.reshape(*v.shape, *taps).expand(*v.shape, *geo.kernel)], dim=1)
+    return z.reshape(b, -1, *sp), w.to(x.dtype)
+
+
+def _padding_offset(geo: _ConvGeometry, v: torch.Tensor) -> Optional[torch.Tensor]:
+    """``n_taps * C_g * sum_k v[o, k] B_k(0)`` per output: what the augmented input's shift by C_g B(0) removed."""
+    if not any(geo.padding):
+        return None
+    b0 = torch.tensor(zero_bases(geo.grid), dtype=v.dtype, device=v.device)
+    return (math.prod(geo.kernel) * geo.cin_g) * (v @ b0)
+
+
+def _padding_offset_grad(geo: _ConvGeometry, gy_sum: torch.Tensor) -> torch.Tensor:
+    b0 = torch.tensor(zero_bases(geo.grid), dtype=gy_sum.dtype, device=gy_sum.device)
+    return (math.prod(geo.kernel) * geo.cin_g) * gy_sum[:, None] * b0
+
+
+class _KAConvLambdaFunction(torch.autograd.Function):
+    """Fast KAonv with Eq. 6's lambda_j (ablation row 12): the window sums weight every (channel, tap) by
+    lambda, so the bases are summed by a grouped convolution with weights lambda on an explicitly padded input,
+    block by block (``chunk_size`` channels). Saves only (x, u, v, lam)."""
 
     @staticmethod
     def forward(ctx, x, u, v, lam, bias, geo: _ConvGeometry):
         nd, nb = geo.nd, geo.grid.n_bases
-        implicit = lam is None
-        x_src = x if implicit else geo.pad(x)
-        src_pad = geo.padding if implicit else geo.no_padding  # padding still to apply to x_src
-        y = geo.conv(F.silu(x_src), u, geo.groups, src_pad).contiguous()
-        zero_bases = geo.padded_zero_bases(x.shape[2:], _compute_dtype(x), x.device) if implicit else None
+        x_pad = geo.pad(x)
+        y = geo.conv(F.silu(x_pad), u, geo.groups, geo.no_padding).contiguous()
         v_g = v.reshape(geo.groups, geo.cout_g, nb)
         y_g = y.view(y.shape[0], geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
         for g0, g1, pieces in geo.blocks():
-            if lam is None:
-                p = _block_window_sums(geo, x_src, g0, g1, pieces, zero_bases)
-            else:
-                p = sum(_piece_lambda_window_sums(geo, x_src, lam, c0, c1, g1 - g0)[0] for c0, c1 in pieces)
+            p = sum(_piece_lambda_window_sums(geo, x_pad, lam, c0, c1, g1 - g0)[0] for c0, c1 in pieces)
             p = p.to(y.dtype).reshape(y.shape[0], g1 - g0, nb, -1)
             y_g[:, g0:g1] += torch.matmul(v_g[g0:g1], p)  # y += v @ P: one GEMM broadcast over samples/groups
         if bias is not None:
             y += bias.reshape(1, -1, *([1] * nd))
         ctx.geo = geo
-        ctx.zero_bases = zero_bases
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, u, v, lam)
         return y
@@ -329,55 +415,41 @@ class _KAConvFunction(torch.autograd.Function):
         need_x, need_u, need_v, need_lam, need_bias, _ = ctx.needs_input_grad
         nd, nb = geo.nd, geo.grid.n_bases
         gy = gy.contiguous()
-        implicit = lam is None
-        x_src = x if implicit else geo.pad(x)
-        src_pad = geo.padding if implicit else geo.no_padding
+        x_pad = geo.pad(x)
         b = x.shape[0]
-        sp_src = x_src.shape[2:]
+        sp_pad = x_pad.shape[2:]
         grad_x = grad_u = grad_v = grad_lam = grad_bias = None
 
         # silu path: silu(x) is recomputed here instead of being stored by forward.
-        grad_src = None
+        grad_pad = None
         if need_x or need_u:
-            xs = F.silu(x_src)
+            xs = F.silu(x_pad)
             gin, gw, _ = torch.ops.aten.convolution_backward(
-                gy, xs, u, None, list(geo.stride), list(src_pad), list(geo.dilation), False, [0] * nd, geo.groups,
-                [need_x, need_u, False])
+                gy, xs, u, None, list(geo.stride), list(geo.no_padding), list(geo.dilation), False, [0] * nd,
+                geo.groups, [need_x, need_u, False])
             del xs
             if need_u:
                 grad_u = gw
             if need_x:
-                grad_src = torch.ops.aten.silu_backward(gin, x_src)
+                grad_pad = torch.ops.aten.silu_backward(gin, x_pad)
             del gin
 
-        # spline path, block by block: exact v (and lambda) gradients; the B'-path only without grad_free.
+        # spline path, block by block: exact v and lambda gradients; the B'-path only without grad_free.
         spline_x = need_x and not geo.grad_free
         if need_v or need_lam or spline_x:
-            zero_bases = ctx.zero_bases
             v_g = v.reshape(geo.groups, geo.cout_g, nb)
             gy_g = gy.view(b, geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
             grad_v = torch.empty_like(v_g) if need_v else None
             grad_lam = torch.empty_like(lam) if need_lam else None
             for g0, g1, pieces in geo.blocks():
                 ng = g1 - g0
-                g_s = None  # dL/dP = v^T dL/dy: [B, ng * nb, *sp_out]
-                if spline_x or need_lam:
-                    g_s = torch.matmul(v_g[g0:g1].transpose(1, 2).to(gy.dtype), gy_g[:, g0:g1])
-                    g_s = g_s.reshape(b, ng * nb, *gy.shape[2:])
-                p = _block_window_sums(geo, x_src, g0, g1, pieces, zero_bases) if need_v and lam is None else None
-                h = None
-                if lam is None and spline_x:  # adjoint of the window sums, once per block: [B, ng, nb, *sp]
-                    h = geo.sum_pool_adjoint(g_s.to(x_src.dtype), (b, ng * nb) + tuple(sp_src), src_pad)
-                    h = h.reshape(b, ng, nb, *sp_src)
+                ngp = ng if len(pieces) == 1 else 1
+                g_s = torch.matmul(v_g[g0:g1].transpose(1, 2).to(gy.dtype), gy_g[:, g0:g1])  # dL/dP = v^T dL/dy
+                g_s = g_s.reshape(b, ng * nb, *gy.shape[2:])
+                p = None
                 for c0, c1 in pieces:
-                    ngp = ng if len(pieces) == 1 else 1
                     cc = c1 - c0
-                    if lam is None:
-                        if spline_x:
-                            d = basis_derivative_dot(x_src[:, c0:c1].reshape(b, ngp, cc // ngp, *sp_src), h, geo.grid)
-                            grad_src[:, c0:c1] += d.reshape(b, cc, *sp_src).to(grad_src.dtype)
-                        continue
-                    part, dense = _piece_lambda_window_sums(geo, x_src, lam, c0, c1, ngp)
+                    part, dense = _piece_lambda_window_sums(geo, x_pad, lam, c0, c1, ngp)
                     if need_v:
                         p = part if p is None else p + part
                     if need_lam or spline_x:
@@ -389,10 +461,10 @@ class _KAConvFunction(torch.autograd.Function):
                             grad_lam[c0:c1] = gl.reshape(cc, *geo.kernel).to(lam.dtype)
                         if spline_x:
                             w = lam[c0:c1].to(dense.dtype).reshape(ngp, cc // ngp, *geo.kernel)
-                            h = geo.conv_input_grad((b * nb, cc) + tuple(sp_src), w, g_flat, ngp, geo.no_padding)
-                            h = h.reshape(b, nb, cc, *sp_src).transpose(1, 2)  # [B, cc, nb, *sp]
-                            d = basis_derivative_dot(x_src[:, c0:c1].reshape(b, cc, 1, *sp_src), h, geo.grid)
-                            grad_src[:, c0:c1] += d.reshape(b, cc, *sp_src).to(grad_src.dtype)
+                            h = geo.conv_input_grad((b * nb, cc) + tuple(sp_pad), w, g_flat, ngp, geo.no_padding)
+                            h = h.reshape(b, nb, cc, *sp_pad).transpose(1, 2)  # [B, cc, nb, *sp]
+                            d = basis_derivative_dot(x_pad[:, c0:c1].reshape(b, cc, 1, *sp_pad), h, geo.grid)
+                            grad_pad[:, c0:c1] += d.reshape(b, cc, *sp_pad).to(grad_pad.dtype)
                 if need_v:  # dL/dv = sum over samples and positions of dL/dy P^T (Eq. 9)
                     p = p.to(gy.dtype).reshape(b, ng, nb, -1)
                     grad_v[g0:g1] = torch.matmul(gy_g[:, g0:g1], p.transpose(-1, -2)).sum(0)
@@ -400,10 +472,25 @@ class _KAConvFunction(torch.autograd.Function):
                 grad_v = grad_v.reshape_as(v)
 
         if need_x:
-            grad_x = (grad_src if implicit else geo.crop(grad_src)).to(x.dtype)
+            grad_x = geo.crop(grad_pad).to(x.dtype)
         if need_bias and ctx.has_bias:
             grad_bias = gy.sum(dim=[0] + list(range(2, gy.dim())))
         return grad_x, grad_u, grad_v, grad_lam, grad_bias, None
+
+
+def _apply_in_amp_dtype(function, tensors: tuple, *constants):
+    """``function.apply(*tensors, *constants)`` with the tensors (x first; None allowed) in the dtype the function
+    runs in, as ``torch.amp.custom_fwd(cast_inputs=)`` does, for any device type: under autocast, the autocast
+    dtype with autocast off inside (the functions call their convolutions and GEMMs themselves, so forward and
+    backward run in that one dtype); otherwise x's dtype. The spline arithmetic stays in float32 for half
+    inputs (splines._compute_dtype)."""
+    x = tensors[0]
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        with torch.autocast(dev, enabled=False):
+            return function.apply(*(None if t is None else t.to(dt) for t in tensors), *constants)
+    return function.apply(*(None if t is None else t.to(x.dtype) for t in tensors), *constants)
 
 
 def _unfold_fields(x_pad: torch.Tensor, geo: _ConvGeometry) -> torch.Tensor:
@@ -482,18 +569,9 @@ class _KAConvNd(_SplineGridAttributes, nn.Module):
         geo = self._geometry()
         if self.implementation == "reference":
             return self._forward_reference(x, geo)
-        dev = x.device.type
-        u, v, lam, bias = self.u, self.v, self.lam, self.bias
-        if torch.is_autocast_enabled(dev):
-            # Run the custom function in the autocast dtype explicitly (it calls the convolutions itself).
-            dt = torch.get_autocast_dtype(dev)
-            x, u, v = x.to(dt), u.to(dt), v.to(dt)
-            bias = None if bias is None else bias.to(dt)
-            with torch.autocast(dev, enabled=False):
-                return _KAConvFunction.apply(x, u, v, lam, bias, geo)
-        u, v = u.to(x.dtype), v.to(x.dtype)
-        bias = None if bias is None else bias.to(x.dtype)
-        return _KAConvFunction.apply(x, u, v, lam, bias, geo)
+        if self.lam is None:
+            return _apply_in_amp_dtype(_KAConvFunction, (x, self.u, self.v, self.bias), geo)
+        return _apply_in_amp_dtype(_KAConvLambdaFunction, (x, self.u, self.v, self.lam, self.bias), geo)
 
     def _forward_reference(self, x: torch.Tensor, geo: _ConvGeometry) -> torch.Tensor:
         """Paper's description: unfold each receptive field (zero padding included), apply the KA layer."""

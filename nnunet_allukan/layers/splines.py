@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 import os
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "SplineGrid",
@@ -38,6 +40,7 @@ __all__ = [
     "basis_sum",
     "basis_derivative_dot",
     "compiled_kernels_enabled",
+    "set_kernel_compilation",
 ]
 
 
@@ -149,7 +152,8 @@ def bspline_bases_cox_de_boor(x: torch.Tensor, grid_size: int = 5, spline_order:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Reduction kernels (eager reference versions; compiled on demand below)
+# Kernels: plain tensor code (the eager fallback), compiled on demand by _run_kernel. Every kernel computes
+# in _compute_dtype and returns results in the dtype of its input x.
 # ----------------------------------------------------------------------------------------------------
 def _basis_sum_eager(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int) -> torch.Tensor:
     """[N, C, P] -> [N, n_bases, P]: per-basis sum over dim 1."""
@@ -175,47 +179,140 @@ def _basis_derivative_dot_eager(x: torch.Tensor, g: torch.Tensor, t0: float, h: 
     return out * (1.0 / h)
 
 
-_KERNELS: dict[str, Callable] = {"basis_sum": _basis_sum_eager, "basis_derivative_dot": _basis_derivative_dot_eager}
-_COMPILED: dict[str, Callable] = {}
-_COMPILE_FAILED: set[str] = set()
+def _shift(c: int, b0: tuple[float, ...] | None, k: int) -> float:
+    return 0.0 if b0 is None else c * b0[k]
+
+
+def _augmented_input_eager(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
+                           b0: tuple[float, ...] | None) -> torch.Tensor:
+    """x [N, C, P] -> [N, C + n_bases, P]: ``silu(x)`` and the channel sums ``S_k - C * B_k(0)``.
+
+    The input of one convolution that computes a whole KAonv group (see ka.py). ``b0`` = B(0) when the
+    convolution pads: then padded zeros, which are KA inputs contributing C * B(0) per tap, become exact zeros.
+    """
+    xc = x.to(_compute_dtype(x))
+    s = _basis_sum_eager(xc, t0, h, n_bases, order)
+    if b0 is not None:
+        s = s - x.shape[1] * torch.tensor(b0, dtype=s.dtype, device=s.device).reshape(1, n_bases, 1)
+    return torch.cat([F.silu(xc), s], dim=1).to(x.dtype)
+
+
+def _activation_input_eager(x: torch.Tensor, v: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
+                            b0: tuple[float, ...] | None) -> torch.Tensor:
+    """x [B, G, C, P], v [G, n_bases] -> [B, G, C + 1, P]: ``silu(x)`` and ``sum_c phi_g(x_c) - C phi_g(0)``.
+
+    phi_g = sum_k v[g, k] B_k is the learned activation of a group with one output (depthwise KAonv): one map
+    per group instead of n_bases."""
+    xc = x.to(_compute_dtype(x))
+    s = (xc - t0) * (1.0 / h)
+    vc = v.to(xc.dtype)
+    c = x.shape[2]
+    phi = None
+    for k in range(n_bases):
+        term = _cardinal(s - k, order).sum(2, keepdim=True) - _shift(c, b0, k)
+        term = term * vc[:, k].reshape(1, -1, 1, 1)
+        phi = term if phi is None else phi + term
+    return torch.cat([F.silu(xc), phi], dim=2).to(x.dtype)
+
+
+def _activation_input_backward_eager(x: torch.Tensor, g: torch.Tensor, v: torch.Tensor, t0: float, h: float,
+                                     n_bases: int, order: int, b0: tuple[float, ...] | None,
+                                     full_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients through :func:`_activation_input_eager`, given g = dL/d(its output) [B, G, C + 1, P].
+
+    Returns (dL/dx [B, G, C, P] in x's dtype, dL/dv [G, n_bases] in the compute dtype). The x gradient is the
+    silu path's (plus, with ``full_grad``, the spline path's through phi')."""
+    cdt = _compute_dtype(x)
+    xc = x.to(cdt)
+    c = x.shape[2]
+    g_silu = g[:, :, :c].to(cdt)
+    g_phi = g[:, :, c:].to(cdt)  # [B, G, 1, P]
+    sig = torch.sigmoid(xc)
+    gx = g_silu * sig * (1.0 + xc * (1.0 - sig))
+    s = (xc - t0) * (1.0 / h)
+    gv = []
+    dphi = None
+    vc = v.to(cdt)
+    for k in range(n_bases):
+        basis = _cardinal(s - k, order).sum(2, keepdim=True) - _shift(c, b0, k)
+        gv.append((basis * g_phi).sum((0, 2, 3)))
+        if full_grad:
+            term = _cardinal_derivative(s - k, order) * vc[:, k].reshape(1, -1, 1, 1)
+            dphi = term if dphi is None else dphi + term
+    if full_grad:
+        gx = gx + g_phi * dphi * (1.0 / h)
+    return gx.to(x.dtype), torch.stack(gv, dim=1)
+
+
+_KERNELS: dict[str, Callable] = {
+    "basis_sum": _basis_sum_eager,
+    "basis_derivative_dot": _basis_derivative_dot_eager,
+    "augmented_input": _augmented_input_eager,
+    "activation_input": _activation_input_eager,
+    "activation_input_backward": _activation_input_backward_eager,
+}
+_COMPILED: dict[tuple, Callable] = {}
+_COMPILE_FAILED: set[tuple] = set()
+_COMPILE_MODES = {"auto": "auto", "0": "off", "false": "off", "no": "off", "off": "off", "eager": "off",
+                  "1": "on", "true": "on", "yes": "on", "on": "on"}
+
+
+def _parse_compile_mode(value: str) -> str:
+    mode = _COMPILE_MODES.get(value.strip().lower())
+    if mode is None:
+        raise ValueError(f"NNUNET_ALLUKAN_COMPILE must be auto, 0 or 1, got {value!r}")
+    return mode
+
+
+# Read once, at import: the switch never costs an environment lookup per call (set_kernel_compilation
+# changes it at run time).
+_COMPILE_MODE = _parse_compile_mode(os.environ.get("NNUNET_ALLUKAN_COMPILE", "auto"))
+
+
+def set_kernel_compilation(mode: str) -> None:
+    """Set the kernel compilation mode at run time: ``"auto"``, ``"0"`` (eager) or ``"1"`` (required)."""
+    global _COMPILE_MODE
+    _COMPILE_MODE = _parse_compile_mode(str(mode))
 
 
 def compiled_kernels_enabled(device_type: str = "cpu") -> bool:
-    """Whether the basis kernels are run through ``torch.compile`` (env ``NNUNET_ALLUKAN_COMPILE``).
+    """Whether the basis kernels run through ``torch.compile``.
 
-    ``auto`` (default) compiles where inductor can build kernels (CUDA; CPU with a C++ compiler) and
-    falls back to the eager kernels, with a warning, if compilation fails.
+    Mode from ``NNUNET_ALLUKAN_COMPILE`` (read once at import) or :func:`set_kernel_compilation`. ``auto``
+    (default) compiles where inductor can build kernels (CUDA; CPU with a C++ compiler) and falls back to the
+    eager kernels, with a warning, if compilation fails.
     """
-    mode = os.environ.get("NNUNET_ALLUKAN_COMPILE", "auto").strip().lower()
-    if mode in ("0", "false", "no", "off", "eager"):
+    if _COMPILE_MODE == "off":
         return False
-    if mode in ("1", "true", "yes", "on"):
-        return True
-    if mode != "auto":
-        raise ValueError(f"NNUNET_ALLUKAN_COMPILE must be auto, 0 or 1, got {mode!r}")
-    return device_type in ("cpu", "cuda") and hasattr(torch, "compile")
+    return _COMPILE_MODE == "on" or (device_type in ("cpu", "cuda") and hasattr(torch, "compile"))
 
 
-def _run_kernel(name: str, device_type: str, *args):
-    if compiled_kernels_enabled(device_type) and name not in _COMPILE_FAILED:
-        fn = _COMPILED.get(name)
+def _own_code_copy(fn: Callable, tag: str) -> Callable:
+    """``fn`` with a code object of its own. Dynamo keeps compiled variants, and their limit (8), per code
+    object; one copy per (kernel, device, dtype) keeps every copy far below the limit without changing
+    dynamo's process-wide configuration."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}__{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+def _run_kernel(name: str, x: torch.Tensor, *args):
+    if torch.compiler.is_compiling():  # inside a whole-network torch.compile: traced into the caller's graph
+        return _KERNELS[name](x, *args)
+    key = (name, x.device.type, x.dtype)
+    if compiled_kernels_enabled(x.device.type) and key not in _COMPILE_FAILED:
+        fn = _COMPILED.get(key)
         if fn is None:
-            # Sizes of 1 (depthwise pieces, token layers, batch 1) and dtypes each get their own specialisation;
-            # dynamo's default limit of 8 per function would silently send later shapes to the eager kernel.
-            import torch._dynamo  # noqa: PLC0415 - only needed once compilation is used
-            for attr in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, attr):
-                    setattr(torch._dynamo.config, attr, max(getattr(torch._dynamo.config, attr), 64))
-            fn = _COMPILED[name] = torch.compile(_KERNELS[name], dynamic=True)
+            tag = f"{x.device.type}_{str(x.dtype).replace('torch.', '')}"
+            fn = _COMPILED[key] = torch.compile(_own_code_copy(_KERNELS[name], tag), dynamic=True)
         try:
-            return fn(*args)
+            return fn(x, *args)
         except Exception as e:  # inductor missing a compiler, unsupported device, ...
-            if os.environ.get("NNUNET_ALLUKAN_COMPILE", "auto").strip() == "1":
+            if _COMPILE_MODE == "on":
                 raise
-            _COMPILE_FAILED.add(name)
+            _COMPILE_FAILED.add(key)
             warnings.warn(f"nnunet_allukan: torch.compile of the {name} kernel failed ({type(e).__name__}: {e}); "
                           f"using the eager kernel. Set NNUNET_ALLUKAN_COMPILE=0 to silence this.")
-    return _KERNELS[name](*args)
+    return _KERNELS[name](x, *args)
 
 
 def basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
@@ -228,7 +325,7 @@ def basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
         b, g, c = x.shape[:3]
         sp = x.shape[3:]
         xc = x.to(_compute_dtype(x)).reshape(b * g, c, -1).contiguous()
-        out = _run_kernel("basis_sum", x.device.type, xc, grid.t0, grid.h, grid.n_bases, grid.spline_order)
+        out = _run_kernel("basis_sum", xc, grid.t0, grid.h, grid.n_bases, grid.spline_order)
         return out.reshape(b, g, grid.n_bases, *sp)
 
 
@@ -239,9 +336,56 @@ def basis_derivative_dot(x: torch.Tensor, g: torch.Tensor, grid: SplineGrid) -> 
         b, gr, c = x.shape[:3]
         xc = x.to(dt).reshape(b * gr, c, -1).contiguous()
         gc = g.to(dt).reshape(b * gr, grid.n_bases, -1).contiguous()
-        out = _run_kernel("basis_derivative_dot", x.device.type, xc, gc, grid.t0, grid.h, grid.n_bases,
-                          grid.spline_order)
+        out = _run_kernel("basis_derivative_dot", xc, gc, grid.t0, grid.h, grid.n_bases, grid.spline_order)
         return out.reshape(x.shape)
+
+
+def zero_bases(grid: SplineGrid) -> tuple[float, ...]:
+    """``B_k(0)`` for every basis (Python floats): what one zero-padded input adds to the spline sums."""
+    u0 = (0.0 - grid.t0) / grid.h
+    p = grid.spline_order
+    # N_p(u) = sum_i (-1)^i C(p+1, i) relu(u - i)^p / p! on its support [0, p + 1)
+    return tuple(sum((-1) ** i * math.comb(p + 1, i) * max(u0 - k - i, 0.0) ** p for i in range(p + 2))
+                 / math.factorial(p) if 0.0 <= u0 - k < p + 1 else 0.0 for k in range(grid.n_bases))
+
+
+def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, zero_padded: bool) -> torch.Tensor:
+    """One pass over x, no autograd: ``[B, G, C, *sp] -> [B, G, C + n_bases, *sp]`` holding ``silu(x)`` and
+    the per-group channel sums ``S_k = sum_c B_k(x_c)`` (minus ``C * B_k(0)`` when ``zero_padded``), in x's
+    dtype (bases in float32 for half-precision x)."""
+    with torch.no_grad():
+        b, g, c = x.shape[:3]
+        xc = x.reshape(b * g, c, -1).contiguous()
+        b0 = zero_bases(grid) if zero_padded else None
+        out = _run_kernel("augmented_input", xc, grid.t0, grid.h, grid.n_bases, grid.spline_order, b0)
+        return out.reshape(b, g, c + grid.n_bases, *x.shape[3:])
+
+
+def silu_and_activation_sums(x: torch.Tensor, v: torch.Tensor, grid: SplineGrid, zero_padded: bool) -> torch.Tensor:
+    """For groups with one output each (depthwise): ``[B, G, C, *sp] -> [B, G, C + 1, *sp]`` holding ``silu(x)``
+    and ``sum_c phi_g(x_c)`` with ``phi_g = sum_k v[g, k] B_k`` (minus ``C * phi_g(0)`` when ``zero_padded``).
+    No autograd; :func:`silu_and_activation_sums_backward` gives the gradients."""
+    with torch.no_grad():
+        b, g, c = x.shape[:3]
+        xc = x.reshape(b, g, c, -1).contiguous()
+        b0 = zero_bases(grid) if zero_padded else None
+        out = _run_kernel("activation_input", xc, v.reshape(g, -1).contiguous(), grid.t0, grid.h, grid.n_bases,
+                          grid.spline_order, b0)
+        return out.reshape(b, g, c + 1, *x.shape[3:])
+
+
+def silu_and_activation_sums_backward(x: torch.Tensor, grad_out: torch.Tensor, v: torch.Tensor, grid: SplineGrid,
+                                      zero_padded: bool, full_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`silu_and_activation_sums` for ``grad_out`` ``[B, G, C + 1, *sp]``: ``(dL/dx, dL/dv)``
+    with dL/dx of x's shape and dtype (the silu path only unless ``full_grad``) and dL/dv ``[G, n_bases]``."""
+    with torch.no_grad():
+        b, g, c = x.shape[:3]
+        xc = x.reshape(b, g, c, -1).contiguous()
+        gc = grad_out.reshape(b, g, c + 1, -1).contiguous()
+        b0 = zero_bases(grid) if zero_padded else None
+        gx, gv = _run_kernel("activation_input_backward", xc, gc, v.reshape(g, -1).contiguous(), grid.t0, grid.h,
+                             grid.n_bases, grid.spline_order, b0, bool(full_grad))
+        return gx.reshape(x.shape), gv
 
 
 def differentiable_basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:

@@ -1,0 +1,73 @@
+"""The fast KAonv (one convolution of the augmented input) equals the unfold reference in float64, forward and
+every gradient: the cases test_layers.py does not reach (groups with one output, 3D options)."""
+import pytest
+import torch
+
+from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear
+from test_layers import _assert_same_outputs_and_grads, _pair
+
+
+@pytest.mark.parametrize("grad_free", [True, False])
+@pytest.mark.parametrize("kw", [
+    dict(in_channels=4, out_channels=1, kernel_size=1),                      # final 1x1 head, one class
+    dict(in_channels=4, out_channels=1, kernel_size=3, padding=1),           # one output, padded
+    dict(in_channels=4, out_channels=2, kernel_size=3, padding=1, groups=2),  # 2 inputs, 1 output per group
+    dict(in_channels=6, out_channels=6, kernel_size=3, padding=2, dilation=2, stride=2, groups=6),  # depthwise
+    dict(in_channels=3, out_channels=5, kernel_size=(3, 1), padding=(1, 0)),  # anisotropic kernel
+], ids=["1x1-one-output", "one-output-padded", "grouped-one-output", "depthwise-dilated-strided", "k3x1"])
+def test_kaconv2d_one_output_groups_and_odd_shapes(grad_free, kw):
+    fast, ref = _pair(KAConv2d, grad_free=grad_free, bias=True, **kw)
+    x = torch.randn(2, kw["in_channels"], 9, 8, dtype=torch.float64, requires_grad=True)
+    _assert_same_outputs_and_grads(fast, ref, x)
+
+
+def test_kaconv2d_inputs_far_outside_the_grid():
+    """Inputs beyond the grid (all bases 0) and exactly on knots, with padding (the B(0) shift)."""
+    fast, ref = _pair(KAConv2d, in_channels=3, out_channels=4, kernel_size=3, padding=1)
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64) * 4
+    x[0, 0, :3] = torch.tensor([-1.0, -0.6, 0.2, 1.0, 2.2, -2.2, 0.0], dtype=torch.float64)
+    _assert_same_outputs_and_grads(fast, ref, x.requires_grad_())
+
+
+CASES_3D = {
+    "dilation": dict(kernel_size=3, padding=2, dilation=2),
+    "anisotropic-dilation-stride": dict(kernel_size=(3, 1, 3), padding=(1, 0, 2), dilation=(1, 1, 2), stride=(2, 1, 1)),
+    "lambda-groups": dict(kernel_size=3, padding=1, groups=2, use_lambda=True),
+    "lambda-depthwise-stride": dict(kernel_size=3, padding=1, stride=2, groups="C", use_lambda=True),
+    "depthwise-dilation": dict(kernel_size=3, padding=2, dilation=2, groups="C"),
+    "bias-one-output": dict(kernel_size=3, padding=1, out_channels=1, bias=True),
+    "same-padding": dict(kernel_size=3, padding="same", groups=2, bias=True),
+}
+
+
+@pytest.mark.parametrize("grad_free", [True, False])
+@pytest.mark.parametrize("name", list(CASES_3D))
+def test_kaconv3d_options_fast_equals_reference(name, grad_free):
+    kw = dict(in_channels=4, out_channels=6, chunk_size=3)
+    kw.update(CASES_3D[name])
+    if kw.get("groups") == "C":
+        kw["groups"] = kw["out_channels"] = kw["in_channels"]
+    fast, ref = _pair(KAConv3d, grad_free=grad_free, **kw)
+    x = torch.randn(2, 4, 6, 7, 5, dtype=torch.float64, requires_grad=True)
+    _assert_same_outputs_and_grads(fast, ref, x)
+
+
+@pytest.mark.parametrize("grad_free", [True, False])
+def test_ka_linear_fast_path_gradients_of_every_parameter(grad_free):
+    """KALinear without lambda (one GEMM of [silu(x), S(x)]) against the literal grouped KA layer."""
+    torch.manual_seed(0)
+    m = KALinear(11, 5, bias=True, grad_free=grad_free).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(4, 3, 11, dtype=torch.float64, requires_grad=True)
+    from nnunet_allukan.layers.ka import ka_grouped
+    y = m(x)
+    ref = ka_grouped(x.reshape(-1, 1, 11), m.u[None], m.v[None], None, m.grid, grad_free, None,
+                     literal=True).reshape(4, 3, 5) + m.bias
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad((y * g).sum(), [x, m.u, m.v, m.bias])
+    want = torch.autograd.grad((ref * g).sum(), [x, m.u, m.v, m.bias])
+    for a, b, name in zip(got, want, ["x", "u", "v", "bias"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
