@@ -90,13 +90,13 @@ def filesystem_error(error: OSError, folder: Path, variable: str = "nnUNet_raw")
     path = error.filename or folder
     reason = error.strerror or str(error)
     if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        fix = f"free space on that file system, or set {variable} to a folder on another disk"
+        fix = f"Free space on that file system, or set {variable} to a folder on another disk"
     elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = f"make {folder} writable for you, or set {variable} to a folder you can write to"
+        fix = f"Make {folder} writable for you, or set {variable} to a folder you can write to"
     elif error.errno in (errno.ENOTDIR, errno.EEXIST):
-        fix = f"{variable} must name a folder ({folder}); point it to a folder, or move the file away"
+        fix = f"{variable} must name a folder ({folder}): point it to a folder, or move the file away"
     else:
-        fix = f"check {folder} and its file system"
+        fix = f"Check {folder} and its file system"
     return ConversionError(f"cannot write {path}: {reason}. {fix}")
 
 

@@ -182,7 +182,7 @@ def test_read_only_nnunet_raw(raw, busi, monkeypatch, capsys):
         return real_mkdir(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "mkdir", refusing_mkdir)
-    fails(capsys, ["busi", str(busi)], "cannot write", "Permission denied", f"make {raw} writable")
+    fails(capsys, ["busi", str(busi)], "cannot write", "Permission denied", f"Make {raw} writable")
     assert leftovers(raw) == []
 
 
@@ -191,7 +191,7 @@ def test_read_only_nnunet_raw_for_real(raw, busi, capsys):
     raw.mkdir()
     raw.chmod(0o555)
     try:
-        fails(capsys, ["busi", str(busi)], "cannot write", "Permission denied", f"make {raw} writable")
+        fails(capsys, ["busi", str(busi)], "cannot write", "Permission denied", f"Make {raw} writable")
     finally:
         raw.chmod(0o755)
     assert leftovers(raw) == []
@@ -208,7 +208,7 @@ def test_full_disk(raw, busi, monkeypatch, capsys):
         return real_save(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", save_until_full)
-    fails(capsys, ["busi", str(busi)], "No space left on device", "free space on that file system")
+    fails(capsys, ["busi", str(busi)], "No space left on device", "Free space on that file system")
     assert leftovers(raw) == []
 
 

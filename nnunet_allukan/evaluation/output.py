@@ -18,13 +18,13 @@ def output_error(error: OSError, target: Path, option: str) -> EvaluationError:
     path = error.filename or target
     reason = error.strerror or str(error)
     if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        fix = f"free space on that file system, or pass {option} on another disk"
+        fix = f"Free space on that file system, or pass {option} on another disk"
     elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = f"pass {option} with a folder you can write to"
+        fix = f"Pass {option} with a folder you can write to"
     elif error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        fix = f"a file is in the way of {target}: pass another {option}, or move that file away"
+        fix = f"A file is in the way of {target}: pass another {option}, or move that file away"
     else:
-        fix = f"check {target} and its file system, or pass another {option}"
+        fix = f"Check {target} and its file system, or pass another {option}"
     return EvaluationError(f"cannot write {path}: {reason}. {fix}.")
 
 
