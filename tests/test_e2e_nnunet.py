@@ -19,7 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nnunet_allukan.training.protocol import SPLITS_FILE_NAME, cosine_annealing_lr, paper_splits_for_cases
+from nnunet_allukan.paper import SPLITS_FILE_NAME
+from nnunet_allukan.training.protocol import cosine_annealing_lr, paper_splits_for_cases
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +134,7 @@ def trained(nnunet_env, preprocessed) -> dict:
 
 def test_training_log_states_network_and_protocol(trained):
     log = "\n".join(p.read_text() for p in sorted(trained["fold"].glob("training_log_*.txt")))
-    assert "Network: ALLUKAN (nnunet_allukan.networks.ALLUKAN" in log
+    assert "Network: Table 2 row 13 (ALL U-KAN" in log and "nnunet_allukan.networks.ukan.UKAN" in log
     assert "KAConv 31" in log and "KALinear 12" in log
     assert "Paper split fold 0 (seed 2981" in log and "32 training, 8 validation cases" in log
     assert f"Adam lr 0.0001, weight decay 0.0001; cosine annealing to 1e-05 over {NUM_EPOCHS} epochs" in log
@@ -144,7 +145,8 @@ def test_training_log_states_network_and_protocol(trained):
 def test_model_folder_lets_the_predictor_rebuild_the_binary_sigmoid_model(trained, preprocessed):
     plans = json.loads((trained["model"] / "plans.json").read_text())
     config = plans["configurations"]["2d"]
-    assert config["allukan_network"]["class"] == "nnunet_allukan.networks.ALLUKAN"
+    assert config["architecture"]["network_class_name"] == "nnunet_allukan.networks.ukan.UKAN"
+    assert config["architecture"]["arch_kwargs"]["conv_op"] == "nnunet_allukan.layers.ka.KAConv2d"
     assert config["batch_size"] == 8 and all(s % 32 == 0 for s in config["patch_size"])
     dataset_json = json.loads((trained["model"] / "dataset.json").read_text())
     assert dataset_json["labels"]["disc"] == [1, 1] and dataset_json["regions_class_order"] == [1]

@@ -3,7 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_allukan.layers import KAConv2d, KALinear
+from torch import nn
+
+from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear, KANLinear
 from nnunet_allukan.networks import (ALLUKAN, TABLE2_ROWS, UKAN, build_table2_network, network_summary)
 
 
@@ -13,13 +15,13 @@ def n_params(net):
 
 def test_reference_parameter_counts():
     assert n_params(UKAN(3, 1)) == 6_356_689
-    assert n_params(UKAN(3, 1, fc="linear")) == 2_764_561
-    assert n_params(UKAN(3, 1, fc="ka")) == 2_779_345  # row 6: within 0.5% of the paper's 2.78M
+    assert n_params(UKAN(3, 1, fc_op=nn.Linear)) == 2_764_561
+    assert n_params(UKAN(3, 1, fc_op=KALinear)) == 2_779_345  # row 6: within 0.5% of the paper's 2.78M
     assert abs(n_params(build_table2_network(6)) / 2.78e6 - 1) < 0.005
 
 
 def test_mlp_switch_reaches_every_block():
-    net = UKAN(3, 1, fc="linear")
+    net = UKAN(3, 1, fc_op=nn.Linear)
     s = network_summary(net)
     assert s["KANLinear"] == 0 and s["Linear"] == 12 and s["Conv"] == 31
 
@@ -47,13 +49,14 @@ def test_every_table2_row_builds_with_the_right_layers():
         s = network_summary(net)
         assert (s["KAConv"], s["KALinear"], s["KANLinear"], s["KANConv"], s["Conv"], s["Linear"]) == expected[row.row]
         spline_layers = [m for m in net.modules() if hasattr(m, "grad_free")]
-        assert all(m.grad_free == row.options.get("grad_free", False) for m in spline_layers), row.name
+        expected_grad_free = {**row.conv_kwargs, **row.fc_kwargs}.get("grad_free", False)
+        assert all(m.grad_free == expected_grad_free for m in spline_layers), row.name
     lam = build_table2_network("allukan_lambda", embed_dims=(16, 24, 32))
     assert all(m.lam is not None for m in lam.modules() if isinstance(m, (KAConv2d, KALinear)))
     assert n_params(build_table2_network(12)) - n_params(build_table2_network(13)) == 36_427
 
 
-@pytest.mark.parametrize("cls,kw", [(ALLUKAN, {}), (UKAN, {}), (UKAN, dict(fc="linear"))])
+@pytest.mark.parametrize("cls,kw", [(ALLUKAN, {}), (UKAN, {}), (UKAN, dict(fc_op=nn.Linear))])
 @pytest.mark.parametrize("c_in,n_cls,h,w", [(3, 1, 64, 64), (1, 3, 96, 64), (4, 2, 32, 160)])
 def test_shapes(cls, kw, c_in, n_cls, h, w):
     net = cls(c_in, n_cls, embed_dims=(16, 24, 32), **kw)
@@ -69,15 +72,19 @@ def test_full_width_256():
 
 @pytest.mark.parametrize("shape", [(1, 3, 48, 64), (1, 3, 64, 100)])
 def test_sides_not_divisible_by_32_fail_clearly(shape):
-    with pytest.raises(ValueError, match="divisible by 32"):
+    with pytest.raises(ValueError, match=r"divisible by \[32, 32\]"):
         ALLUKAN(3, 1, embed_dims=(16, 24, 32))(torch.randn(*shape))
 
 
 def test_bad_options_fail_clearly():
-    with pytest.raises(ValueError, match="conv must be one of"):
-        UKAN(3, 1, conv="transformer")
-    with pytest.raises(ValueError, match="use_lambda"):
-        UKAN(3, 1, use_lambda=True)
+    with pytest.raises(ValueError, match="cannot tell the spatial dimension"):
+        UKAN(3, 1, conv_op=nn.Linear)
+    with pytest.raises(ValueError, match="no 3D version"):
+        build_table2_network("kaonv", dim=3)
+    with pytest.raises(ValueError, match="5 entries"):
+        UKAN(3, 1, strides=[2, 2, 2])
+    with pytest.raises(ValueError, match="deep supervision"):
+        UKAN(3, 1, deep_supervision=True)
     with pytest.raises(ValueError, match="unknown Table 2 row"):
         build_table2_network(3)
     with pytest.raises(ValueError, match=r"expects \[B, 3"):
@@ -103,6 +110,39 @@ def test_fast_and_reference_allukan_agree(grad_free):
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-8, atol=1e-8)
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_table2_options_reach_only_the_layers_that_take_them():
+    net = build_table2_network(13, embed_dims=(16, 24, 32), chunk_size=7, implementation="reference")
+    kaonv = [m for m in net.modules() if isinstance(m, KAConv2d)]
+    assert all(m.chunk_size == 7 and m.implementation == "reference" for m in kaonv)
+    assert all(m.chunk_size == 7 for m in net.modules() if isinstance(m, KALinear))
+    ukan = build_table2_network(5, embed_dims=(16, 24, 32), grad_free=True)  # KANLinear takes grad_free only
+    assert all(m.grad_free for m in ukan.modules() if isinstance(m, KANLinear))
+
+
+@pytest.mark.parametrize("row", [4, 5, 13])
+def test_3d_networks_are_the_same_topology_with_3d_layers(row):
+    net2d = build_table2_network(row, 1, 2, embed_dims=(16, 24, 32))
+    net3d = build_table2_network(row, 1, 2, dim=3, embed_dims=(16, 24, 32))
+    s2, s3 = network_summary(net2d), network_summary(net3d)
+    assert {k: v for k, v in s2.items() if k not in ("class", "parameters")} == \
+        {k: v for k, v in s3.items() if k not in ("class", "parameters")}
+    assert not any(isinstance(m, (nn.Conv2d, KAConv2d, nn.BatchNorm2d)) for m in net3d.modules())
+    x = torch.randn(2, 1, 32, 32, 32)
+    assert net3d(x).shape == (2, 2, 32, 32, 32)
+
+
+def test_3d_anisotropic_strides_pool_only_where_asked():
+    strides = [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
+    net = ALLUKAN(1, 3, embed_dims=(16, 24, 32), dim=3, strides=strides)
+    assert net.divisors == (4, 32, 32)
+    assert net.patch_embed4.proj.stride == (1, 2, 2) and isinstance(net.patch_embed4.proj, KAConv3d)
+    y = net(torch.randn(1, 1, 8, 64, 32))  # the deepest map is 2 x 2 x 1: thinner than the 3x3x3 kernels
+    assert y.shape == (1, 3, 8, 64, 32)
+    y.sum().backward()
+    with pytest.raises(ValueError, match=r"divisible by \[4, 32, 32\]"):
+        net(torch.randn(1, 1, 6, 64, 32))
 
 
 def _blobs(n, size, generator):

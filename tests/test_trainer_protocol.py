@@ -3,19 +3,23 @@ import math
 import subprocess
 import sys
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import train_test_split
 
-from nnunet_allukan.training import trainers
+from nnunet_allukan.networks import network_summary
+
+from nnunet_allukan.paper import SPLIT_SEEDS as PAPER_SPLIT_SEEDS
+from nnunet_allukan.training import ka_unet_trainers, trainers
+from nnunet_allukan.training.architectures import plans_with_ukan_architecture
 from nnunet_allukan.training.protocol import (
-    PAPER_SPLIT_SEEDS, ClosedFormCosineLRScheduler, binary_labels_as_region, cosine_annealing_lr,
-    iterations_per_epoch, paper_splits_for_cases, round_up_patch_size,
+    ClosedFormCosineLRScheduler, binary_labels_as_region, cosine_annealing_lr, iterations_per_epoch,
+    paper_splits_for_cases, round_up_patch_size, ukan_strides,
 )
-from nnunet_allukan.training.trainers import (
-    NETWORK_PLANS_KEY, PaperBCEDiceLoss, nnUNetTrainerAllUKAN, plans_for_paper_protocol,
-)
+from nnunet_allukan.training.trainers import PaperBCEDiceLoss, nnUNetTrainerAllUKAN, nnUNetTrainerPaperProtocol
 
 
 def test_cosine_schedule_equals_torch_cosine_annealing_stepped_per_epoch():
@@ -50,11 +54,16 @@ def test_scheduler_resumes_from_any_epoch_like_nnunet_continue_training():
     assert all(a > b for a, b in zip(uninterrupted, uninterrupted[1:]))
 
 
-def test_iterations_per_epoch_is_one_pass():
-    assert iterations_per_epoch(517, 8) == 65  # BUSI: 647 * 0.8 rounded by train_test_split
-    assert iterations_per_epoch(8, 8) == 1
-    assert iterations_per_epoch(9, 8) == 2
-    assert iterations_per_epoch(3, 8) == 1
+def test_iterations_per_epoch_is_one_pass_of_the_reference_loaders():
+    # training loader with drop_last: floor(n / 8); BUSI 517, CVC-ClinicDB 489, GlaS 132 training images
+    assert iterations_per_epoch(517, 8) == 64
+    assert iterations_per_epoch(489, 8) == 61
+    assert iterations_per_epoch(132, 8) == 16
+    assert iterations_per_epoch(9, 8) == 1
+    assert iterations_per_epoch(3, 8) == 1  # smaller than one batch: still one step
+    # validation loader without drop_last
+    assert iterations_per_epoch(130, 8, drop_last=False) == 17
+    assert iterations_per_epoch(8, 8, drop_last=False) == 1
     with pytest.raises(ValueError):
         iterations_per_epoch(0, 8)
 
@@ -64,28 +73,79 @@ def test_patch_size_rounded_up_to_multiples_of_32():
     assert round_up_patch_size([288, 384]) == [288, 384]
     assert round_up_patch_size([80, 100]) == [96, 128]
     assert round_up_patch_size([33, 1]) == [64, 32]
+    assert round_up_patch_size([20, 64, 60], [4, 32, 32]) == [20, 64, 64]
 
 
-def _minimal_plans(configuration: str, patch_size, batch_size=2):
+def test_3d_strides_are_the_first_five_planned_down_samplings():
+    planned = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]
+    assert ukan_strides(planned, 3) == [[1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
+    small = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]  # a 32^3 patch: three down-samplings planned
+    assert ukan_strides(small, 3) == [[2, 2, 2]] * 3 + [[1, 1, 1]] * 2
+    assert ukan_strides(None, 2) == [[2, 2]] * 5
+
+
+def _minimal_plans(configuration: str, patch_size, batch_size=2, strides=None):
+    dim = len(patch_size)
+    strides = strides or [[1] * dim] + [[2] * dim] * 4
+    architecture = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                    "arch_kwargs": {"n_stages": len(strides), "features_per_stage": [8, 16, 32, 32, 32][:len(strides)],
+                                    "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
+                                    "kernel_sizes": [[3] * dim] * len(strides), "strides": strides,
+                                    "n_conv_per_stage": [2] * len(strides),
+                                    "n_conv_per_stage_decoder": [2] * (len(strides) - 1), "conv_bias": True,
+                                    "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+                                    "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                                    "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                                    "nonlin_kwargs": {"inplace": True}},
+                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
     return {"dataset_name": "Dataset999_X", "plans_name": "nnUNetPlans", "continue_training": False,
             "configurations": {configuration: {"patch_size": list(patch_size), "batch_size": batch_size,
-                                               "architecture": {}, "data_identifier": "x"}}}
+                                               "architecture": architecture, "data_identifier": "x"}}}
 
 
-def test_plans_get_paper_batch_size_rounded_patch_and_network_record():
+def _build_from_plans(plans, configuration, input_channels=2, outputs=3):
+    """What nnU-Net's trainer and predictor do with a configuration's architecture entry."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    architecture = PlansManager(plans).get_configuration(configuration).configuration["architecture"]
+    return get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                                  architecture["_kw_requires_import"], input_channels, outputs,
+                                  deep_supervision=False)
+
+
+def test_2d_plans_get_paper_batch_size_rounded_patch_and_the_architecture_entry():
     plans = _minimal_plans("2d", [80, 100])
-    new_plans, messages = plans_for_paper_protocol(plans, "2d", "some.module.Net", {"a": [1, 2]})
+    new_plans, messages = plans_with_ukan_architecture(plans, "2d", "allukan", embed_dims=(16, 24, 32))
     entry = new_plans["configurations"]["2d"]
     assert entry["patch_size"] == [96, 128] and entry["batch_size"] == 8
-    assert entry[NETWORK_PLANS_KEY] == {"class": "some.module.Net", "kwargs": {"a": [1, 2]}}
+    architecture = entry["architecture"]
+    assert architecture["network_class_name"] == "nnunet_allukan.networks.ukan.UKAN"
+    assert architecture["arch_kwargs"]["conv_op"] == "nnunet_allukan.layers.ka.KAConv2d"
+    assert architecture["arch_kwargs"]["fc_op"] == "nnunet_allukan.layers.ka.KALinear"
+    assert architecture["arch_kwargs"]["strides"] == [[2, 2]] * 5
+    assert json.loads(json.dumps(new_plans)) == new_plans  # plans.json round trip
     assert any("[80, 100]" in m and "[96, 128]" in m for m in messages)
     assert plans["configurations"]["2d"]["patch_size"] == [80, 100]  # the caller's plans are not modified
     assert new_plans["continue_training"] is False
+    network = _build_from_plans(new_plans, "2d")
+    summary = network_summary(network)
+    assert (summary["KAConv"], summary["KALinear"], summary["Conv"]) == (31, 12, 0)
+    assert network(torch.randn(1, 2, 96, 128)).shape == (1, 3, 96, 128)
 
 
-def test_3d_configuration_is_a_clear_error():
-    with pytest.raises(ValueError, match="2D networks"):
-        plans_for_paper_protocol(_minimal_plans("3d_fullres", [64, 64, 64]), "3d_fullres", "x.Net", {})
+def test_3d_plans_follow_the_planned_down_sampling():
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
+    plans = _minimal_plans("3d_fullres", [16, 32, 32], strides=strides)
+    new_plans, messages = plans_with_ukan_architecture(plans, "3d_fullres", "ukan_mlp", embed_dims=(16, 24, 32))
+    entry = new_plans["configurations"]["3d_fullres"]
+    assert entry["patch_size"] == [16, 32, 32] and entry["batch_size"] == 8
+    assert entry["architecture"]["arch_kwargs"]["strides"] == [[1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 1, 1],
+                                                               [1, 1, 1]]
+    assert entry["architecture"]["arch_kwargs"]["norm_op"] == "torch.nn.modules.batchnorm.BatchNorm3d"
+    assert any("strides per stage" in m for m in messages)
+    network = _build_from_plans(new_plans, "3d_fullres", 1, 2)
+    assert network(torch.randn(2, 1, 16, 32, 32)).shape == (2, 2, 16, 32, 32)
 
 
 @pytest.mark.parametrize("fold", [3, 4, -1, "all"])
@@ -168,17 +228,24 @@ def test_every_trainer_is_exported_and_has_nnunet_init_signature():
 
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    defined = {name for name, obj in vars(trainers).items()
-               if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == trainers.__name__}
+    defined = {name for module in (trainers, ka_unet_trainers) for name, obj in vars(module).items()
+               if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__}
     assert defined == set(trainers.__all__)
     expected = list(inspect.signature(nnUNetTrainer.__init__).parameters)
     for name in trainers.__all__:
-        assert list(inspect.signature(getattr(trainers, name).__init__).parameters) == expected, name
-    epochs = {"_1epoch": 1, "_5epochs": 5, "_10epochs": 10, "_20epochs": 20, "_50epochs": 50, "_100epochs": 100}
-    for name in trainers.__all__:
-        for suffix, n in epochs.items():
-            if name.endswith(suffix):
-                assert f"self.num_epochs = {n}" in inspect.getsource(getattr(trainers, name))
+        trainer_class = getattr(trainers, name)
+        assert list(inspect.signature(trainer_class.__init__).parameters) == expected, name
+        suffix = name.rsplit("_", 1)[-1]
+        if suffix.endswith(("epoch", "epochs")):
+            assert trainer_class.epochs == int(suffix.split("epoch")[0]), name
+            assert trainer_class.__init__ is trainer_class.__mro__[1].__init__  # a one-line variant
+
+
+def test_protocol_base_names_no_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    with pytest.raises(TypeError, match="names no network"):
+        nnUNetTrainerPaperProtocol(_minimal_plans("2d", [64, 64]), "2d", 0, {"labels": {"background": 0, "x": 1}},
+                                   torch.device("cpu"))
 
 
 def test_nnunet_finds_every_trainer_without_importing_timm():
@@ -189,7 +256,7 @@ def test_nnunet_finds_every_trainer_without_importing_timm():
         "from nnunet_allukan.training.trainers import __all__ as names\n"
         "for name in names:\n"
         "    cls = recursive_find_trainer_class_by_name(name)\n"
-        "    assert cls.__name__ == name and cls.__module__ == 'nnunet_allukan.training.trainers', cls\n"
+        "    assert cls.__name__ == name and cls.__module__.startswith('nnunet_allukan.training.'), cls\n"
         "assert 'timm' not in sys.modules and 'torchvision' not in sys.modules, 'timm/torchvision imported'\n"
         "print('ok', len(names))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -1,6 +1,12 @@
-"""ALL U-KAN, U-KAN, U-KAN_MLP and the paper's ablation family (PyTorch only, no nnU-Net import)."""
-from .blocks import LayerFactory
-from .ukan import ALLUKAN, UKAN
-from .variants import TABLE2_ROWS, Table2Row, build_table2_network, network_summary
+"""ALL U-KAN, U-KAN, U-KAN_MLP and the paper's ablation family; nnU-Net's planned U-Nets made fully KA.
 
-__all__ = ["ALLUKAN", "UKAN", "LayerFactory", "TABLE2_ROWS", "Table2Row", "build_table2_network", "network_summary"]
+PyTorch and dynamic-network-architectures only (no nnU-Net import).
+"""
+from .blocks import LayerTypes, conv_op_dim
+from .ka_unet import KAPlainConvUNet, KAResidualEncoderUNet, plain_convolutions, replace_convolutions
+from .ukan import ALLUKAN, UKAN
+from .variants import TABLE2_ROWS, Table2Row, build_table2_network, network_summary, table2_row, type_path
+
+__all__ = ["ALLUKAN", "UKAN", "KAPlainConvUNet", "KAResidualEncoderUNet", "LayerTypes", "TABLE2_ROWS", "Table2Row",
+           "build_table2_network", "conv_op_dim", "network_summary", "plain_convolutions", "replace_convolutions",
+           "table2_row", "type_path"]

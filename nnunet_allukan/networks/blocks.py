@@ -1,143 +1,149 @@
-"""Building blocks of U-KAN, with the convolution and FC layer types chosen by a :class:`LayerFactory`.
+"""Building blocks of U-KAN, dimension-generic and built from layer *types*.
 
-The topology follows the reference U-KAN code exactly (``u-kan-and-paper-facts.md`` sec. 3); only the layer
-*types* change between U-KAN_MLP, U-KAN, the ablation rows and ALL U-KAN.
+As in dynamic-network-architectures, every block takes ``conv_op`` / ``norm_op`` / ``nonlin`` types (plus kwargs)
+and, for the tokenised stages, an ``fc_op`` type: ``nn.Conv2d`` or ``KAConv2d`` or ``KANConv2d`` (and the 3D
+classes), ``nn.Linear`` or ``KANLinear`` or ``KALinear``. One class serves 2D and 3D, and U-KAN_MLP, U-KAN, the
+ablation rows and ALL U-KAN differ only in the types handed in. The topology follows the reference U-KAN code
+exactly (``u-kan-and-paper-facts.md`` sec. 3).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from ..layers import KAConv2d, KALinear, KANConv2d, KANLinear
+from ..layers import KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d, KANConv2d
 
-CONV_KINDS = ("conv", "ka", "kan")  # nn.Conv2d, KAonv (SaKAN), KAonv with vanilla-KAN weights
-FC_KINDS = ("linear", "kan", "ka")  # nn.Linear, vanilla KANLinear (U-KAN), KA layer (SaKAN)
+__all__ = ["LayerTypes", "conv_op_dim", "ConvLayer", "DConvLayer", "PatchEmbed", "DWNormNonlin", "TokenKANLayer",
+           "TokenKANBlock"]
+
+
+def conv_op_dim(conv_op: type) -> int:
+    """Spatial dimension of a convolution type (``nn.Conv2d``, ``KAConv3d``, ...)."""
+    for dim, bases in ((2, (nn.Conv2d, KAConv2d, KANConv2d, nn.ConvTranspose2d, KAConvTranspose2d)),
+                       (3, (nn.Conv3d, KAConv3d, nn.ConvTranspose3d, KAConvTranspose3d))):
+        if isinstance(conv_op, type) and issubclass(conv_op, bases):
+            return dim
+    raise ValueError(f"cannot tell the spatial dimension of conv_op {conv_op!r}: use nn.Conv2d/3d, KAConv2d/3d or "
+                     "KANConv2d")
 
 
 @dataclass(frozen=True)
-class LayerFactory:
-    """Which layer implements each convolution and each FC layer of the network, and their options.
+class LayerTypes:
+    """The layer types (and their keyword arguments) that make up one U-KAN network.
 
-    ``grad_free`` applies to every spline layer (KA, KAonv, KANLinear, KANConv2d); ``implementation``,
-    ``chunk_size`` and ``use_lambda`` to the SaKAN layers (KALinear / KAConv2d).
+    ``conv_op(c_in, c_out, kernel_size, stride, padding, groups=..., **conv_kwargs)`` builds every convolution,
+    ``fc_op(d, d, **fc_kwargs)`` every token-mixing FC layer, ``norm_op(c, **norm_op_kwargs)`` every BatchNorm,
+    ``nonlin(**nonlin_kwargs)`` every ReLU.
     """
 
-    conv: str = "conv"
-    fc: str = "kan"
-    grad_free: bool = False
-    implementation: str = "fast"
-    chunk_size: Optional[int] = None
-    use_lambda: bool = False
-    grid_size: int = 5
-    spline_order: int = 3
-    grid_range: tuple[float, float] = (-1.0, 1.0)
+    conv_op: type = nn.Conv2d
+    fc_op: type = nn.Linear
+    norm_op: type = nn.BatchNorm2d
+    nonlin: type = nn.ReLU
+    conv_kwargs: dict = field(default_factory=dict)
+    fc_kwargs: dict = field(default_factory=dict)
+    norm_op_kwargs: dict = field(default_factory=dict)
+    nonlin_kwargs: dict = field(default_factory=lambda: {"inplace": True})
 
-    def __post_init__(self) -> None:
-        if self.conv not in CONV_KINDS:
-            raise ValueError(f"conv must be one of {CONV_KINDS}, got {self.conv!r}")
-        if self.fc not in FC_KINDS:
-            raise ValueError(f"fc must be one of {FC_KINDS}, got {self.fc!r}")
-        if self.implementation not in ("fast", "reference"):
-            raise ValueError(f"implementation must be 'fast' or 'reference', got {self.implementation!r}")
-        if self.use_lambda and "ka" not in (self.conv, self.fc):
-            raise ValueError("use_lambda only applies to KA layers (conv='ka' or fc='ka')")
+    @property
+    def dim(self) -> int:
+        return conv_op_dim(self.conv_op)
 
-    def _grid(self) -> dict:
-        return dict(grid_size=self.grid_size, spline_order=self.spline_order, grid_range=tuple(self.grid_range))
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: "int | Sequence[int]" = 1,
+             padding: int = 0, groups: int = 1) -> nn.Module:
+        return self.conv_op(in_channels, out_channels, kernel_size, stride, padding, groups=groups,
+                            **self.conv_kwargs)
 
-    def make_conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                  groups: int = 1) -> nn.Module:
-        if self.conv == "conv":
-            return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=True)
-        if self.conv == "ka":
-            # No bias (Eq. 7 has none; a BatchNorm follows most of these layers anyway).
-            return KAConv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups,
-                            grad_free=self.grad_free, use_lambda=self.use_lambda, chunk_size=self.chunk_size,
-                            implementation=self.implementation, **self._grid())
-        return KANConv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups,
-                         grad_free=self.grad_free, implementation=self.implementation, **self._grid())
+    def fc(self, features: int) -> nn.Module:
+        return self.fc_op(features, features, **self.fc_kwargs)
 
-    def make_fc(self, in_features: int, out_features: int) -> nn.Module:
-        if self.fc == "linear":
-            return nn.Linear(in_features, out_features)
-        if self.fc == "ka":
-            return KALinear(in_features, out_features, grad_free=self.grad_free, use_lambda=self.use_lambda,
-                            chunk_size=self.chunk_size, **self._grid())
-        return KANLinear(in_features, out_features, grad_free=self.grad_free, **self._grid())
+    def norm(self, channels: int) -> nn.Module:
+        return self.norm_op(channels, **self.norm_op_kwargs)
+
+    def act(self) -> nn.Module:
+        return self.nonlin(**self.nonlin_kwargs)
+
+
+def tokens_to_map(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    """``[B, N, C] -> [B, C, *spatial]`` (N = prod(spatial))."""
+    return x.transpose(1, 2).reshape(x.shape[0], -1, *spatial)
 
 
 class ConvLayer(nn.Sequential):
-    """U-KAN encoder stage: [3x3 conv -> BN -> ReLU] x 2 (in -> out -> out)."""
+    """U-KAN encoder stage: [3^d conv -> norm -> nonlin] x 2 (in -> out -> out)."""
 
-    def __init__(self, in_channels: int, out_channels: int, layers: LayerFactory) -> None:
-        super().__init__(
-            layers.make_conv(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(True),
-            layers.make_conv(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(True))
+    def __init__(self, in_channels: int, out_channels: int, layers: LayerTypes) -> None:
+        super().__init__(layers.conv(in_channels, out_channels, 3, padding=1), layers.norm(out_channels), layers.act(),
+                         layers.conv(out_channels, out_channels, 3, padding=1), layers.norm(out_channels), layers.act())
 
 
 class DConvLayer(nn.Sequential):
-    """U-KAN decoder stage: 3x3 conv in -> in, BN, ReLU, 3x3 conv in -> out, BN, ReLU."""
+    """U-KAN decoder stage: 3^d conv in -> in, norm, nonlin, 3^d conv in -> out, norm, nonlin."""
 
-    def __init__(self, in_channels: int, out_channels: int, layers: LayerFactory) -> None:
-        super().__init__(
-            layers.make_conv(in_channels, in_channels, 3, padding=1), nn.BatchNorm2d(in_channels), nn.ReLU(True),
-            layers.make_conv(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(True))
+    def __init__(self, in_channels: int, out_channels: int, layers: LayerTypes) -> None:
+        super().__init__(layers.conv(in_channels, in_channels, 3, padding=1), layers.norm(in_channels), layers.act(),
+                         layers.conv(in_channels, out_channels, 3, padding=1), layers.norm(out_channels), layers.act())
 
 
 class PatchEmbed(nn.Module):
-    """3x3 stride-2 conv, then LayerNorm over channels. ``[B, C, H, W] -> ([B, H/2*W/2, D], H/2, W/2)``."""
+    """3^d conv with the stage's stride, then LayerNorm over channels: ``[B, C, *sp] -> ([B, N, D], sp_out)``."""
 
-    def __init__(self, in_channels: int, embed_dim: int, layers: LayerFactory) -> None:
+    def __init__(self, in_channels: int, embed_dim: int, stride: Sequence[int], layers: LayerTypes) -> None:
         super().__init__()
-        self.proj = layers.make_conv(in_channels, embed_dim, 3, stride=2, padding=1)
+        self.proj = layers.conv(in_channels, embed_dim, 3, stride=tuple(stride), padding=1)
         self.norm = nn.LayerNorm(embed_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         x = self.proj(x)
-        h, w = x.shape[2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), h, w
+        return self.norm(x.flatten(2).transpose(1, 2)), tuple(x.shape[2:])
 
 
-class DWBNReLU(nn.Module):
-    """3x3 depthwise conv -> BN -> ReLU on the token grid. ``[B, N, C] -> [B, N, C]`` (N = H*W)."""
+class DWNormNonlin(nn.Module):
+    """3^d depthwise conv -> norm -> nonlin on the token grid. ``[B, N, C] -> [B, N, C]`` (N = prod(spatial))."""
 
-    def __init__(self, dim: int, layers: LayerFactory) -> None:
+    def __init__(self, dim: int, layers: LayerTypes) -> None:
         super().__init__()
-        self.dwconv = layers.make_conv(dim, dim, 3, padding=1, groups=dim)
-        self.bn = nn.BatchNorm2d(dim)
-        self.relu = nn.ReLU(True)
+        self.dwconv = layers.conv(dim, dim, 3, padding=1, groups=dim)
+        self.bn = layers.norm(dim)
+        self.relu = layers.act()
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        b, n, c = x.shape
-        x = x.transpose(1, 2).reshape(b, c, h, w)
-        x = self.relu(self.bn(self.dwconv(x)))
+    def forward(self, x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+        x = self.relu(self.bn(self.dwconv(tokens_to_map(x, spatial))))
         return x.flatten(2).transpose(1, 2)
 
 
 class TokenKANLayer(nn.Module):
     """fc1 -> DW -> fc2 -> DW -> fc3 -> DW, all of width ``dim`` (U-KAN's KANLayer)."""
 
-    def __init__(self, dim: int, layers: LayerFactory) -> None:
+    def __init__(self, dim: int, layers: LayerTypes) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.fc3 = (layers.make_fc(dim, dim) for _ in range(3))
-        self.dwconv_1, self.dwconv_2, self.dwconv_3 = (DWBNReLU(dim, layers) for _ in range(3))
+        self.fc1, self.fc2, self.fc3 = (layers.fc(dim) for _ in range(3))
+        self.dwconv_1, self.dwconv_2, self.dwconv_3 = (DWNormNonlin(dim, layers) for _ in range(3))
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = self.dwconv_1(self.fc1(x), h, w)
-        x = self.dwconv_2(self.fc2(x), h, w)
-        return self.dwconv_3(self.fc3(x), h, w)
+    def forward(self, x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+        x = self.dwconv_1(self.fc1(x), spatial)
+        x = self.dwconv_2(self.fc2(x), spatial)
+        return self.dwconv_3(self.fc3(x), spatial)
 
 
 class TokenKANBlock(nn.Module):
     """Residual tokenised block: ``x + layer(LayerNorm(x))``; ``[B, N, C] -> [B, N, C]``."""
 
-    def __init__(self, dim: int, layers: LayerFactory) -> None:
+    def __init__(self, dim: int, layers: LayerTypes) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.layer = TokenKANLayer(dim, layers)
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        return x + self.layer(self.norm(x), h, w)
+    def forward(self, x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+        return x + self.layer(self.norm(x), spatial)
+
+
+def default_norm_op(dim: int) -> type:
+    return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dim]
+
+
+def optional_kwargs(kwargs: Optional[dict]) -> dict:
+    return {} if kwargs is None else dict(kwargs)

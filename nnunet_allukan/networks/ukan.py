@@ -1,58 +1,80 @@
-"""U-KAN (Li et al., AAAI 2025) and ALL U-KAN (paper Sec. 3.3): the same topology, different layer types."""
+"""U-KAN (Li et al., AAAI 2025) and ALL U-KAN (paper Sec. 3.3): one topology, different layer types, 2D or 3D."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import ConvLayer, DConvLayer, LayerFactory, PatchEmbed, TokenKANBlock
+from ..layers import KAConv2d, KAConv3d, KALinear, KANLinear
+from ..paper import CHUNK_SIZE, EMBED_DIMS, NUM_DOWNSAMPLINGS
+from .blocks import (ConvLayer, DConvLayer, LayerTypes, PatchEmbed, TokenKANBlock, conv_op_dim, default_norm_op,
+                     optional_kwargs, tokens_to_map)
 
-__all__ = ["UKAN", "ALLUKAN"]
+__all__ = ["UKAN", "ALLUKAN", "normalise_strides"]
 
 
-def _up(x: torch.Tensor) -> torch.Tensor:
-    return F.relu(F.interpolate(x, scale_factor=2.0, mode="bilinear"))
-
-
-def _tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+def normalise_strides(strides: Optional[Sequence], dim: int) -> tuple[tuple[int, ...], ...]:
+    """The five per-axis down-sampling factors (three max-pools, two patch embeddings); default 2 everywhere."""
+    if strides is None:
+        return ((2,) * dim,) * NUM_DOWNSAMPLINGS
+    out = tuple((int(s),) * dim if isinstance(s, int) else tuple(int(v) for v in s) for s in strides)
+    if len(out) != NUM_DOWNSAMPLINGS or any(len(s) != dim or min(s) < 1 for s in out):
+        raise ValueError(f"strides must be {NUM_DOWNSAMPLINGS} entries (one per down-sampling) of {dim} factors >= 1, "
+                         f"got {strides!r}")
+    return out
 
 
 class UKAN(nn.Module):
-    """U-KAN segmentation network, generalised over the layer types (see :class:`LayerFactory`).
+    """U-KAN segmentation network, generalised over the layer types and the spatial dimension.
 
-    ``conv``: "conv" (nn.Conv2d, U-KAN), "ka" (KAConv2d), "kan" (KANConv2d); ``fc``: "kan" (KANLinear,
-    U-KAN), "linear" (nn.Linear, U-KAN_MLP), "ka" (KALinear). Widths come from ``embed_dims`` = (e0, e1, e2):
-    conv stages e0/8, e0/4, e0; tokenised stages e1, e2.
+    Args:
+        conv_op: type of every convolution (``nn.Conv2d`` = U-KAN, ``KAConv2d`` = KAonv, ``KANConv2d`` = vanilla-KAN
+            KAonv, or the 3D types); built as ``conv_op(c_in, c_out, k, stride, padding, groups=g, **conv_kwargs)``.
+        fc_op: type of the token-mixing FC layers (``KANLinear`` = U-KAN, ``nn.Linear`` = U-KAN_MLP, ``KALinear``).
+        norm_op / nonlin: BatchNorm and ReLU by default (the reference), of ``conv_op``'s dimension.
+        embed_dims: (e0, e1, e2): conv stages e0/8, e0/4, e0; tokenised stages e1, e2.
+        strides: five per-axis down-sampling factors (encoder max-pools 1-3, patch embeddings 4-5), default 2 on
+            every axis as in the paper; an axis with factor 1 is not down-sampled at that stage (3D plans).
+        deep_supervision: accepted because nnU-Net's ``get_network_from_plans`` passes it; U-KAN has one output.
 
-    Shapes: ``[B, input_channels, H, W] -> [B, num_classes, H, W]`` logits (no sigmoid/softmax, no deep
-    supervision); H and W must be multiples of 32 (five 2x downsamplings).
+    Shapes: ``[B, input_channels, *spatial] -> [B, num_classes, *spatial]`` logits; each spatial side must be a
+    multiple of the product of its strides (32 by default).
     """
 
-    divisor = 32
-
-    def __init__(self, input_channels: int, num_classes: int, embed_dims: Sequence[int] = (128, 160, 256), *,
-                 conv: str = "conv", fc: str = "kan", grad_free: bool = False, implementation: str = "fast",
-                 chunk_size: Optional[int] = None, use_lambda: bool = False, grid_size: int = 5,
-                 spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+    def __init__(self, input_channels: int, num_classes: int, embed_dims: Sequence[int] = EMBED_DIMS, *,
+                 conv_op: type = nn.Conv2d, conv_kwargs: Optional[dict] = None, fc_op: type = KANLinear,
+                 fc_kwargs: Optional[dict] = None, norm_op: Optional[type] = None,
+                 norm_op_kwargs: Optional[dict] = None, nonlin: type = nn.ReLU, nonlin_kwargs: Optional[dict] = None,
+                 strides: Optional[Sequence] = None, deep_supervision: bool = False) -> None:
         super().__init__()
         if input_channels < 1 or num_classes < 1:
             raise ValueError(f"input_channels and num_classes must be >= 1, got {input_channels}, {num_classes}")
+        if deep_supervision:
+            raise ValueError("U-KAN has a single full-resolution output: deep supervision is not available "
+                             "(the paper's protocol trains without it)")
         e0, e1, e2 = (int(e) for e in embed_dims)
         if e0 % 8:
             raise ValueError(f"embed_dims[0] must be divisible by 8, got {e0}")
-        self.input_channels, self.num_classes, self.embed_dims = int(input_channels), int(num_classes), (e0, e1, e2)
-        self.layer_factory = layers = LayerFactory(conv=conv, fc=fc, grad_free=grad_free,
-                                                   implementation=implementation, chunk_size=chunk_size,
-                                                   use_lambda=use_lambda, grid_size=grid_size,
-                                                   spline_order=spline_order, grid_range=tuple(grid_range))
+        dim = conv_op_dim(conv_op)
+        self.input_channels, self.num_classes, self.embed_dims, self.dim = int(input_channels), int(num_classes), \
+            (e0, e1, e2), dim
+        self.strides = normalise_strides(strides, dim)
+        self.divisors = tuple(math.prod(s[d] for s in self.strides) for d in range(dim))
+        self.layer_types = layers = LayerTypes(
+            conv_op=conv_op, fc_op=fc_op, norm_op=norm_op or default_norm_op(dim), nonlin=nonlin,
+            conv_kwargs=optional_kwargs(conv_kwargs), fc_kwargs=optional_kwargs(fc_kwargs),
+            norm_op_kwargs=optional_kwargs(norm_op_kwargs),
+            nonlin_kwargs={"inplace": True} if nonlin_kwargs is None else dict(nonlin_kwargs))
+        self._max_pool = F.max_pool2d if dim == 2 else F.max_pool3d
+        self._interpolation = "bilinear" if dim == 2 else "trilinear"
         self.encoder1 = ConvLayer(input_channels, e0 // 8, layers)
         self.encoder2 = ConvLayer(e0 // 8, e0 // 4, layers)
         self.encoder3 = ConvLayer(e0 // 4, e0, layers)
-        self.patch_embed3 = PatchEmbed(e0, e1, layers)
-        self.patch_embed4 = PatchEmbed(e1, e2, layers)
+        self.patch_embed3 = PatchEmbed(e0, e1, self.strides[3], layers)
+        self.patch_embed4 = PatchEmbed(e1, e2, self.strides[4], layers)
         self.block1 = TokenKANBlock(e1, layers)
         self.block2 = TokenKANBlock(e2, layers)
         self.norm3, self.norm4 = nn.LayerNorm(e1), nn.LayerNorm(e2)
@@ -64,51 +86,64 @@ class UKAN(nn.Module):
         self.decoder3 = DConvLayer(e0, e0 // 4, layers)
         self.decoder4 = DConvLayer(e0 // 4, e0 // 8, layers)
         self.decoder5 = DConvLayer(e0 // 8, e0 // 8, layers)
-        self.final = layers.make_conv(e0 // 8, num_classes, 1)
+        self.final = layers.conv(e0 // 8, num_classes, 1)
 
     def check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.input_channels:
-            raise ValueError(f"{type(self).__name__} expects [B, {self.input_channels}, H, W], got {tuple(x.shape)}")
-        h, w = x.shape[2:]
-        if h % self.divisor or w % self.divisor:
-            raise ValueError(f"{type(self).__name__} needs H and W divisible by {self.divisor} (five 2x "
-                             f"downsamplings), got {h}x{w}; pad or resize the input, or use a patch size that is "
-                             f"a multiple of {self.divisor}")
+        if x.dim() != self.dim + 2 or x.shape[1] != self.input_channels:
+            raise ValueError(f"{type(self).__name__} expects [B, {self.input_channels}, "
+                             f"{', '.join('*' * self.dim)}], got {tuple(x.shape)}")
+        if any(s % d for s, d in zip(x.shape[2:], self.divisors)):
+            raise ValueError(f"{type(self).__name__} needs spatial sides divisible by {list(self.divisors)} (the "
+                             f"products of its down-sampling strides), got {list(x.shape[2:])}; pad or resize the "
+                             f"input, or use a patch size that is a multiple of these")
+
+    def _pool(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        return F.relu(self._max_pool(x, self.strides[stage], self.strides[stage]))
+
+    def _up(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        scale = tuple(float(s) for s in self.strides[stage])
+        return F.relu(F.interpolate(x, scale_factor=scale, mode=self._interpolation))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        t1 = F.relu(F.max_pool2d(self.encoder1(x), 2))
-        t2 = F.relu(F.max_pool2d(self.encoder2(t1), 2))
-        t3 = F.relu(F.max_pool2d(self.encoder3(t2), 2))
+        t1 = self._pool(self.encoder1(x), 0)
+        t2 = self._pool(self.encoder2(t1), 1)
+        t3 = self._pool(self.encoder3(t2), 2)
 
-        out, h, w = self.patch_embed3(t3)
-        t4 = _tokens_to_map(self.norm3(self.block1(out, h, w)), h, w)
-        out, h, w = self.patch_embed4(t4)
-        out = _tokens_to_map(self.norm4(self.block2(out, h, w)), h, w)
+        out, sp = self.patch_embed3(t3)
+        t4 = tokens_to_map(self.norm3(self.block1(out, sp)), sp)
+        out, sp = self.patch_embed4(t4)
+        out = tokens_to_map(self.norm4(self.block2(out, sp)), sp)
 
-        out = _up(self.decoder1(out)) + t4
-        h, w = out.shape[2:]
-        out = _tokens_to_map(self.dnorm3(self.dblock1(out.flatten(2).transpose(1, 2), h, w)), h, w)
-        out = _up(self.decoder2(out)) + t3
-        h, w = out.shape[2:]
-        out = _tokens_to_map(self.dnorm4(self.dblock2(out.flatten(2).transpose(1, 2), h, w)), h, w)
-        out = _up(self.decoder3(out)) + t2
-        out = _up(self.decoder4(out)) + t1
-        out = _up(self.decoder5(out))
+        out = self._up(self.decoder1(out), 4) + t4
+        sp = out.shape[2:]
+        out = tokens_to_map(self.dnorm3(self.dblock1(out.flatten(2).transpose(1, 2), sp)), sp)
+        out = self._up(self.decoder2(out), 3) + t3
+        sp = out.shape[2:]
+        out = tokens_to_map(self.dnorm4(self.dblock2(out.flatten(2).transpose(1, 2), sp)), sp)
+        out = self._up(self.decoder3(out), 2) + t2
+        out = self._up(self.decoder4(out), 1) + t1
+        out = self._up(self.decoder5(out), 0)
         return self.final(out)
 
 
 class ALLUKAN(UKAN):
     """ALL U-KAN: U-KAN with every convolution a KAonv (31) and every FC/KAN layer a KA layer (12).
 
-    Defaults are the paper's: Grad-Free Spline on, fast closed-form KAonv, chunk size 32 (its 256x256
-    setting; 16 is its choice at 512x512), no lambda_j. BatchNorm/ReLU/LayerNorm and skips as in U-KAN.
+    Defaults are the paper's: Grad-Free Spline on, fast closed-form KAonv, chunk size 32 (its 256x256 setting; 16 is
+    its choice at 512x512), no lambda_j. BatchNorm/ReLU/LayerNorm and skips as in U-KAN. ``dim=3`` builds it from
+    ``KAConv3d`` / ``BatchNorm3d``. The KA options go to every KA layer; ``implementation`` to the KAonv layers.
     """
 
-    def __init__(self, input_channels: int, num_classes: int, embed_dims: Sequence[int] = (128, 160, 256), *,
-                 grad_free: bool = True, implementation: str = "fast", chunk_size: Optional[int] = 32,
-                 use_lambda: bool = False, grid_size: int = 5, spline_order: int = 3,
-                 grid_range: tuple[float, float] = (-1.0, 1.0)) -> None:
-        super().__init__(input_channels, num_classes, embed_dims, conv="ka", fc="ka", grad_free=grad_free,
-                         implementation=implementation, chunk_size=chunk_size, use_lambda=use_lambda,
-                         grid_size=grid_size, spline_order=spline_order, grid_range=grid_range)
+    def __init__(self, input_channels: int, num_classes: int, embed_dims: Sequence[int] = EMBED_DIMS, *,
+                 dim: int = 2, grad_free: bool = True, implementation: str = "fast",
+                 chunk_size: Optional[int] = CHUNK_SIZE, use_lambda: bool = False, grid_size: int = 5,
+                 spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0),
+                 strides: Optional[Sequence] = None, deep_supervision: bool = False) -> None:
+        if dim not in (2, 3):
+            raise ValueError(f"dim must be 2 or 3, got {dim!r}")
+        ka = dict(grad_free=grad_free, chunk_size=chunk_size, use_lambda=use_lambda, grid_size=grid_size,
+                  spline_order=spline_order, grid_range=tuple(grid_range))
+        super().__init__(input_channels, num_classes, embed_dims, conv_op=KAConv2d if dim == 2 else KAConv3d,
+                         conv_kwargs=dict(ka, implementation=implementation), fc_op=KALinear, fc_kwargs=ka,
+                         strides=strides, deep_supervision=deep_supervision)

@@ -1,13 +1,13 @@
 """The paper's training protocol as small, nnU-Net-independent functions.
 
-Everything the trainers in :mod:`nnunet_allukan.training.trainers` change relative to nnU-Net's defaults
-lives here, so it can be read and tested on its own:
+How the trainers in :mod:`nnunet_allukan.training.trainers` apply the paper's settings (the numbers themselves are
+in :mod:`nnunet_allukan.paper`), so it can be read and tested on its own:
 
 - the three hold-out splits (folds 0, 1, 2 = seeds 2981, 6142, 1187; 80/20 ``train_test_split`` of the
   sorted original image names),
 - the cosine learning-rate schedule as a closed-form function of the epoch,
-- Adam hyper-parameters, batch size, epochs, iterations per epoch,
-- patch sizes rounded up to multiples of 32 (five 2x down-samplings in U-KAN / ALL U-KAN),
+- iterations per epoch,
+- patch sizes rounded up to multiples of 32 (five 2x down-samplings in U-KAN / ALL U-KAN) and the 3D strides,
 - binary datasets expressed as a one-label nnU-Net *region* (1 sigmoid output, BCE + Dice, sigmoid > 0.5),
 - seeding of torch / numpy / random per fold.
 """
@@ -22,24 +22,11 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import _LRScheduler
 
-# Paper Sec. 4 / reference U-KAN training script (see docs/training.md).
-PAPER_SPLIT_SEEDS: tuple[int, ...] = (2981, 6142, 1187)
-PAPER_TEST_SIZE: float = 0.2
-PAPER_BATCH_SIZE: int = 8
-PAPER_NUM_EPOCHS: int = 400
-PAPER_INITIAL_LR: float = 1e-4
-PAPER_MIN_LR: float = 1e-5
-PAPER_WEIGHT_DECAY: float = 1e-4
-PAPER_BCE_WEIGHT: float = 0.5
-PAPER_DICE_SMOOTH: float = 1e-5
-# U-KAN and ALL U-KAN down-sample five times by 2: spatial sides must be multiples of 2**5.
-PATCH_SIZE_MULTIPLE: int = 32
-# Written next to nnU-Net's own splits_final.json, which stays untouched for nnU-Net's trainers.
-SPLITS_FILE_NAME: str = "splits_allukan_paper.json"
+from nnunet_allukan.paper import (BATCH_SIZE, DIVISOR, INITIAL_LR, MIN_LR, NUM_DOWNSAMPLINGS, SPLIT_SEEDS)
 
 
-def cosine_annealing_lr(epoch: int, num_epochs: int, initial_lr: float = PAPER_INITIAL_LR,
-                        min_lr: float = PAPER_MIN_LR) -> float:
+def cosine_annealing_lr(epoch: int, num_epochs: int, initial_lr: float = INITIAL_LR,
+                        min_lr: float = MIN_LR) -> float:
     """Learning rate of epoch ``epoch`` (0-based) under cosine annealing from ``initial_lr`` to ``min_lr``.
 
     lr(e) = min_lr + (initial_lr - min_lr) * (1 + cos(pi * e / num_epochs)) / 2, the closed form of
@@ -82,16 +69,39 @@ class ClosedFormCosineLRScheduler(_LRScheduler):
         return self._last_lr
 
 
-def iterations_per_epoch(num_cases: int, batch_size: int = PAPER_BATCH_SIZE) -> int:
-    """ceil(num_cases / batch_size): one pass over the cases per epoch, as in the paper (>= 1)."""
+def iterations_per_epoch(num_cases: int, batch_size: int = BATCH_SIZE, drop_last: bool = True) -> int:
+    """Batches in one pass over ``num_cases`` cases, as the reference code's PyTorch loaders give them.
+
+    Training (``drop_last=True``, the reference's training loader): floor(num_cases / batch_size), at least 1 (a
+    data set smaller than one batch still trains). Validation (``drop_last=False``): ceil(num_cases / batch_size).
+    """
     if num_cases < 1:
         raise ValueError(f"need at least one case, got {num_cases}")
-    return max(1, math.ceil(num_cases / batch_size))
+    if drop_last:
+        return max(1, num_cases // batch_size)
+    return math.ceil(num_cases / batch_size)
 
 
-def round_up_patch_size(patch_size: Sequence[int], multiple: int = PATCH_SIZE_MULTIPLE) -> list[int]:
-    """Each side rounded up to the next multiple of ``multiple`` (nnU-Net pads patches larger than an image)."""
-    return [int(math.ceil(int(s) / multiple) * multiple) for s in patch_size]
+def round_up_patch_size(patch_size: Sequence[int], multiple: "int | Sequence[int]" = DIVISOR) -> list[int]:
+    """Each side rounded up to the next multiple of ``multiple`` (one value, or one per axis); nnU-Net pads
+    patches that are larger than an image."""
+    multiples = [int(multiple)] * len(patch_size) if isinstance(multiple, int) else [int(m) for m in multiple]
+    return [int(math.ceil(int(s) / m) * m) for s, m in zip(patch_size, multiples)]
+
+
+def ukan_strides(planned_strides: Sequence[Sequence[int]] | None, dim: int) -> list[list[int]]:
+    """The five per-axis down-sampling factors of the U-KAN topology for a configuration.
+
+    2D (``planned_strides`` None): the paper's five 2x down-samplings. 3D: the first five down-sampling steps that
+    nnU-Net's planner chose for this configuration (its ``strides`` without the leading stride-1 stage), so an
+    axis is pooled only where the planner found it large enough and not too coarsely sampled (anisotropic
+    spacing); when the plan has fewer than five, the remaining U-KAN stages keep their resolution (factor 1).
+    """
+    if planned_strides is None:
+        return [[2] * dim for _ in range(NUM_DOWNSAMPLINGS)]
+    steps = [[int(v) for v in s] for s in planned_strides[1:] if any(int(v) > 1 for v in s)]
+    steps = steps[:NUM_DOWNSAMPLINGS]
+    return steps + [[1] * dim for _ in range(NUM_DOWNSAMPLINGS - len(steps))]
 
 
 def seed_everything(seed: int) -> None:
@@ -134,7 +144,7 @@ def binary_labels_as_region(dataset_json: Mapping) -> dict:
 
 
 def paper_splits_for_cases(case_ids: Sequence[str], original_ids: Mapping[str, str] | None = None,
-                           seeds: Sequence[int] = PAPER_SPLIT_SEEDS) -> list[dict[str, list[str]]]:
+                           seeds: Sequence[int] = SPLIT_SEEDS) -> list[dict[str, list[str]]]:
     """The paper's three 80/20 hold-out splits of ``case_ids``, one per seed (fold i = seeds[i]).
 
     Each split is ``sklearn.model_selection.train_test_split(sorted ids, test_size=0.2, random_state=seed)``

@@ -1,30 +1,30 @@
-"""nnU-Net v2 trainers for ALL U-KAN and the paper's baselines, under the paper's protocol.
+"""nnU-Net v2 trainers for ALL U-KAN and the paper's baselines, under the paper's protocol (2D and 3D).
 
-``nnUNetv2_train DATASET 2d FOLD -tr nnUNetTrainerAllUKAN`` (or ``nnUNetTrainerUKAN``, ``nnUNetTrainerUKAN_MLP``,
-or a short variant such as ``nnUNetTrainerAllUKAN_5epochs``). What differs from ``nnUNetTrainer`` (see
-docs/training.md; the numbers live in :mod:`nnunet_allukan.training.protocol`):
+``nnUNetv2_train DATASET 2d FOLD -tr nnUNetTrainerAllUKAN`` (or ``3d_fullres`` / ``3d_lowres``; or
+``nnUNetTrainerUKAN``, ``nnUNetTrainerUKAN_MLP``, or a short variant such as ``nnUNetTrainerAllUKAN_5epochs``).
+:class:`nnUNetTrainerPaperProtocol` applies the protocol; each subclass only names its network (a row of the paper's
+Table 2). What differs from ``nnUNetTrainer`` (docs/training.md; the numbers are in :mod:`nnunet_allukan.paper`):
 
-- network: built from the plans by class path + kwargs recorded under ``"allukan_network"`` in the
-  configuration, so ``nnUNetv2_predict`` rebuilds the same module tree from the model folder's plans.json;
-  no deep supervision; patch sizes rounded up to multiples of 32; 3D configurations are refused.
+- network: recorded in the configuration's standard ``architecture`` entry (``nnunet_allukan.networks.UKAN`` with
+  the row's layer types), so nnU-Net's own ``get_network_from_plans`` builds it in training and in
+  ``nnUNetv2_predict``; no deep supervision. 2D: patch sides rounded up to multiples of 32; 3D: the U-KAN
+  down-sampling follows the configuration's planned strides (docs/architecture.md).
 - folds 0, 1, 2 = the paper's hold-out splits (seeds 2981, 6142, 1187), written to
   ``nnUNet_preprocessed/DatasetX/splits_allukan_paper.json`` and copied into the model folder.
 - Adam (lr 1e-4, weight decay 1e-4), closed-form cosine annealing to 1e-5, 400 epochs, batch size 8,
-  ceil(n_train / 8) iterations per epoch.
+  floor(n_train / 8) training iterations per epoch (the reference loader drops the last partial batch).
 - binary datasets: one sigmoid output (nnU-Net region), loss 0.5 * BCE + (1 - Dice), sigmoid > 0.5 in
   validation and prediction. Several foreground labels: softmax with K + 1 outputs, CE + Dice.
 - torch / numpy / random seeded with the fold's seed.
 
 Everything else (data augmentation, sliding-window inference, checkpoints, logs, progress plot, DDP) is
-nnU-Net's own code.
+nnU-Net's own code. The fully KA versions of nnU-Net's own planned networks, under nnU-Net's own protocol, are
+in :mod:`nnunet_allukan.training.ka_unet_trainers` (``nnUNetTrainerKAUNet``), re-exported here.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
-from copy import deepcopy
-from typing import Mapping
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
@@ -35,77 +35,25 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_allukan.networks import network_summary
+from nnunet_allukan.networks import UKAN, network_summary, table2_row
+from nnunet_allukan.paper import (BCE_WEIGHT, DICE_SMOOTH, INITIAL_LR, MIN_LR, NUM_EPOCHS, SPLIT_SEEDS,
+                                  SPLITS_FILE_NAME, WEIGHT_DECAY)
+from nnunet_allukan.training.architectures import plans_with_ukan_architecture
+from nnunet_allukan.training.ka_unet_trainers import *  # noqa: F401,F403  (one module for nnU-Net's trainer hook)
+from nnunet_allukan.training.ka_unet_trainers import __all__ as _ka_unet_trainers
 from nnunet_allukan.training.protocol import (
-    PAPER_BATCH_SIZE, PAPER_BCE_WEIGHT, PAPER_DICE_SMOOTH, PAPER_INITIAL_LR, PAPER_MIN_LR, PAPER_NUM_EPOCHS,
-    PAPER_SPLIT_SEEDS, PAPER_WEIGHT_DECAY, SPLITS_FILE_NAME, ClosedFormCosineLRScheduler,
-    binary_labels_as_region, iterations_per_epoch, paper_splits_for_cases, round_up_patch_size, seed_everything,
+    ClosedFormCosineLRScheduler, binary_labels_as_region, iterations_per_epoch, paper_splits_for_cases,
+    seed_everything,
 )
 
-__all__ = [
-    f"nnUNetTrainer{network}{length}"
-    for network in ("AllUKAN", "UKAN", "UKAN_MLP")
-    for length in ("", "_1epoch", "_5epochs", "_10epochs", "_20epochs", "_50epochs", "_100epochs")
-]
+_LENGTHS = {"_1epoch": 1, "_2epochs": 2, "_5epochs": 5, "_10epochs": 10, "_20epochs": 20, "_50epochs": 50,
+            "_100epochs": 100}
+__all__ = ["nnUNetTrainerPaperProtocol"] + [
+    f"nnUNetTrainer{network}{length}" for network in ("AllUKAN", "UKAN", "UKAN_MLP") for length in ("", *_LENGTHS)
+] + list(_ka_unet_trainers)
 
-# Key of the network record inside a configuration of plans.json.
-NETWORK_PLANS_KEY = "allukan_network"
-
-
-def network_class_from_path(class_path: str) -> type[nn.Module]:
-    """Imports ``package.module.ClassName`` (no fallback search: nnU-Net's would import timm)."""
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        network_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise RuntimeError(
-            f"Cannot import the network class {class_path!r} recorded under '{NETWORK_PLANS_KEY}' in plans.json: "
-            f"{e}. Is nnunet-allukan installed in this environment (pip install nnunet-allukan)?") from e
-    return network_class
-
-
-def build_network_from_plans(configuration_manager: ConfigurationManager, num_input_channels: int,
-                             num_output_channels: int) -> nn.Module:
-    """The network recorded in the configuration by :func:`plans_for_paper_protocol`.
-
-    Input [B, num_input_channels, H, W] (H, W multiples of 32), output logits [B, num_output_channels, H, W].
-    """
-    record = configuration_manager.configuration.get(NETWORK_PLANS_KEY)
-    if record is None:
-        raise RuntimeError(
-            f"The plans have no '{NETWORK_PLANS_KEY}' entry: this model folder was not written by an nnunet-allukan "
-            "trainer. Re-train with -tr nnUNetTrainerAllUKAN (or nnUNetTrainerUKAN / nnUNetTrainerUKAN_MLP).")
-    network_class = network_class_from_path(record["class"])
-    return network_class(num_input_channels, num_output_channels, **record["kwargs"])
-
-
-def plans_for_paper_protocol(plans: dict, configuration: str, network_class: str,
-                             network_kwargs: Mapping) -> tuple[dict, list[str]]:
-    """Copy of ``plans`` with the paper's batch size, a patch size of multiples of 32 and the network record.
-
-    Writing these into the plans (rather than only into trainer attributes) keeps plans.json, nnU-Net's logs
-    and the predictor consistent. Returns the new plans and log messages describing what was changed.
-    Raises ValueError for configurations that are not 2D.
-    """
-    configuration_manager = PlansManager(deepcopy(plans)).get_configuration(configuration)
-    patch_size = [int(s) for s in configuration_manager.patch_size]
-    if len(patch_size) != 2:
-        raise ValueError(
-            f"Configuration {configuration!r} is {len(patch_size)}D (patch size {patch_size}). U-KAN and ALL U-KAN "
-            "are 2D networks: train the '2d' configuration (nnUNetv2_train DATASET 2d FOLD -tr ...).")
-    new_plans = deepcopy(plans)
-    entry = new_plans["configurations"][configuration]
-    messages = []
-    rounded = round_up_patch_size(patch_size)
-    if rounded != patch_size:
-        messages.append(f"Patch size {patch_size} rounded up to {rounded} (multiples of 32: five 2x down-samplings).")
-    entry["patch_size"] = rounded
-    if configuration_manager.batch_size != PAPER_BATCH_SIZE:
-        messages.append(f"Batch size {configuration_manager.batch_size} from the plans replaced by the paper's "
-                        f"{PAPER_BATCH_SIZE}.")
-    entry["batch_size"] = PAPER_BATCH_SIZE
-    entry[NETWORK_PLANS_KEY] = {"class": network_class, "kwargs": deepcopy(dict(network_kwargs))}
-    return new_plans, messages
+# Where nnunet-allukan 0.1.0 recorded the network; model folders written by it still predict.
+LEGACY_NETWORK_PLANS_KEY = "allukan_network"
 
 
 class PaperBCEDiceLoss(DC_and_BCE_loss):
@@ -119,30 +67,32 @@ class PaperBCEDiceLoss(DC_and_BCE_loss):
         return super().forward(net_output, target) + self.weight_dice
 
 
-class nnUNetTrainerAllUKAN(nnUNetTrainer):
-    """ALL U-KAN (every conv a KAonv layer, every fc a KA layer; grad-free splines) under the paper's protocol."""
+class nnUNetTrainerPaperProtocol(nnUNetTrainer):
+    """The paper's protocol for a U-KAN-family network; subclasses set ``table2_row`` (and ``epochs``) only."""
 
-    network_class: str = "nnunet_allukan.networks.ALLUKAN"
-    network_kwargs: dict = {"embed_dims": [128, 160, 256], "grad_free": True, "implementation": "fast",
-                            "chunk_size": 32}
+    table2_row: "int | str | None" = None  # the network: a row of the paper's Table 2 (number or name)
+    epochs: int = NUM_EPOCHS
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        if isinstance(fold, bool) or fold not in range(len(PAPER_SPLIT_SEEDS)):
+        name = self.__class__.__name__
+        if self.table2_row is None:
+            raise TypeError(f"{name} is the protocol's base class and names no network: train nnUNetTrainerAllUKAN, "
+                            "nnUNetTrainerUKAN or nnUNetTrainerUKAN_MLP")
+        if isinstance(fold, bool) or fold not in range(len(SPLIT_SEEDS)):
             raise ValueError(
-                f"Fold {fold!r} does not exist for {self.__class__.__name__}: folds 0, 1, 2 are the paper's three "
-                f"80/20 splits (seeds {', '.join(map(str, PAPER_SPLIT_SEEDS))}). Use nnUNetv2_train DATASET 2d 0 "
-                f"-tr {self.__class__.__name__} (or 1, 2).")
-        plans, plan_messages = plans_for_paper_protocol(plans, configuration, self.network_class,
-                                                        self.network_kwargs)
+                f"Fold {fold!r} does not exist for {name}: folds 0, 1, 2 are the paper's three 80/20 splits (seeds "
+                f"{', '.join(map(str, SPLIT_SEEDS))}). Use nnUNetv2_train DATASET {configuration} 0 -tr {name} "
+                "(or 1, 2).")
+        plans, plan_messages = plans_with_ukan_architecture(plans, configuration, self.table2_row)
         dataset_json = binary_labels_as_region(dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = PAPER_NUM_EPOCHS
-        self.initial_lr = PAPER_INITIAL_LR
-        self.min_lr = PAPER_MIN_LR
-        self.weight_decay = PAPER_WEIGHT_DECAY
+        self.num_epochs = self.epochs
+        self.initial_lr = INITIAL_LR
+        self.min_lr = MIN_LR
+        self.weight_decay = WEIGHT_DECAY
         self.enable_deep_supervision = False
-        self.split_seed = PAPER_SPLIT_SEEDS[fold]
+        self.split_seed = SPLIT_SEEDS[fold]
         for message in plan_messages:
             self.print_to_log_file(message)
 
@@ -152,11 +102,13 @@ class nnUNetTrainerAllUKAN(nnUNetTrainer):
                                    num_input_channels: int,
                                    num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        """Rebuilt from the plans alone (the predictor calls this with the model folder's plans.json).
-
-        The networks have no deep supervision; ``enable_deep_supervision`` is accepted for nnU-Net's signature.
-        """
-        return build_network_from_plans(configuration_manager, num_input_channels, num_output_channels)
+        """nnU-Net's own build from the ``architecture`` entry (what the predictor calls with the model folder's
+        plans.json); model folders of nnunet-allukan 0.1.0 are rebuilt from their ``allukan_network`` record."""
+        legacy = configuration_manager.configuration.get(LEGACY_NETWORK_PLANS_KEY)
+        if legacy is not None:
+            return _build_legacy_network(legacy, num_input_channels, num_output_channels)
+        return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_output_channels, enable_deep_supervision=False)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         """The U-KAN family has a single full-resolution output and no ``.decoder``: nothing to switch."""
@@ -168,7 +120,8 @@ class nnUNetTrainerAllUKAN(nnUNetTrainer):
             train_keys, val_keys = self.do_split()
             global_batch_size = self.configuration_manager.batch_size
             self.num_iterations_per_epoch = iterations_per_epoch(len(train_keys), global_batch_size)
-            self.num_val_iterations_per_epoch = iterations_per_epoch(len(val_keys), global_batch_size)
+            self.num_val_iterations_per_epoch = iterations_per_epoch(len(val_keys), global_batch_size,
+                                                                     drop_last=False)
         super().initialize()
         self._log_network_and_protocol()
 
@@ -179,13 +132,13 @@ class nnUNetTrainerAllUKAN(nnUNetTrainer):
 
     def _build_loss(self):
         if self.label_manager.has_regions:
-            loss = PaperBCEDiceLoss({}, {"batch_dice": False, "do_bg": True, "smooth": PAPER_DICE_SMOOTH,
+            loss = PaperBCEDiceLoss({}, {"batch_dice": False, "do_bg": True, "smooth": DICE_SMOOTH,
                                          "ddp": self.is_ddp},
-                                    weight_ce=PAPER_BCE_WEIGHT, weight_dice=1,
+                                    weight_ce=BCE_WEIGHT, weight_dice=1,
                                     use_ignore_label=self.label_manager.ignore_label is not None,
                                     dice_class=MemoryEfficientSoftDiceLoss)
         else:
-            loss = DC_and_CE_loss({"batch_dice": False, "smooth": PAPER_DICE_SMOOTH, "do_bg": False,
+            loss = DC_and_CE_loss({"batch_dice": False, "smooth": DICE_SMOOTH, "do_bg": False,
                                    "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
                                   ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
         if self._do_i_compile():
@@ -213,23 +166,37 @@ class nnUNetTrainerAllUKAN(nnUNetTrainer):
     def _log_network_and_protocol(self):
         network = self.network.module if self.is_ddp else self.network
         network = getattr(network, "_orig_mod", network)
-        record = self.configuration_manager.configuration[NETWORK_PLANS_KEY]
+        architecture = self.configuration_manager.configuration["architecture"]
         summary = network_summary(network)
-        layer_counts = ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("class", "parameters"))
+        layer_counts = ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("class", "parameters") and v)
         loss = ("loss 0.5 * BCE + (1 - Dice), one sigmoid output, prediction = sigmoid > 0.5"
                 if self.label_manager.has_regions else
                 "loss CE + Dice, softmax over background + foreground labels, prediction = argmax")
         batch_size, patch_size = self.configuration_manager.batch_size, self.configuration_manager.patch_size
+        row = table2_row(self.table2_row)
         self.print_to_log_file(
-            f"\nNetwork: {summary['class']} ({record['class']}, kwargs {json.dumps(record['kwargs'])}), "
+            f"\nNetwork: Table 2 row {row.row} ({row.description}): {architecture['network_class_name']}, "
+            f"arch_kwargs {json.dumps(architecture['arch_kwargs'])}, "
             f"{self.num_input_channels} input channels -> {self.label_manager.num_segmentation_heads} outputs, "
             f"{summary['parameters']:,} parameters; layers: {layer_counts}\n"
             f"Protocol (ALL U-KAN paper): fold {self.fold} = split seed {self.split_seed}; "
             f"Adam lr {self.initial_lr:g}, weight decay {self.weight_decay:g}; cosine annealing to {self.min_lr:g} "
             f"over {self.num_epochs} epochs (closed form of the epoch); batch size {batch_size}; "
             f"{self.num_iterations_per_epoch} training / {self.num_val_iterations_per_epoch} validation iterations "
-            f"per epoch (ceil(n / batch size)); patch size {patch_size}; {loss}; no deep supervision\n",
+            f"per epoch (floor / ceil of n / batch size); patch size {patch_size}; {loss}; no deep supervision\n",
             add_timestamp=False)
+
+
+def _build_legacy_network(record: dict, num_input_channels: int, num_output_channels: int) -> nn.Module:
+    """A network recorded by nnunet-allukan 0.1.0: ``{"class": "...ALLUKAN" | "...UKAN", "kwargs": {...}}``."""
+    from nnunet_allukan.networks import ALLUKAN
+
+    kwargs = dict(record["kwargs"])
+    if record["class"].endswith(".ALLUKAN"):
+        return ALLUKAN(num_input_channels, num_output_channels, **kwargs)
+    row = {"kan": "ukan", "linear": "ukan_mlp"}[kwargs.pop("fc")]
+    return UKAN(num_input_channels, num_output_channels, kwargs.pop("embed_dims"),
+                **table2_row(row).network_kwargs(2))
 
 
 def _write_json_if_changed(obj, path: str) -> None:
@@ -245,142 +212,43 @@ def _write_json_if_changed(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
-class nnUNetTrainerUKAN(nnUNetTrainerAllUKAN):
-    """The paper's U-KAN baseline (KAN fc layers, ordinary convolutions) under the same protocol."""
+class nnUNetTrainerAllUKAN(nnUNetTrainerPaperProtocol):
+    """ALL U-KAN (every conv a KAonv layer, every fc a KA layer; grad-free splines): Table 2 row 13."""
 
-    network_class = "nnunet_allukan.networks.UKAN"
-    network_kwargs = {"embed_dims": [128, 160, 256], "fc": "kan"}
-
-
-class nnUNetTrainerUKAN_MLP(nnUNetTrainerAllUKAN):
-    """U-KAN with its KAN fc layers replaced by nn.Linear (paper Table 2 'U-KAN_MLP'), same protocol."""
-
-    network_class = "nnunet_allukan.networks.UKAN"
-    network_kwargs = {"embed_dims": [128, 160, 256], "fc": "linear"}
+    table2_row = "allukan"
 
 
-# Short variants for quick runs (nnU-Net's nnUNetTrainer_Xepochs habit). The cosine schedule spans num_epochs.
-class nnUNetTrainerAllUKAN_1epoch(nnUNetTrainerAllUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
+class nnUNetTrainerUKAN(nnUNetTrainerPaperProtocol):
+    """The paper's U-KAN baseline (vanilla KAN fc layers, ordinary convolutions): Table 2 row 5."""
+
+    table2_row = "ukan"
 
 
-class nnUNetTrainerAllUKAN_5epochs(nnUNetTrainerAllUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+class nnUNetTrainerUKAN_MLP(nnUNetTrainerPaperProtocol):
+    """U-KAN with its KAN fc layers replaced by nn.Linear ("U-KAN_MLP"): Table 2 row 4."""
+
+    table2_row = "ukan_mlp"
 
 
-class nnUNetTrainerAllUKAN_10epochs(nnUNetTrainerAllUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 10
-
-
-class nnUNetTrainerAllUKAN_20epochs(nnUNetTrainerAllUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 20
-
-
-class nnUNetTrainerAllUKAN_50epochs(nnUNetTrainerAllUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 50
-
-
-class nnUNetTrainerAllUKAN_100epochs(nnUNetTrainerAllUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 100
-
-
-class nnUNetTrainerUKAN_1epoch(nnUNetTrainerUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-
-
-class nnUNetTrainerUKAN_5epochs(nnUNetTrainerUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-
-
-class nnUNetTrainerUKAN_10epochs(nnUNetTrainerUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 10
-
-
-class nnUNetTrainerUKAN_20epochs(nnUNetTrainerUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 20
-
-
-class nnUNetTrainerUKAN_50epochs(nnUNetTrainerUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 50
-
-
-class nnUNetTrainerUKAN_100epochs(nnUNetTrainerUKAN):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 100
-
-
-class nnUNetTrainerUKAN_MLP_1epoch(nnUNetTrainerUKAN_MLP):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-
-
-class nnUNetTrainerUKAN_MLP_5epochs(nnUNetTrainerUKAN_MLP):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-
-
-class nnUNetTrainerUKAN_MLP_10epochs(nnUNetTrainerUKAN_MLP):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 10
-
-
-class nnUNetTrainerUKAN_MLP_20epochs(nnUNetTrainerUKAN_MLP):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 20
-
-
-class nnUNetTrainerUKAN_MLP_50epochs(nnUNetTrainerUKAN_MLP):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 50
-
-
-class nnUNetTrainerUKAN_MLP_100epochs(nnUNetTrainerUKAN_MLP):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 100
+# Short variants for quick runs (nnU-Net's nnUNetTrainer_Xepochs habit); the cosine schedule spans `epochs`.
+class nnUNetTrainerAllUKAN_1epoch(nnUNetTrainerAllUKAN): epochs = 1
+class nnUNetTrainerAllUKAN_2epochs(nnUNetTrainerAllUKAN): epochs = 2
+class nnUNetTrainerAllUKAN_5epochs(nnUNetTrainerAllUKAN): epochs = 5
+class nnUNetTrainerAllUKAN_10epochs(nnUNetTrainerAllUKAN): epochs = 10
+class nnUNetTrainerAllUKAN_20epochs(nnUNetTrainerAllUKAN): epochs = 20
+class nnUNetTrainerAllUKAN_50epochs(nnUNetTrainerAllUKAN): epochs = 50
+class nnUNetTrainerAllUKAN_100epochs(nnUNetTrainerAllUKAN): epochs = 100
+class nnUNetTrainerUKAN_1epoch(nnUNetTrainerUKAN): epochs = 1
+class nnUNetTrainerUKAN_2epochs(nnUNetTrainerUKAN): epochs = 2
+class nnUNetTrainerUKAN_5epochs(nnUNetTrainerUKAN): epochs = 5
+class nnUNetTrainerUKAN_10epochs(nnUNetTrainerUKAN): epochs = 10
+class nnUNetTrainerUKAN_20epochs(nnUNetTrainerUKAN): epochs = 20
+class nnUNetTrainerUKAN_50epochs(nnUNetTrainerUKAN): epochs = 50
+class nnUNetTrainerUKAN_100epochs(nnUNetTrainerUKAN): epochs = 100
+class nnUNetTrainerUKAN_MLP_1epoch(nnUNetTrainerUKAN_MLP): epochs = 1
+class nnUNetTrainerUKAN_MLP_2epochs(nnUNetTrainerUKAN_MLP): epochs = 2
+class nnUNetTrainerUKAN_MLP_5epochs(nnUNetTrainerUKAN_MLP): epochs = 5
+class nnUNetTrainerUKAN_MLP_10epochs(nnUNetTrainerUKAN_MLP): epochs = 10
+class nnUNetTrainerUKAN_MLP_20epochs(nnUNetTrainerUKAN_MLP): epochs = 20
+class nnUNetTrainerUKAN_MLP_50epochs(nnUNetTrainerUKAN_MLP): epochs = 50
+class nnUNetTrainerUKAN_MLP_100epochs(nnUNetTrainerUKAN_MLP): epochs = 100

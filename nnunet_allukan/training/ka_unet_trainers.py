@@ -1,0 +1,61 @@
+"""``nnUNetTrainerKAUNet``: the network nnU-Net planned for the configuration, fully Kolmogorov-Arnold.
+
+``nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerKAUNet`` for ``2d``, ``3d_fullres``, ``3d_lowres``
+and ``3d_cascade_fullres``, with nnU-Net's default plans (``PlainConvUNet``) or a ResEnc preset
+(``-p nnUNetResEncUNetMPlans`` etc.). Every convolution of the planned network is a KAonv layer (``KAConv2d`` /
+``KAConv3d``, grad-free closed form) and every transposed-convolution upsampling a ``KAConvTranspose2d/3d``; the
+configuration's ``architecture`` entry records exactly that, so ``nnUNetv2_predict`` rebuilds it through nnU-Net's
+own ``get_network_from_plans``. Everything else -- deep supervision, loss, SGD with nesterov, poly schedule,
+1000 epochs of 250 iterations, 5-fold cross-validation, augmentation, inference -- is ``nnUNetTrainer``'s.
+This is "nnU-Net, fully Kolmogorov-Arnold", not the paper's protocol (for that: ``nnUNetTrainerAllUKAN``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_allukan.networks import network_summary
+from nnunet_allukan.training.architectures import plans_with_ka_architecture
+
+__all__ = ["nnUNetTrainerKAUNet"] + [f"nnUNetTrainerKAUNet_{n}" for n in
+                                     ("1epoch", "2epochs", "5epochs", "10epochs", "20epochs", "50epochs",
+                                      "100epochs", "250epochs")]
+
+
+class nnUNetTrainerKAUNet(nnUNetTrainer):
+    """nnU-Net's planned U-Net with KA layers everywhere, trained exactly as ``nnUNetTrainer`` trains."""
+
+    # Options of every KA layer. chunk_size None: the fast KAonv keeps only 8 window-summed basis maps per group,
+    # so chunking would only add calls (docs/performance.md).
+    ka_kwargs: dict = {"grad_free": True, "implementation": "fast", "chunk_size": None}
+    epochs: Optional[int] = None  # None: nnUNetTrainer's default
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        plans = plans_with_ka_architecture(plans, configuration, self.ka_kwargs)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.epochs is not None:
+            self.num_epochs = self.epochs
+
+    def initialize(self):
+        super().initialize()
+        network = self.network.module if self.is_ddp else self.network
+        summary = network_summary(getattr(network, "_orig_mod", network))
+        layer_counts = ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("class", "parameters") and v)
+        architecture = self.configuration_manager.configuration["architecture"]
+        self.print_to_log_file(
+            f"\nNetwork: {architecture['network_class_name']} (nnU-Net's planned network, fully KA), "
+            f"{summary['parameters']:,} parameters; layers: {layer_counts}; KA options {self.ka_kwargs}\n",
+            add_timestamp=False)
+
+
+class nnUNetTrainerKAUNet_1epoch(nnUNetTrainerKAUNet): epochs = 1
+class nnUNetTrainerKAUNet_2epochs(nnUNetTrainerKAUNet): epochs = 2
+class nnUNetTrainerKAUNet_5epochs(nnUNetTrainerKAUNet): epochs = 5
+class nnUNetTrainerKAUNet_10epochs(nnUNetTrainerKAUNet): epochs = 10
+class nnUNetTrainerKAUNet_20epochs(nnUNetTrainerKAUNet): epochs = 20
+class nnUNetTrainerKAUNet_50epochs(nnUNetTrainerKAUNet): epochs = 50
+class nnUNetTrainerKAUNet_100epochs(nnUNetTrainerKAUNet): epochs = 100
+class nnUNetTrainerKAUNet_250epochs(nnUNetTrainerKAUNet): epochs = 250

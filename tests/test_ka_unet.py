@@ -1,0 +1,130 @@
+"""nnU-Net's planned networks made fully KA: the plans record, nnU-Net's own builder, no plain convolution left."""
+from __future__ import annotations
+
+import json
+from copy import deepcopy
+
+import pytest
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from torch import nn
+
+from nnunet_allukan.layers import KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d
+from nnunet_allukan.networks import KAPlainConvUNet, network_summary, plain_convolutions
+from nnunet_allukan.training.architectures import plans_with_ka_architecture
+from nnunet_allukan.training.ka_unet_trainers import nnUNetTrainerKAUNet
+
+
+def _architecture(dim: int, residual: bool = False) -> dict:
+    strides = [[1] * dim, [2] * dim, [2] * dim, [1] + [2] * (dim - 1)]
+    kwargs = {"n_stages": 4, "features_per_stage": [8, 16, 24, 32], "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
+              "kernel_sizes": [[3] * dim] * 4, "strides": strides, "n_conv_per_stage_decoder": [1, 1, 1],
+              "conv_bias": True, "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+              "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    if residual:
+        kwargs["n_blocks_per_stage"] = [1, 2, 2, 2]
+        name = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    else:
+        kwargs["n_conv_per_stage"] = [2, 2, 2, 2]
+        name = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+    return {"network_class_name": name, "arch_kwargs": kwargs,
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+
+
+def _plans() -> dict:
+    """nnU-Net 2.8 plans with every configuration kind; the cascade inherits its architecture from 3d_fullres."""
+    def config(dim, **extra):
+        return {"data_identifier": "x", "patch_size": [16] + [32] * (dim - 1), "batch_size": 2,
+                "architecture": _architecture(dim), **extra}
+
+    return {"dataset_name": "Dataset999_X", "plans_name": "nnUNetPlans",
+            "configurations": {"2d": config(2), "3d_lowres": config(3, next_stage="3d_cascade_fullres"),
+                               "3d_fullres": config(3),
+                               "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}}}
+
+
+def _build(plans: dict, configuration: str, input_channels: int, outputs: int, deep_supervision: bool):
+    """Exactly nnU-Net's build (trainer and predictor): get_network_from_plans on the architecture entry."""
+    architecture = PlansManager(plans).get_configuration(configuration).configuration["architecture"]
+    return get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                                  architecture["_kw_requires_import"], input_channels, outputs, allow_init=True,
+                                  deep_supervision=deep_supervision)
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres"])
+def test_every_configuration_builds_fully_ka_through_nnunets_builder(configuration):
+    plans = plans_with_ka_architecture(_plans(), configuration, nnUNetTrainerKAUNet.ka_kwargs)
+    assert json.loads(json.dumps(plans)) == plans
+    dim = 2 if configuration == "2d" else 3
+    # the cascade's second stage sees the image channels plus one-hot previous-stage segmentations
+    input_channels = 2 + 3 if configuration == "3d_cascade_fullres" else 2
+    network = _build(plans, configuration, input_channels, 4, deep_supervision=True)
+    assert isinstance(network, KAPlainConvUNet)
+    assert plain_convolutions(network) == []
+    conv_type, transposed_type = (KAConv2d, KAConvTranspose2d) if dim == 2 else (KAConv3d, KAConvTranspose3d)
+    summary = network_summary(network)
+    # encoder 4 x 2 + decoder 3 x 1 convolutions + 3 deep-supervision heads, 3 upsamplings
+    assert summary["KAConv"] == 14 and summary["KAConvTranspose"] == 3 and summary["Conv"] == 0
+    assert all(m.grad_free and m.implementation == "fast" for m in network.modules() if isinstance(m, conv_type))
+    assert any(isinstance(m, transposed_type) for m in network.modules())
+    patch = [16] + [32] * (dim - 1)
+    outputs = network(torch.randn(2, input_channels, *patch))
+    assert [tuple(o.shape) for o in outputs] == [(2, 4, *patch), (2, 4, *(s // 2 for s in patch)),
+                                                 (2, 4, *(s // 4 for s in patch))]
+    # the predictor's build (no deep supervision) loads the trainer's weights
+    predictor_network = _build(plans, configuration, input_channels, 4, deep_supervision=False)
+    predictor_network.load_state_dict(network.state_dict())
+
+
+def test_residual_encoder_presets_become_fully_ka():
+    plans = _plans()
+    plans["configurations"]["3d_fullres"]["architecture"] = _architecture(3, residual=True)
+    new_plans = plans_with_ka_architecture(plans, "3d_fullres", {"grad_free": True})
+    assert new_plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] == \
+        "nnunet_allukan.networks.ka_unet.KAResidualEncoderUNet"
+    network = _build(new_plans, "3d_fullres", 1, 2, deep_supervision=False)
+    assert plain_convolutions(network) == []
+    # the residual shortcuts' 1x1 projections are KAonv layers too
+    assert any(isinstance(m, KAConv3d) and m.kernel_size == (1, 1, 1) and "skip" in name
+               for name, m in network.named_modules())
+    y = network(torch.randn(1, 1, 16, 32, 32))
+    assert y.shape == (1, 2, 16, 32, 32)
+    y.mean().backward()
+
+
+def test_shared_submodules_are_replaced_once_everywhere():
+    plans = plans_with_ka_architecture(_plans(), "2d", {})
+    network = _build(plans, "2d", 1, 2, deep_supervision=False)
+    block = network.encoder.stages[0][0].convs[0]
+    assert block.conv is block.all_modules[0] and isinstance(block.conv, KAConv2d)
+
+
+def test_nnunet_he_initialisation_reaches_the_ka_weights():
+    torch.manual_seed(0)
+    plans = plans_with_ka_architecture(_plans(), "3d_fullres", {})
+    network = _build(plans, "3d_fullres", 1, 2, deep_supervision=False)
+    conv = network.encoder.stages[1][0].convs[0].conv  # 8 -> 16 channels, 3x3x3: fan-in 216
+    expected_std = (2.0 / (1 + 0.01 ** 2) / 216) ** 0.5
+    assert abs(conv.u.std().item() / expected_std - 1) < 0.1
+    assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_unknown_planned_network_is_a_clear_error():
+    plans = _plans()
+    plans["configurations"]["2d"]["architecture"]["network_class_name"] = "some.module.Primus"
+    with pytest.raises(ValueError, match="KA versions of PlainConvUNet, ResidualEncoderUNet"):
+        plans_with_ka_architecture(plans, "2d", {})
+
+
+def test_plans_read_back_from_a_model_folder_stay_as_they_are():
+    plans = plans_with_ka_architecture(_plans(), "3d_fullres", {"grad_free": True})
+    assert plans_with_ka_architecture(deepcopy(plans), "3d_fullres", {"grad_free": True}) == plans
+
+
+def test_ka_unet_class_needs_a_ka_conv_type():
+    with pytest.raises(ValueError, match="KAonv type"):
+        KAPlainConvUNet(input_channels=1, n_stages=2, features_per_stage=[4, 8], conv_op=nn.Conv2d,
+                        kernel_sizes=3, strides=[1, 2], n_conv_per_stage=1, num_classes=2,
+                        n_conv_per_stage_decoder=1)
