@@ -3,7 +3,8 @@ nnU-Net raw dataset (``imagesTr``/``labelsTr``/``dataset.json``) into a temporar
 into ``$nnUNet_raw/DatasetXXX_NAME`` only once it is complete.
 
 Every problem with the user's input raises :class:`ConversionError` with a message that names the file
-and says how to fix it; the command line prints it and exits non-zero.
+and says how to fix it; the command line prints it and exits non-zero. Problems of the source data are
+collected over all cases and raised together (:class:`ConversionProblems`), so one run reports them all.
 """
 
 from __future__ import annotations

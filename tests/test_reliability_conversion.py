@@ -3,7 +3,6 @@ orphans after a kill, all problems in one run, read warnings as one line per fil
 
 import errno
 import os
-import shutil
 import signal
 import stat
 import struct
