@@ -2,9 +2,10 @@
 
 A tiny synthetic dataset that this test writes itself -- NIfTI volumes of 16 x 32 x 32 voxels at an anisotropic
 spacing of 2 x 1 x 1 mm, two input channels, two foreground labels (a sphere and a box) -- goes through
-``nnUNetv2_plan_and_preprocess -c 3d_fullres``, ``nnUNetv2_train ... 3d_fullres 0`` with ``nnUNetTrainerKAUNet_1epoch``
-(nnU-Net's planned PlainConvUNet, fully KA) and ``nnUNetTrainerAllUKAN_1epoch`` (ALL U-KAN in 3D, paper protocol),
-and ``nnUNetv2_predict`` for both. Checked: the model folders record the KA networks in the ``architecture``
+``nnUNetv2_plan_and_preprocess -c 3d_fullres``, ``nnUNetv2_train ... 3d_fullres 0`` with
+``nnUNetTrainerKAUNet_smoke`` (nnU-Net's planned PlainConvUNet, fully KA; 10 iterations, as nnU-Net's 250 per epoch
+take many minutes on 2 cores) and ``nnUNetTrainerAllUKAN_1epoch`` (ALL U-KAN in 3D, paper protocol), and
+``nnUNetv2_predict`` for both. Checked: the model folders record the KA networks in the ``architecture``
 entry, no plain convolution is left, predictions have the labels' shape, geometry and values.
 """
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _plans_architecture(model: Path) -> dict:
 
 
 def test_kaunet_trains_and_predicts_3d_fullres(nnunet_env, preprocessed, tmp_path):
-    model, out = _train_and_predict("nnUNetTrainerKAUNet_1epoch", nnunet_env, tmp_path)
+    model, out = _train_and_predict("nnUNetTrainerKAUNet_smoke", nnunet_env, tmp_path)
     architecture = _plans_architecture(model)
     assert architecture["network_class_name"] == "nnunet_allukan.networks.ka_unet.KAPlainConvUNet"
     assert architecture["arch_kwargs"]["conv_op"] == "nnunet_allukan.layers.ka.KAConv3d"

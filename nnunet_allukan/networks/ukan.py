@@ -12,6 +12,7 @@ from ..layers import KAConv2d, KAConv3d, KALinear, KANLinear
 from ..paper import CHUNK_SIZE, EMBED_DIMS, NUM_DOWNSAMPLINGS
 from .blocks import (ConvLayer, DConvLayer, LayerTypes, PatchEmbed, TokenKANBlock, conv_op_dim, default_norm_op,
                      optional_kwargs, tokens_to_map)
+from .reference_init import reference_initialisation
 
 __all__ = ["UKAN", "ALLUKAN", "normalise_strides"]
 
@@ -39,6 +40,8 @@ class UKAN(nn.Module):
         strides: five per-axis down-sampling factors (encoder max-pools 1-3, patch embeddings 4-5), default 2 on
             every axis as in the paper; an axis with factor 1 is not down-sampled at that stage (3D plans).
         deep_supervision: accepted because nnU-Net's ``get_network_from_plans`` passes it; U-KAN has one output.
+
+    Initialisation: the reference U-KAN code's (:mod:`nnunet_allukan.networks.reference_init`).
 
     Shapes: ``[B, input_channels, *spatial] -> [B, num_classes, *spatial]`` logits; each spatial side must be a
     multiple of the product of its strides (32 by default).
@@ -87,6 +90,10 @@ class UKAN(nn.Module):
         self.decoder4 = DConvLayer(e0 // 4, e0 // 8, layers)
         self.decoder5 = DConvLayer(e0 // 8, e0 // 8, layers)
         self.final = layers.conv(e0 // 8, num_classes, 1)
+        # As the reference code: its patch-embedding and tokenised-block modules re-initialise their nn.Linear,
+        # nn.Conv and LayerNorm layers, and its KAN layers start as efficient-kan fits them. KA layers keep their
+        # own initialisation (docs/layers.md), so for ALL U-KAN this changes nothing but the random stream.
+        reference_initialisation(self)
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != self.dim + 2 or x.shape[1] != self.input_channels:

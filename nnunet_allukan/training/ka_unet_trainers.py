@@ -21,7 +21,7 @@ from nnunet_allukan.training.architectures import plans_with_ka_architecture
 
 __all__ = ["nnUNetTrainerKAUNet"] + [f"nnUNetTrainerKAUNet_{n}" for n in
                                      ("1epoch", "2epochs", "5epochs", "10epochs", "20epochs", "50epochs",
-                                      "100epochs", "250epochs")]
+                                      "100epochs", "250epochs", "smoke")]
 
 
 class nnUNetTrainerKAUNet(nnUNetTrainer):
@@ -59,3 +59,17 @@ class nnUNetTrainerKAUNet_20epochs(nnUNetTrainerKAUNet): epochs = 20
 class nnUNetTrainerKAUNet_50epochs(nnUNetTrainerKAUNet): epochs = 50
 class nnUNetTrainerKAUNet_100epochs(nnUNetTrainerKAUNet): epochs = 100
 class nnUNetTrainerKAUNet_250epochs(nnUNetTrainerKAUNet): epochs = 250
+
+
+class nnUNetTrainerKAUNet_smoke(nnUNetTrainerKAUNet):
+    """One epoch of 10 training / 2 validation iterations, then nnU-Net's full validation: checks in minutes, even
+    on a CPU, that the whole pipeline (plans, KA network, training, checkpoint, sliding-window prediction) runs on
+    a dataset. Its model is not meant for use."""
+
+    epochs = 1
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_iterations_per_epoch = 10
+        self.num_val_iterations_per_epoch = 2

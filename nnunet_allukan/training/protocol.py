@@ -43,10 +43,13 @@ def cosine_annealing_lr(epoch: int, num_epochs: int, initial_lr: float = INITIAL
 
 
 class ClosedFormCosineLRScheduler(_LRScheduler):
-    """Sets every parameter group's lr to :func:`cosine_annealing_lr` of the given epoch.
+    """Sets each parameter group's lr to :func:`cosine_annealing_lr` of the given epoch, from the group's own
+    starting lr (``initial_lr``, recorded when the scheduler is built) down to ``min_lr``.
 
-    Same calling convention as nnU-Net's ``PolyLRScheduler``: nnU-Net calls ``step(current_epoch)`` at the
-    start of every epoch; no scheduler state needs to be checkpointed.
+    With one group this is the paper's schedule; with the reference script's separate KAN fc group (lr 1e-2) each
+    group anneals from its own lr, as ``CosineAnnealingLR`` does. Same calling convention as nnU-Net's
+    ``PolyLRScheduler``: nnU-Net calls ``step(current_epoch)`` at the start of every epoch; no scheduler state
+    needs to be checkpointed.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, min_lr: float, num_epochs: int):
@@ -60,13 +63,21 @@ class ClosedFormCosineLRScheduler(_LRScheduler):
         if current_step is None or current_step == -1:
             current_step = self.ctr
             self.ctr += 1
-        new_lr = cosine_annealing_lr(current_step, self.num_epochs, self.initial_lr, self.min_lr)
         for param_group in self.optimizer.param_groups:
-            param_group["lr"] = new_lr
+            param_group["lr"] = cosine_annealing_lr(current_step, self.num_epochs,
+                                                    param_group.get("initial_lr", self.initial_lr), self.min_lr)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def get_last_lr(self) -> list[float]:
         return self._last_lr
+
+
+def is_kan_fc_parameter(name: str) -> bool:
+    """The reference U-KAN training script's rule for its ``kan_lr`` group, applied to parameter names as it
+    applies it: ``'layer' in name.lower() and 'fc' in name.lower()`` (the fc1/fc2/fc3 layers of the tokenised
+    blocks, e.g. ``block1.layer.fc1.u``)."""
+    lowered = name.lower()
+    return "layer" in lowered and "fc" in lowered
 
 
 def iterations_per_epoch(num_cases: int, batch_size: int = BATCH_SIZE, drop_last: bool = True) -> int:

@@ -36,14 +36,14 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_allukan.networks import UKAN, network_summary, table2_row
-from nnunet_allukan.paper import (BCE_WEIGHT, DICE_SMOOTH, INITIAL_LR, MIN_LR, NUM_EPOCHS, SPLIT_SEEDS,
-                                  SPLITS_FILE_NAME, WEIGHT_DECAY)
+from nnunet_allukan.paper import (BCE_WEIGHT, DICE_SMOOTH, INITIAL_LR, KAN_FC_LR, MIN_LR, NUM_EPOCHS,
+                                  SPLIT_SEEDS, SPLITS_FILE_NAME, WEIGHT_DECAY)
 from nnunet_allukan.training.architectures import plans_with_ukan_architecture
 from nnunet_allukan.training.ka_unet_trainers import *  # noqa: F401,F403  (one module for nnU-Net's trainer hook)
 from nnunet_allukan.training.ka_unet_trainers import __all__ as _ka_unet_trainers
 from nnunet_allukan.training.protocol import (
-    ClosedFormCosineLRScheduler, binary_labels_as_region, iterations_per_epoch, paper_splits_for_cases,
-    seed_everything,
+    ClosedFormCosineLRScheduler, binary_labels_as_region, is_kan_fc_parameter, iterations_per_epoch,
+    paper_splits_for_cases, seed_everything,
 )
 
 _LENGTHS = {"_1epoch": 1, "_2epochs": 2, "_5epochs": 5, "_10epochs": 10, "_20epochs": 20, "_50epochs": 50,
@@ -72,6 +72,8 @@ class nnUNetTrainerPaperProtocol(nnUNetTrainer):
 
     table2_row: "int | str | None" = None  # the network: a row of the paper's Table 2 (number or name)
     epochs: int = NUM_EPOCHS
+    # The reference script's separate lr for the tokenised blocks' fc layers (its kan_lr); None: one lr for all.
+    kan_fc_lr: "float | None" = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -126,7 +128,16 @@ class nnUNetTrainerPaperProtocol(nnUNetTrainer):
         self._log_network_and_protocol()
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        if self.kan_fc_lr is None:
+            groups = [{"params": list(self.network.parameters())}]
+        else:
+            named = list(_unwrapped(self.network).named_parameters())
+            fc = [p for n, p in named if is_kan_fc_parameter(n)]
+            groups = [{"params": [p for n, p in named if not is_kan_fc_parameter(n)]},
+                      {"params": fc, "lr": self.kan_fc_lr}]
+            self.print_to_log_file(f"Reference recipe: lr {self.kan_fc_lr:g} for the {len(fc)} fc-layer parameter "
+                                   f"tensors ('layer' and 'fc' in the name), {self.initial_lr:g} for the rest")
+        optimizer = torch.optim.Adam(groups, lr=self.initial_lr, weight_decay=self.weight_decay)
         lr_scheduler = ClosedFormCosineLRScheduler(optimizer, self.initial_lr, self.min_lr, self.num_epochs)
         return optimizer, lr_scheduler
 
@@ -164,8 +175,7 @@ class nnUNetTrainerPaperProtocol(nnUNetTrainer):
         return train_keys, val_keys
 
     def _log_network_and_protocol(self):
-        network = self.network.module if self.is_ddp else self.network
-        network = getattr(network, "_orig_mod", network)
+        network = _unwrapped(self.network)
         architecture = self.configuration_manager.configuration["architecture"]
         summary = network_summary(network)
         layer_counts = ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("class", "parameters") and v)
@@ -185,6 +195,12 @@ class nnUNetTrainerPaperProtocol(nnUNetTrainer):
             f"{self.num_iterations_per_epoch} training / {self.num_val_iterations_per_epoch} validation iterations "
             f"per epoch (floor / ceil of n / batch size); patch size {patch_size}; {loss}; no deep supervision\n",
             add_timestamp=False)
+
+
+def _unwrapped(network: nn.Module) -> nn.Module:
+    """The network inside DDP and torch.compile wrappers (their parameter names carry prefixes)."""
+    network = getattr(network, "module", network)
+    return getattr(network, "_orig_mod", network)
 
 
 def _build_legacy_network(record: dict, num_input_channels: int, num_output_channels: int) -> nn.Module:
@@ -230,6 +246,31 @@ class nnUNetTrainerUKAN_MLP(nnUNetTrainerPaperProtocol):
     table2_row = "ukan_mlp"
 
 
+class nnUNetTrainerUKAN_kanlr(nnUNetTrainerUKAN):
+    """U-KAN with the reference training script's recipe: lr 1e-2 for the KAN fc layers (its kan_lr)."""
+
+    kan_fc_lr = KAN_FC_LR
+
+
+class nnUNetTrainerAllUKAN_kanlr(nnUNetTrainerAllUKAN):
+    """ALL U-KAN with the reference script's kan_lr 1e-2 for its KA fc layers."""
+
+    kan_fc_lr = KAN_FC_LR
+
+
+# Every ablation row of Table 2 by its number (rows 4, 5, 13 are the three trainers above).
+class nnUNetTrainerTable2Row4(nnUNetTrainerUKAN_MLP): pass
+class nnUNetTrainerTable2Row5(nnUNetTrainerUKAN): pass
+class nnUNetTrainerTable2Row6(nnUNetTrainerPaperProtocol): table2_row = 6
+class nnUNetTrainerTable2Row7(nnUNetTrainerPaperProtocol): table2_row = 7
+class nnUNetTrainerTable2Row8(nnUNetTrainerPaperProtocol): table2_row = 8
+class nnUNetTrainerTable2Row9(nnUNetTrainerPaperProtocol): table2_row = 9
+class nnUNetTrainerTable2Row10(nnUNetTrainerPaperProtocol): table2_row = 10
+class nnUNetTrainerTable2Row11(nnUNetTrainerPaperProtocol): table2_row = 11
+class nnUNetTrainerTable2Row12(nnUNetTrainerPaperProtocol): table2_row = 12
+class nnUNetTrainerTable2Row13(nnUNetTrainerAllUKAN): pass
+
+
 # Short variants for quick runs (nnU-Net's nnUNetTrainer_Xepochs habit); the cosine schedule spans `epochs`.
 class nnUNetTrainerAllUKAN_1epoch(nnUNetTrainerAllUKAN): epochs = 1
 class nnUNetTrainerAllUKAN_2epochs(nnUNetTrainerAllUKAN): epochs = 2
@@ -252,3 +293,28 @@ class nnUNetTrainerUKAN_MLP_10epochs(nnUNetTrainerUKAN_MLP): epochs = 10
 class nnUNetTrainerUKAN_MLP_20epochs(nnUNetTrainerUKAN_MLP): epochs = 20
 class nnUNetTrainerUKAN_MLP_50epochs(nnUNetTrainerUKAN_MLP): epochs = 50
 class nnUNetTrainerUKAN_MLP_100epochs(nnUNetTrainerUKAN_MLP): epochs = 100
+class nnUNetTrainerUKAN_kanlr_1epoch(nnUNetTrainerUKAN_kanlr): epochs = 1
+class nnUNetTrainerUKAN_kanlr_5epochs(nnUNetTrainerUKAN_kanlr): epochs = 5
+class nnUNetTrainerUKAN_kanlr_50epochs(nnUNetTrainerUKAN_kanlr): epochs = 50
+class nnUNetTrainerAllUKAN_kanlr_1epoch(nnUNetTrainerAllUKAN_kanlr): epochs = 1
+class nnUNetTrainerAllUKAN_kanlr_5epochs(nnUNetTrainerAllUKAN_kanlr): epochs = 5
+class nnUNetTrainerAllUKAN_kanlr_50epochs(nnUNetTrainerAllUKAN_kanlr): epochs = 50
+
+
+def _table2_row_short_variants() -> list[str]:
+    """nnUNetTrainerTable2Row<N>_<length> for rows 4-13 and the lengths of the main trainers' variants:
+    one-line subclasses (``epochs = n``), made in a loop rather than written out 70 times."""
+    names = []
+    for row in range(4, 14):
+        base = globals()[f"nnUNetTrainerTable2Row{row}"]
+        for suffix, epochs in _LENGTHS.items():
+            name = f"nnUNetTrainerTable2Row{row}{suffix}"
+            globals()[name] = type(name, (base,), {"epochs": epochs, "__module__": __name__,
+                                                   "__doc__": f"Table 2 row {row}, {epochs} epoch(s)."})
+            names.append(name)
+    return names
+
+
+__all__ += ["nnUNetTrainerUKAN_kanlr", "nnUNetTrainerAllUKAN_kanlr"] + [
+    f"nnUNetTrainer{n}_kanlr_{length}" for n in ("UKAN", "AllUKAN") for length in ("1epoch", "5epochs", "50epochs")
+] + [f"nnUNetTrainerTable2Row{row}" for row in range(4, 14)] + _table2_row_short_variants()

@@ -1,0 +1,93 @@
+"""Table 2 row trainers and the reference recipe's kan_lr variants (in process, no console commands)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nnunet_allukan.networks import build_table2_network, network_summary
+from nnunet_allukan.paper import KAN_FC_LR
+from nnunet_allukan.training import trainers
+from nnunet_allukan.training.protocol import ClosedFormCosineLRScheduler, cosine_annealing_lr, is_kan_fc_parameter
+from test_trainer_protocol import _build_from_plans, _minimal_plans
+
+# Parameter totals with 3 input channels and 1 output (docs/architecture.md's Table 2 column).
+EXPECTED_PARAMETERS = {4: 2_764_561, 5: 6_356_689, 6: 2_779_345, 7: 6_356_689, 8: 2_779_345, 9: 27_492_064,
+                       10: 27_492_064, 11: 2_806_120, 12: 2_842_547, 13: 2_806_120}
+
+
+def _trainer(name: str, tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    plans = _minimal_plans("2d", [64, 64])
+    return getattr(trainers, name)(plans, "2d", 0, {"labels": {"background": 0, "lesion": 1}},
+                                   torch.device("cpu"))
+
+
+@pytest.mark.parametrize("row", range(4, 14))
+def test_every_table2_row_trainer_builds_its_row(row, tmp_path, monkeypatch):
+    trainer = _trainer(f"nnUNetTrainerTable2Row{row}", tmp_path, monkeypatch)
+    network = _build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
+    summary = network_summary(network)
+    assert summary["parameters"] == EXPECTED_PARAMETERS[row]
+    expected = network_summary(build_table2_network(row))
+    assert {k: v for k, v in summary.items() if k != "class"} == {k: v for k, v in expected.items() if k != "class"}
+    short = getattr(trainers, f"nnUNetTrainerTable2Row{row}_5epochs")
+    assert short.epochs == 5 and issubclass(short, getattr(trainers, f"nnUNetTrainerTable2Row{row}"))
+
+
+def test_rows_4_5_13_are_the_named_trainers():
+    assert issubclass(trainers.nnUNetTrainerTable2Row4, trainers.nnUNetTrainerUKAN_MLP)
+    assert issubclass(trainers.nnUNetTrainerTable2Row5, trainers.nnUNetTrainerUKAN)
+    assert issubclass(trainers.nnUNetTrainerTable2Row13, trainers.nnUNetTrainerAllUKAN)
+
+
+def _reference_kan_lr_names(network: torch.nn.Module) -> set[str]:
+    """The reference training script's selection, verbatim."""
+    return {name for name, _ in network.named_parameters() if "layer" in name.lower() and "fc" in name.lower()}
+
+
+@pytest.mark.parametrize("name,fc_parameters", [("nnUNetTrainerUKAN_kanlr", 36),
+                                                ("nnUNetTrainerAllUKAN_kanlr", 24)])
+def test_kanlr_variants_give_exactly_the_fc_layers_lr_1e2(name, fc_parameters, tmp_path, monkeypatch):
+    trainer = _trainer(name, tmp_path, monkeypatch)
+    trainer.network = _build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
+    optimizer, scheduler = trainer.configure_optimizers()
+    by_id = {id(p): n for n, p in trainer.network.named_parameters()}
+    low, high = optimizer.param_groups
+    assert low["lr"] == pytest.approx(1e-4) and high["lr"] == pytest.approx(KAN_FC_LR)
+    high_names = {by_id[id(p)] for p in high["params"]}
+    assert high_names == _reference_kan_lr_names(trainer.network)
+    assert len(high_names) == fc_parameters  # 12 fc layers x (3 KANLinear tensors | u, v)
+    assert all(".layer.fc" in n for n in high_names)
+    assert len(low["params"]) + len(high["params"]) == len(list(trainer.network.parameters()))
+    scheduler.step(10)
+    assert high["lr"] == pytest.approx(cosine_annealing_lr(10, trainer.num_epochs, KAN_FC_LR))
+    assert low["lr"] == pytest.approx(cosine_annealing_lr(10, trainer.num_epochs, 1e-4))
+
+
+def test_plain_trainers_keep_one_lr(tmp_path, monkeypatch):
+    trainer = _trainer("nnUNetTrainerUKAN", tmp_path, monkeypatch)
+    trainer.network = _build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
+    optimizer, _ = trainer.configure_optimizers()
+    assert len(optimizer.param_groups) == 1
+
+
+def test_reference_rule_is_the_reference_rule():
+    assert is_kan_fc_parameter("block1.layer.fc1.base_weight")
+    assert is_kan_fc_parameter("dblock2.layer.fc3.u")
+    assert not is_kan_fc_parameter("block1.layer.dwconv_1.dwconv.u")
+    assert not is_kan_fc_parameter("encoder1.0.weight")
+
+
+def test_scheduler_anneals_each_group_from_its_own_lr():
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([{"params": [a]}, {"params": [b], "lr": 1e-2}], lr=1e-4)
+    reference_optimizer = torch.optim.Adam([{"params": [a]}, {"params": [b], "lr": 1e-2}], lr=1e-4)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(reference_optimizer, T_max=20, eta_min=1e-5)
+    scheduler = ClosedFormCosineLRScheduler(optimizer, 1e-4, 1e-5, 20)
+    for epoch in range(20):
+        scheduler.step(epoch)
+        for group, reference_group in zip(optimizer.param_groups, reference_optimizer.param_groups):
+            assert group["lr"] == pytest.approx(reference_group["lr"], rel=1e-9)
+        reference_optimizer.step()
+        reference.step()
