@@ -270,5 +270,135 @@ def plot_overlays_main(argv: Sequence[str] | None = None) -> None:
     _run(_plot_overlays, overlays_parser(), argv)
 
 
+# ---------------------------------------------------------------------------------------------- gradients (Fig. 3b)
+def gradients_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_allukan_plot_gradients",
+        description="Paper Fig. 3b / Eq. 11-12: per layer, the mean magnitude of the spline path's input gradient "
+                    "G_S against the silu path's G_L, measured exactly for one forward/backward pass on random "
+                    "inputs (as the paper's Fig. 3b), in a trained model (-i or -d/-tr/-c/-f) or a fresh network "
+                    "(--fresh). Writes a PNG and a JSON next to it and prints the table.")
+    parser.add_argument("-i", "--checkpoint", type=Path, default=None,
+                        help="checkpoint_final.pth / checkpoint_best.pth of an nnU-Net model folder (its plans.json "
+                             "and dataset.json are read from the folder above the fold)")
+    _add_nnunet_selection(parser, several_trainers=False)
+    parser.add_argument("-f", type=int, default=0, metavar="FOLD", help="fold (default 0)")
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
+    parser.add_argument("--fresh", default=None, metavar="NETWORK",
+                        help="a freshly initialised network instead: 'fig3b' (the paper's KAN of widths 4, 128, "
+                             "128, 1; the default when no model is given) or a Table 2 row (4-13 or its name)")
+    parser.add_argument("--size", type=int, default=128,
+                        help="input side for --fresh Table 2 rows (default 128, a multiple of 32)")
+    parser.add_argument("--dim", type=int, choices=(2, 3), default=2, help="--fresh Table 2 rows: 2D or 3D")
+    parser.add_argument("--batch-size", type=int, default=2, help="random inputs per pass (fig3b: 256)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", type=Path, default=None, metavar="OUTPUT_PNG",
+                        help="output PNG (default: gradients.png next to the checkpoint; for --fresh: "
+                             "./allukan_gradients_<network>.png)")
+    return parser
+
+
+def _gradient_model(args: argparse.Namespace):
+    """(network, inputs, title, default output) for the chosen source."""
+    import torch
+
+    from nnunet_allukan.evaluation.gradients import fig3b_network
+
+    generator = torch.Generator().manual_seed(args.seed)
+    from_model = args.checkpoint is not None or args.d or args.tr
+    if args.fresh is not None and from_model:
+        raise EvaluationError("use either --fresh NETWORK or a trained model (-i / -d -tr), not both.")
+    if not from_model:
+        fresh = args.fresh or "fig3b"
+        torch.manual_seed(args.seed)
+        if fresh == "fig3b":
+            batch = 256 if args.batch_size == 2 else args.batch_size
+            network, inputs = fig3b_network(), torch.randn(batch, 4, generator=generator)
+            title = f"Fresh KAN (4, 128, 128, 1) of KA layers, {batch} random inputs"
+        else:
+            from nnunet_allukan.networks import build_table2_network, table2_row
+
+            try:
+                row = table2_row(fresh)
+            except ValueError as error:
+                raise EvaluationError(f"--fresh: {error}; or 'fig3b'") from None
+            if args.size % 32:
+                raise EvaluationError(f"--size must be a multiple of 32, got {args.size}")
+            network = build_table2_network(row.row, 3, 1, dim=args.dim, **({"grad_free": True} if row.row in
+                                                                              (11, 12, 13) else {}))
+            inputs = torch.randn(args.batch_size, 3, *([args.size] * args.dim), generator=generator)
+            title = f"Fresh Table 2 row {row.row} ({row.description}), {args.dim}D, random inputs"
+        return network, inputs, title, Path(f"allukan_gradients_{fresh}.png").resolve()
+    return _trained_gradient_model(args, generator)
+
+
+def _trained_gradient_model(args: argparse.Namespace, generator):
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_allukan.evaluation.activations import load_state_dict
+    from nnunet_allukan.evaluation.collect import read_json
+
+    checkpoint = _checkpoint_path(args)
+    state = load_state_dict(checkpoint)
+    model_folder = checkpoint.parent.parent
+    plans, dataset_json = (read_json(model_folder / name) for name in ("plans.json", "dataset.json"))
+    configuration = next((c for c in plans.get("configurations", {}) if model_folder.name.endswith(f"__{c}")),
+                         args.c)
+    plans_manager = PlansManager(plans)
+    try:
+        configuration_manager = plans_manager.get_configuration(configuration)
+    except Exception:
+        raise EvaluationError(f"{model_folder / 'plans.json'} has no configuration {configuration!r}.") from None
+    architecture = configuration_manager.configuration["architecture"]
+    input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                                     architecture["_kw_requires_import"], input_channels, outputs,
+                                     allow_init=False, deep_supervision=False)
+    try:
+        network.load_state_dict({k: torch.from_numpy(v).float() for k, v in state.items()})
+    except RuntimeError as error:
+        raise EvaluationError(f"{checkpoint}: its weights do not fit the network recorded in "
+                              f"{model_folder / 'plans.json'} ({str(error).splitlines()[0]}).") from None
+    patch = [int(s) for s in configuration_manager.patch_size]
+    inputs = torch.randn(args.batch_size, input_channels, *patch, generator=generator)
+    title = f"{model_folder.name} fold {checkpoint.parent.name}, {checkpoint.name}, random inputs {patch}"
+    return network, inputs, title, checkpoint.parent / "gradients.png"
+
+
+def _plot_gradients(args: argparse.Namespace) -> None:
+    import json
+
+    from nnunet_allukan.evaluation.gradients import plot_gradients, results_as_dicts, spline_and_silu_gradients
+    from nnunet_allukan.evaluation.output import save_atomically
+
+    if args.batch_size < 1:
+        raise EvaluationError(f"--batch-size must be >= 1, got {args.batch_size}")
+    network, inputs, title, default_output = _gradient_model(args)
+    output = args.o or default_output
+    print(f"Measuring G_S and G_L per layer: {title}", flush=True)
+    try:
+        results = spline_and_silu_gradients(network, inputs)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
+    print("| layer | type | mean abs G_S | mean abs G_L | G_S / G_L |\n|---|---|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.layer} | {r.kind} | {r.mean_abs_spline:.3e} | {r.mean_abs_silu:.3e} | {r.ratio:.3g} |")
+    ratios = sorted(r.ratio for r in results)
+    print(f"G_S / G_L over {len(ratios)} layers: median {ratios[len(ratios) // 2]:.3g}, max {ratios[-1]:.3g}")
+    plot_gradients(results, output, title)
+    record = {"title": title, "layers": results_as_dicts(results)}
+    json_path = output.with_suffix(".json")
+    save_atomically(json_path, lambda path: Path(path).write_text(json.dumps(record, indent=1)))
+    print(f"Wrote: {output}\nWrote: {json_path}")
+
+
+def plot_gradients_main(argv: Sequence[str] | None = None) -> None:
+    _run(_plot_gradients, gradients_parser(), argv)
+
+
 if __name__ == "__main__":  # pragma: no cover
     evaluate_main()
