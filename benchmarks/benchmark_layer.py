@@ -1,6 +1,8 @@
-"""One KAonv layer, forward + backward: time and peak memory of each implementation, as ratios to nn.Conv2d.
+"""One KAonv layer, forward + backward: time and peak memory of each implementation, as ratios to nn.Conv2d/3d.
 
     python benchmarks/benchmark_layer.py [--batch 2 --channels 32 --size 128 --kernel 3] [--device cpu|cuda]
+    python benchmarks/benchmark_layer.py --depthwise --channels 128 --size 64 --variants nn.Conv "KAConv fast grad-free"
+    python benchmarks/benchmark_layer.py --dims 3 --channels 32 --size 48 --variants nn.Conv "KAConv fast grad-free"
 
 Time: median over ``--repeats`` interleaved rounds (one step of every variant per round) after warm-up.
 Peak memory: every variant in a fresh process (``--child``), on CPU as growth of the peak RSS.
@@ -21,27 +23,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
 from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
 
-from nnunet_allukan.layers import KAConv2d, KANConv2d  # noqa: E402
+from nnunet_allukan.layers import KAConv2d, KAConv3d, KANConv2d  # noqa: E402
 from nnunet_allukan.layers.splines import compiled_kernels_enabled  # noqa: E402
 
+# name -> builder(channels, kernel, dims, groups); "nn.Conv" is the baseline every ratio refers to.
 VARIANTS = {
-    "nn.Conv2d": lambda c, k: nn.Conv2d(c, c, k, padding=k // 2),
-    "KAConv2d fast grad-free": lambda c, k: KAConv2d(c, c, k, padding=k // 2, grad_free=True),
-    "KAConv2d fast full-grad": lambda c, k: KAConv2d(c, c, k, padding=k // 2, grad_free=False),
-    "KAConv2d reference grad-free": lambda c, k: KAConv2d(c, c, k, padding=k // 2, grad_free=True,
-                                                          implementation="reference"),
-    "KAConv2d reference full-grad": lambda c, k: KAConv2d(c, c, k, padding=k // 2, grad_free=False,
-                                                          implementation="reference"),
-    "KANConv2d (vanilla, full-grad)": lambda c, k: KANConv2d(c, c, k, padding=k // 2),
+    "nn.Conv": lambda c, k, nd, g: (nn.Conv2d if nd == 2 else nn.Conv3d)(c, c, k, padding=k // 2, groups=g),
+    "KAConv fast grad-free": lambda c, k, nd, g: (KAConv2d if nd == 2 else KAConv3d)(c, c, k, padding=k // 2,
+                                                                                     groups=g, grad_free=True),
+    "KAConv fast full-grad": lambda c, k, nd, g: (KAConv2d if nd == 2 else KAConv3d)(c, c, k, padding=k // 2,
+                                                                                     groups=g, grad_free=False),
+    "KAConv reference grad-free": lambda c, k, nd, g: (KAConv2d if nd == 2 else KAConv3d)(
+        c, c, k, padding=k // 2, groups=g, grad_free=True, implementation="reference"),
+    "KAConv reference full-grad": lambda c, k, nd, g: (KAConv2d if nd == 2 else KAConv3d)(
+        c, c, k, padding=k // 2, groups=g, grad_free=False, implementation="reference"),
+    "KANConv2d (vanilla, full-grad)": lambda c, k, nd, g: KANConv2d(c, c, k, padding=k // 2, groups=g),
 }
 
 
 def make_step(name: str, a: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
-    layer = VARIANTS[name](a.channels, a.kernel).to(device)
-    if "KAConv2d" in name:
+    layer = VARIANTS[name](a.channels, a.kernel, a.dims, a.channels if a.depthwise else 1).to(device)
+    if "KAConv" in name:
         layer.chunk_size = a.chunk_size
-    x = torch.randn(a.batch, a.channels, a.size, a.size, device=device, requires_grad=True)
+    x = torch.randn(a.batch, a.channels, *([a.size] * a.dims), device=device, requires_grad=True)
 
     def step():
         layer.zero_grad(set_to_none=True)
@@ -51,12 +56,43 @@ def make_step(name: str, a: argparse.Namespace, device: torch.device):
     return step
 
 
+def measure(a: argparse.Namespace) -> dict:
+    """Median fwd+bwd time of every variant over interleaved rounds, peak memory of each in a fresh process."""
+    device = torch.device(a.device)
+    steps = {name: make_step(name, a, device) for name in a.variants}
+    # Interleaved rounds (one step of every variant per round) so that drifting load on a shared machine
+    # affects all variants alike; the median over rounds is reported.
+    for step in steps.values():
+        median_time(step, device, a.warmup, 0)
+    rounds = {name: [] for name in steps}
+    for _ in range(a.repeats):
+        for name, step in steps.items():
+            rounds[name].append(median_time(step, device, 0, 1))
+    times = {name: statistics.median(ts) for name, ts in rounds.items()}
+    base_args = [a_ for k, v in vars(a).items() if k not in ("variants", "json", "child", "depthwise") and
+                 v is not None for a_ in (f"--{k.replace('_', '-')}", str(v))] + (["--depthwise"] if a.depthwise else [])
+    mems = {}
+    for name in a.variants:
+        res = run_in_fresh_process(__file__, base_args + ["--child", name])
+        mems[name] = res.get("peak_bytes", float("nan"))
+        if "error" in res:
+            print(f"  memory of {name}: failed ({res['error']})")
+    return {"time_s": times, "peak_bytes": mems}
+
+
+def describe(a: argparse.Namespace) -> str:
+    return (f"B={a.batch} C={a.channels} {'x'.join([str(a.size)] * a.dims)}, kernel {a.kernel}"
+            f"{', depthwise' if a.depthwise else ''}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--kernel", type=int, default=3)
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: KAConv2d vs nn.Conv2d, 3: KAConv3d vs nn.Conv3d")
+    p.add_argument("--depthwise", action="store_true", help="groups = channels")
     p.add_argument("--chunk-size", type=int, default=None, help="KAConv2d chunk_size (default: all channels)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -80,34 +116,18 @@ def main() -> int:
         print(json.dumps({"peak_bytes": peak_memory_of(step, device)}))
         return 0
 
-    print(f"shape B={a.batch} C={a.channels} {a.size}x{a.size}, kernel {a.kernel}, device {device}, "
-          f"threads {torch.get_num_threads()}, compiled basis kernels: {compiled_kernels_enabled(device.type)}")
-    steps = {name: make_step(name, a, device) for name in a.variants}
-    # Interleaved rounds (one step of every variant per round) so that drifting load on a shared machine
-    # affects all variants alike; the median over rounds is reported.
-    for step in steps.values():
-        median_time(step, device, a.warmup, 0)
-    rounds = {name: [] for name in steps}
-    for _ in range(a.repeats):
-        for name, step in steps.items():
-            rounds[name].append(median_time(step, device, 0, 1))
-    times = {name: statistics.median(ts) for name, ts in rounds.items()}
-    base_args = [a_ for k, v in vars(a).items() if k not in ("variants", "json", "child") and v is not None
-                 for a_ in (f"--{k.replace('_', '-')}", str(v))]
-    mems = {}
-    for name in a.variants:
-        res = run_in_fresh_process(__file__, base_args + ["--child", name])
-        mems[name] = res.get("peak_bytes", float("nan"))
-        if "error" in res:
-            print(f"  memory of {name}: failed ({res['error']})")
-    t0, m0 = times.get("nn.Conv2d"), mems.get("nn.Conv2d")
-    print("\n| variant | time fwd+bwd | x nn.Conv2d | peak memory | x nn.Conv2d |")
+    print(f"shape {describe(a)}, device {device}, threads {torch.get_num_threads()}, "
+          f"compiled basis kernels: {compiled_kernels_enabled(device.type)}")
+    res = measure(a)
+    times, mems = res["time_s"], res["peak_bytes"]
+    t0, m0 = times.get("nn.Conv"), mems.get("nn.Conv")
+    print("\n| variant | time fwd+bwd | x nn.Conv | peak memory | x nn.Conv |")
     print("|---|---:|---:|---:|---:|")
     for name in a.variants:
         tr = f"{times[name] / t0:.2f}" if t0 else "-"
         mr = f"{mems[name] / m0:.2f}" if m0 else "-"
         print(f"| {name} | {times[name] * 1e3:.1f} ms | {tr} | {fmt_bytes(mems[name])} | {mr} |")
-    fg, rg = "KAConv2d fast grad-free", "KAConv2d reference grad-free"
+    fg, rg = "KAConv fast grad-free", "KAConv reference grad-free"
     if fg in times and rg in times:
         print(f"\nfast vs reference (grad-free): {times[rg] / times[fg]:.1f}x faster, {mems[rg] / max(mems[fg], 1):.1f}x"
               f" less peak memory")

@@ -287,24 +287,29 @@ def _piece_lambda_window_sums(geo: _ConvGeometry, x_pad: torch.Tensor, lam: torc
 
 
 class _KAConvFunction(torch.autograd.Function):
-    """Fast KAonv (no lambda) as one convolution of an augmented input; saves only (x, u, v), as a convolution
-    saves (x, w).
+    """Fast KAonv (no lambda); saves only (x, u, v), as a convolution saves (x, w).
 
     Per group, the KA layer of a receptive field is (Eq. 7) ``sum_{c,tap} u[o,c,tap] silu(x_c) +
-    sum_k v[o,k] sum_tap S_k`` with ``S_k = sum_c B_k(x_c)``: a convolution of ``[silu(x), S]`` with the weight
-    ``[u, v broadcast over the taps]``. Groups with one output (depthwise) use the single map
-    ``sum_k v[o,k] S_k`` with weight 1 instead of the n_bases maps S_k. Padded zeros are KA inputs too and add
-    ``C_g B(0)`` per tap to S: the augmented input carries ``S - C_g B(0)``, which the convolution's zero
-    padding then pads exactly, and the constant ``n_taps C_g v B(0)`` is added to the output. Backward
-    recomputes the augmented input (one pass over x) and runs one ``convolution_backward``: its weight gradient
-    holds u's and (summed over the taps) v's gradient (Eq. 9), its input gradient the silu path's G_L
-    (Eq. 11) and, for ``grad_free=False``, what the spline path's gradient needs.
+    sum_k v[o,k] sum_tap S_k`` with ``S_k = sum_c B_k(x_c)``, i.e. one convolution of the augmented input
+    ``[silu(x), S]`` with the weight ``[u, v broadcast over the taps]``. Groups with one output (depthwise) need
+    only the activation map ``Phi = sum_k v[o,k] S_k``: a convolution of silu(x) plus a window sum of Phi.
+    Padded zeros are KA inputs too and add ``C_g B(0)`` per tap to S: the kernels return ``S - C_g B(0)`` (and
+    ``Phi - C_g phi(0)``), which the convolutions' zero padding then pads exactly, and the constant
+    ``n_taps C_g v B(0)`` is added to the output. Backward recomputes silu(x) and S (one pass over x) and
+    uses ``convolution_backward``: the weight gradient holds u's and (summed over the taps) v's gradient
+    (Eq. 9), the input gradient the silu path's G_L (Eq. 11) and what the spline path's gradient needs.
     """
 
     @staticmethod
     def forward(ctx, x, u, v, bias, geo: _ConvGeometry):
-        z, w = _augmented_conv_operands(geo, x, u, v)
-        y = geo.conv(z, w, geo.groups, geo.padding)
+        b, sp, g, cg = x.shape[0], x.shape[2:], geo.groups, geo.cin_g
+        if geo.one_output_per_group:
+            silu, phi = silu_and_activation_sums(x.reshape(b, g, cg, *sp), v, geo.grid, any(geo.padding))
+            y = geo.conv(silu.reshape(x.shape), u, g, geo.padding)
+            y = y + _window_sums(geo, phi)
+        else:
+            z = silu_and_basis_sums(x.reshape(b, g, cg, *sp), geo.grid, any(geo.padding))  # [B, G, cg + nb, *sp]
+            y = geo.conv(z.reshape(b, -1, *sp), _augmented_weight(geo, u, v), g, geo.padding)
         offset = _padding_offset(geo, v)  # [C_out] or None
         if offset is not None:
             bias = offset if bias is None else bias + offset
@@ -320,32 +325,49 @@ class _KAConvFunction(torch.autograd.Function):
         x, u, v = ctx.saved_tensors
         geo: _ConvGeometry = ctx.geo
         need_x, need_u, need_v, need_bias, _ = ctx.needs_input_grad
-        nd, nb, cg, grid = geo.nd, geo.grid.n_bases, geo.cin_g, geo.grid
+        nd, nb, cg, g, grid = geo.nd, geo.grid.n_bases, geo.cin_g, geo.groups, geo.grid
         b, sp = x.shape[0], x.shape[2:]
+        xg = x.reshape(b, g, cg, *sp)
         gy = gy.contiguous()
-        z, w = _augmented_conv_operands(geo, x, u, v)
-        gz, gw, _ = torch.ops.aten.convolution_backward(
-            gy, z, w, None, list(geo.stride), list(geo.padding), list(geo.dilation), False, [0] * nd, geo.groups,
-            [need_x or need_v and geo.one_output_per_group, need_u or need_v and not geo.one_output_per_group, False])
-        del z
         grad_x = grad_u = grad_v = grad_bias = None
         gy_sum = gy.sum(dim=[0] + list(range(2, gy.dim()))) if need_bias or need_v and any(geo.padding) else None
-        if need_u:
-            grad_u = gw[:, :cg]
         if geo.one_output_per_group:
+            gin = None
+            if need_x or need_u:
+                gin, grad_u, _ = torch.ops.aten.convolution_backward(
+                    gy, F.silu(x), u, None, list(geo.stride), list(geo.padding), list(geo.dilation), False,
+                    [0] * nd, g, [need_x, need_u, False])
             if need_x or need_v:
-                gz = gz.reshape(b, geo.groups, cg + 1, *sp)
-                grad_x, grad_v = silu_and_activation_sums_backward(x.reshape(b, geo.groups, cg, *sp), gz, v, grid,
-                                                                   any(geo.padding), not geo.grad_free)
-                grad_x = grad_x.reshape(x.shape)
+                g_phi = _window_sums_adjoint(geo, gy, sp)  # dL/dPhi
+                grad_x, grad_v = silu_and_activation_sums_backward(
+                    xg, torch.zeros_like(x) if gin is None else gin, g_phi, v, grid, any(geo.padding),
+                    not geo.grad_free)
+                grad_x = grad_x.reshape(x.shape) if need_x else None
         else:
-            if need_v:
-                grad_v = gw[:, cg:].sum(dim=list(range(2, 2 + nd)))
+            conv_args = (list(geo.stride), list(geo.padding), list(geo.dilation), False, [0] * nd, g)
+            gz = None
+            if need_u or need_v or need_x and not geo.grad_free:
+                z = silu_and_basis_sums(xg, grid, any(geo.padding)).reshape(b, -1, *sp)
+                spline_x = need_x and not geo.grad_free  # needs dL/dS: the input gradient of all of z
+                gz, gw, _ = torch.ops.aten.convolution_backward(
+                    gy, z, _augmented_weight(geo, u, v), None, *conv_args, [spline_x, need_u or need_v, False])
+                del z
+                if need_u:
+                    grad_u = gw[:, :cg]
+                if need_v:
+                    grad_v = gw[:, cg:].sum(dim=list(range(2, 2 + nd)))
+                del gw
             if need_x:
-                gz = gz.reshape(b, geo.groups, cg + nb, *sp)
-                xg = x.reshape(b, geo.groups, cg, *sp)
-                grad_x = torch.ops.aten.silu_backward(gz[:, :, :cg], xg)
-                if not geo.grad_free:  # spline path: sum_k dL/dS_k B'_k(x_c)
+                if gz is None:  # grad-free: only silu's channels need an input gradient (x stands in for silu(x))
+                    gin = torch.ops.aten.convolution_backward(gy, x, u, None, *conv_args, [True, False, False])[0]
+                    gin = gin.reshape(b, g, cg, *sp)
+                else:
+                    gz = gz.reshape(b, g, cg + nb, *sp)
+                    gin = gz[:, :, :cg]
+                # G_L of Eq. 11: silu'(x) dL/dsilu, in place (the convolution's fresh output)
+                grad_x = torch.ops.aten.silu_backward.grad_input(gin, xg, grad_input=gin) if gz is None else \
+                    torch.ops.aten.silu_backward(gin, xg)
+                if gz is not None:  # spline path: sum_k dL/dS_k B'_k(x_c)
                     grad_x = grad_x + basis_derivative_dot(xg, gz[:, :, cg:], grid).to(grad_x.dtype)
                 grad_x = grad_x.reshape(x.shape)
         if need_v:
@@ -357,19 +379,28 @@ class _KAConvFunction(torch.autograd.Function):
         return grad_x, grad_u, grad_v, grad_bias, None
 
 
-def _augmented_conv_operands(geo: _ConvGeometry, x: torch.Tensor, u: torch.Tensor,
-                             v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The augmented input and weight of :class:`_KAConvFunction`'s one convolution."""
-    b, sp, cg, g = x.shape[0], x.shape[2:], geo.cin_g, geo.groups
-    xg = x.reshape(b, g, cg, *sp)
+def _augmented_weight(geo: _ConvGeometry, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``[u, v broadcast over the taps]``: [C_out, cg + nb, *kernel], the weight of the augmented input."""
     taps = (1,) * geo.nd
-    if geo.one_output_per_group:
-        z = silu_and_activation_sums(xg, v, geo.grid, any(geo.padding))  # [B, G, cg + 1, *sp]
-        w = torch.cat([u, u.new_ones((u.shape[0], 1) + geo.kernel)], dim=1)
-    else:
-        z = silu_and_basis_sums(xg, geo.grid, any(geo.padding))  # [B, G, cg + nb, *sp]
-        w = torch.cat([u, v.reshape(*v.shape, *taps).expand(*v.shape, *geo.kernel)], dim=1)
-    return z.reshape(b, -1, *sp), w.to(x.dtype)
+    return torch.cat([u, v.reshape(*v.shape, *taps).expand(*v.shape, *geo.kernel).to(u.dtype)], dim=1)
+
+
+def _is_pointwise(geo: _ConvGeometry) -> bool:
+    return all(k == 1 for k in geo.kernel) and all(s == 1 for s in geo.stride) and not any(geo.padding)
+
+
+def _window_sums(geo: _ConvGeometry, phi: torch.Tensor) -> torch.Tensor:
+    """Sums of the activation map over every receptive field: ``[B, G, *sp] -> [B, G, *sp_out]``."""
+    if _is_pointwise(geo):
+        return phi
+    return geo.conv(phi, phi.new_ones((phi.shape[1], 1) + geo.kernel), phi.shape[1], geo.padding)
+
+
+def _window_sums_adjoint(geo: _ConvGeometry, gy: torch.Tensor, sp_in: Sequence[int]) -> torch.Tensor:
+    if _is_pointwise(geo):
+        return gy
+    ones = gy.new_ones((gy.shape[1], 1) + geo.kernel)
+    return geo.conv_input_grad((gy.shape[0], gy.shape[1]) + tuple(sp_in), ones, gy, gy.shape[1], geo.padding)
 
 
 def _padding_offset(geo: _ConvGeometry, v: torch.Tensor) -> Optional[torch.Tensor]:

@@ -198,8 +198,8 @@ def _augmented_input_eager(x: torch.Tensor, t0: float, h: float, n_bases: int, o
 
 
 def _activation_input_eager(x: torch.Tensor, v: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
-                            b0: tuple[float, ...] | None) -> torch.Tensor:
-    """x [B, G, C, P], v [G, n_bases] -> [B, G, C + 1, P]: ``silu(x)`` and ``sum_c phi_g(x_c) - C phi_g(0)``.
+                            b0: tuple[float, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, G, C, P], v [G, n_bases] -> (``silu(x)`` [B, G, C, P], ``sum_c phi_g(x_c) - C phi_g(0)`` [B, G, 1, P]).
 
     phi_g = sum_k v[g, k] B_k is the learned activation of a group with one output (depthwise KAonv): one map
     per group instead of n_bases."""
@@ -212,23 +212,23 @@ def _activation_input_eager(x: torch.Tensor, v: torch.Tensor, t0: float, h: floa
         term = _cardinal(s - k, order).sum(2, keepdim=True) - _shift(c, b0, k)
         term = term * vc[:, k].reshape(1, -1, 1, 1)
         phi = term if phi is None else phi + term
-    return torch.cat([F.silu(xc), phi], dim=2).to(x.dtype)
+    return F.silu(xc).to(x.dtype), phi.to(x.dtype)
 
 
-def _activation_input_backward_eager(x: torch.Tensor, g: torch.Tensor, v: torch.Tensor, t0: float, h: float,
-                                     n_bases: int, order: int, b0: tuple[float, ...] | None,
+def _activation_input_backward_eager(x: torch.Tensor, g_silu: torch.Tensor, g_phi: torch.Tensor, v: torch.Tensor,
+                                     t0: float, h: float, n_bases: int, order: int, b0: tuple[float, ...] | None,
                                      full_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients through :func:`_activation_input_eager`, given g = dL/d(its output) [B, G, C + 1, P].
+    """Gradients through :func:`_activation_input_eager`, given g_silu [B, G, C, P] and g_phi [B, G, 1, P], the
+    gradients of its two outputs.
 
     Returns (dL/dx [B, G, C, P] in x's dtype, dL/dv [G, n_bases] in the compute dtype). The x gradient is the
     silu path's (plus, with ``full_grad``, the spline path's through phi')."""
     cdt = _compute_dtype(x)
     xc = x.to(cdt)
     c = x.shape[2]
-    g_silu = g[:, :, :c].to(cdt)
-    g_phi = g[:, :, c:].to(cdt)  # [B, G, 1, P]
+    g_phi = g_phi.to(cdt)
     sig = torch.sigmoid(xc)
-    gx = g_silu * sig * (1.0 + xc * (1.0 - sig))
+    gx = g_silu.to(cdt) * sig * (1.0 + xc * (1.0 - sig))
     s = (xc - t0) * (1.0 / h)
     gv = []
     dphi = None
@@ -361,30 +361,35 @@ def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, zero_padded: bool) ->
         return out.reshape(b, g, c + grid.n_bases, *x.shape[3:])
 
 
-def silu_and_activation_sums(x: torch.Tensor, v: torch.Tensor, grid: SplineGrid, zero_padded: bool) -> torch.Tensor:
-    """For groups with one output each (depthwise): ``[B, G, C, *sp] -> [B, G, C + 1, *sp]`` holding ``silu(x)``
-    and ``sum_c phi_g(x_c)`` with ``phi_g = sum_k v[g, k] B_k`` (minus ``C * phi_g(0)`` when ``zero_padded``).
-    No autograd; :func:`silu_and_activation_sums_backward` gives the gradients."""
+def silu_and_activation_sums(x: torch.Tensor, v: torch.Tensor, grid: SplineGrid,
+                             zero_padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """For groups with one output each (depthwise): one pass over x ``[B, G, C, *sp]``, no autograd, giving
+    ``silu(x)`` (x's shape) and ``sum_c phi_g(x_c)`` ``[B, G, *sp]`` with ``phi_g = sum_k v[g, k] B_k`` (minus
+    ``C * phi_g(0)`` when ``zero_padded``), in x's dtype. :func:`silu_and_activation_sums_backward` gives the
+    gradients."""
     with torch.no_grad():
         b, g, c = x.shape[:3]
         xc = x.reshape(b, g, c, -1).contiguous()
         b0 = zero_bases(grid) if zero_padded else None
-        out = _run_kernel("activation_input", xc, v.reshape(g, -1).contiguous(), grid.t0, grid.h, grid.n_bases,
-                          grid.spline_order, b0)
-        return out.reshape(b, g, c + 1, *x.shape[3:])
+        silu, phi = _run_kernel("activation_input", xc, v.reshape(g, -1).contiguous(), grid.t0, grid.h,
+                                grid.n_bases, grid.spline_order, b0)
+        return silu.reshape(x.shape), phi.reshape(b, g, *x.shape[3:])
 
 
-def silu_and_activation_sums_backward(x: torch.Tensor, grad_out: torch.Tensor, v: torch.Tensor, grid: SplineGrid,
-                                      zero_padded: bool, full_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`silu_and_activation_sums` for ``grad_out`` ``[B, G, C + 1, *sp]``: ``(dL/dx, dL/dv)``
-    with dL/dx of x's shape and dtype (the silu path only unless ``full_grad``) and dL/dv ``[G, n_bases]``."""
+def silu_and_activation_sums_backward(x: torch.Tensor, grad_silu: torch.Tensor, grad_phi: torch.Tensor,
+                                      v: torch.Tensor, grid: SplineGrid, zero_padded: bool,
+                                      full_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`silu_and_activation_sums` given those of its outputs (``grad_silu`` of x's shape,
+    ``grad_phi`` ``[B, G, *sp]``): ``(dL/dx, dL/dv)``, dL/dx of x's shape and dtype (the silu path only unless
+    ``full_grad``), dL/dv ``[G, n_bases]``."""
     with torch.no_grad():
         b, g, c = x.shape[:3]
         xc = x.reshape(b, g, c, -1).contiguous()
-        gc = grad_out.reshape(b, g, c + 1, -1).contiguous()
+        gs = grad_silu.reshape(b, g, c, -1).contiguous()
+        gp = grad_phi.reshape(b, g, 1, -1).contiguous()
         b0 = zero_bases(grid) if zero_padded else None
-        gx, gv = _run_kernel("activation_input_backward", xc, gc, v.reshape(g, -1).contiguous(), grid.t0, grid.h,
-                             grid.n_bases, grid.spline_order, b0, bool(full_grad))
+        gx, gv = _run_kernel("activation_input_backward", xc, gs, gp, v.reshape(g, -1).contiguous(), grid.t0,
+                             grid.h, grid.n_bases, grid.spline_order, b0, bool(full_grad))
         return gx.reshape(x.shape), gv
 
 
