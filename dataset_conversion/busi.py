@@ -15,13 +15,14 @@ from pathlib import Path
 
 from dataset_conversion.common import CaseSource, ConversionError, DatasetInfo, locate_source_folder, \
     raise_problems, sanitize_id, visible_entries
+from nnunet_allukan.paper import INPUT_SIZES
 
 INFO = DatasetInfo(
     key="busi",
     name="BUSI",
     default_id=601,
     label_name="tumor",
-    default_size=256,
+    default_size=INPUT_SIZES["busi"],
     source_description="the folder Dataset_BUSI_with_GT/ (holding benign/, malignant/, normal/) or its parent",
     description="Breast ultrasound images, benign and malignant tumours (normal images optional); "
                 "masks of one image united",

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from dataset_conversion.common import CaseSource, DatasetInfo, locate_source_folder, raise_problems, sanitize_id, \
     visible_entries
+from nnunet_allukan.paper import INPUT_SIZES
 
 INFO = DatasetInfo(
     key="cvc",
     name="CVCClinicDB",
     default_id=603,
     label_name="polyp",
-    default_size=256,
+    default_size=INPUT_SIZES["cvc"],
     source_description="the folder holding Original/ and 'Ground Truth/' (TIF or PNG redistribution)",
     description="Colonoscopy frames (31 sequences), polyp segmentation; soft mask edges thresholded",
     reference="Bernal J et al. WM-DOVA maps for accurate polyp highlighting in colonoscopy: Validation vs. "

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from dataset_conversion.common import CaseSource, DatasetInfo, locate_source_folder, raise_problems, sanitize_id, \
     visible_entries
+from nnunet_allukan.paper import INPUT_SIZES
 
 INFO = DatasetInfo(
     key="glas",
     name="GlaS",
     default_id=602,
     label_name="gland",
-    default_size=512,
+    default_size=INPUT_SIZES["glas"],
     source_description="the folder 'Warwick QU Dataset (Released 2016_07_08)/' (holding train_1.bmp, "
                        "train_1_anno.bmp, ...)",
     description="Colon histology (H&E), gland segmentation; train, testA and testB pooled; "

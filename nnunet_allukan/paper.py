@@ -22,8 +22,8 @@ BCE_WEIGHT: float = 0.5  # loss = 0.5 * BCE + (1 - Dice)
 DICE_SMOOTH: float = 1e-5
 # Reference script: lr of the parameters whose name contains 'layer' and 'fc' (its --kan_lr).
 KAN_FC_LR: float = 1e-2
-# Inputs resized to this side length by the reference data loader (BUSI, GlaS, CVC at 256x256).
-INPUT_SIZE: int = 256
+# Square input side per dataset (Sec. 4.1: BUSI and CVC-ClinicDB at 256x256, GlaS at 512x512).
+INPUT_SIZES: dict[str, int] = {"busi": 256, "cvc": 256, "glas": 512}
 
 # --- network (Sec. 3.3; reference U-KAN defaults) ---
 EMBED_DIMS: tuple[int, int, int] = (128, 160, 256)
@@ -79,6 +79,6 @@ TABLE2_GPU_MEMORY_GB: dict[int, float | None] = {4: 2.49, 5: 2.52, 6: 2.49, 7: 2
 BATCH1_GPU_MEMORY_GB: dict[int, float] = {9: 12.19, 10: 10.48, 13: 0.597}
 
 # Table 3 (BUSI, batch 8, 256x256): GPU memory in GB and time per step in s; ALL U-KAN ("Ours") per chunk size.
-TABLE3: dict[str, tuple[float, float]] = {"U-KAN_MLP": (2.49, 0.24), "U-KAN": (2.52, 0.27), "ALL U-KAN chunk 8": (3.82, 2.27),
-                                          "ALL U-KAN chunk 32": (4.44, 1.37), "ALL U-KAN chunk 64": (6.20, 1.22),
-                                          "ALL U-KAN chunk 512": (12.59, 1.14)}
+TABLE3: dict[str, tuple[float, float]] = {
+    "U-KAN_MLP": (2.49, 0.24), "U-KAN": (2.52, 0.27), "ALL U-KAN chunk 8": (3.82, 2.27),
+    "ALL U-KAN chunk 32": (4.44, 1.37), "ALL U-KAN chunk 64": (6.20, 1.22), "ALL U-KAN chunk 512": (12.59, 1.14)}

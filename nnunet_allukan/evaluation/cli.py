@@ -322,8 +322,10 @@ def _gradient_model(args: argparse.Namespace):
                 row = table2_row(fresh)
             except ValueError as error:
                 raise EvaluationError(f"--fresh: {error}; or 'fig3b'") from None
-            if args.size % 32:
-                raise EvaluationError(f"--size must be a multiple of 32, got {args.size}")
+            from nnunet_allukan.paper import DIVISOR
+
+            if args.size % DIVISOR:
+                raise EvaluationError(f"--size must be a multiple of {DIVISOR}, got {args.size}")
             network = build_table2_network(row.row, 3, 1, dim=args.dim, **({"grad_free": True} if row.row in
                                                                               (11, 12, 13) else {}))
             inputs = torch.randn(args.batch_size, 3, *([args.size] * args.dim), generator=generator)

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nnunet_allukan.paper import DIVISOR
+
 DEMO_DATASET_ID = 701
 DEMO_TRAINER = "nnUNetTrainerAllUKAN_50epochs"
 DEMO_FOLD = 0
@@ -144,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_demo(args: argparse.Namespace) -> Path:
     from dataset_conversion.synthetic import make_synthetic_busi
 
-    if args.size < 32 or args.size % 32:
-        raise ValueError(f"--size must be a positive multiple of 32 (five 2x down-samplings), got {args.size}")
+    if args.size < DIVISOR or args.size % DIVISOR:
+        raise ValueError(f"--size must be a positive multiple of {DIVISOR} (five 2x down-samplings), got {args.size}")
     if args.benign + args.malignant < 10:
         raise ValueError("need at least 10 benign + malignant cases for an 80/20 split with a useful held-out set")
     output = args.output_folder.resolve()
