@@ -169,8 +169,11 @@ def test_continue_training_resumes_the_exact_cosine_schedule(trained):
     expected = [cosine_annealing_lr(e, NUM_EPOCHS) for e in range(NUM_EPOCHS)]
     assert trained["resumed"]["logging"]["lrs"] == pytest.approx(expected, rel=1e-12)
     assert trained["interrupted"]["logging"]["lrs"] == pytest.approx(expected[:resumed_from], rel=1e-12)
-    # the continued run started where the checkpoint ended, not at epoch 0
+    # the continued run started where the checkpoint ended, not at epoch 0, and says so
     assert f"Epoch {resumed_from}" in trained["resumed_output"] and "Epoch 0\n" not in trained["resumed_output"]
+    lr = f"{cosine_annealing_lr(resumed_from, NUM_EPOCHS):g}"
+    assert (f"Continuing training from {trained['fold'] / 'checkpoint_best.pth'}: epoch {resumed_from} of "
+            f"{NUM_EPOCHS}, learning rate {lr}") in trained["resumed_output"]
 
 
 def test_validation_only_rerun(trained, nnunet_env):
@@ -210,7 +213,8 @@ def test_find_best_configuration_accepts_the_trainer(trained, nnunet_env):
     assert (Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / "inference_instructions.txt").is_file()
 
 
-def _train_in_process(preprocessed: Path, monkeypatch, results: Path, dataset_json: dict | None = None):
+def _train_in_process(preprocessed: Path, monkeypatch, results: Path, dataset_json: dict | None = None,
+                      trainer_name: str = "nnUNetTrainerAllUKAN_1epoch", before_run=None):
     """The trainer nnU-Net's lookup finds, built like nnUNetv2_train builds it; run_training without validation."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
@@ -222,9 +226,11 @@ def _train_in_process(preprocessed: Path, monkeypatch, results: Path, dataset_js
     plans["continue_training"] = False
     if dataset_json is None:
         dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    trainer_class = recursive_find_trainer_class_by_name("nnUNetTrainerAllUKAN_1epoch")
+    trainer_class = recursive_find_trainer_class_by_name(trainer_name)
     trainer = trainer_class(plans=plans, configuration="2d", fold=0, dataset_json=dataset_json,
                             device=torch.device("cpu"))
+    if before_run is not None:
+        before_run(trainer)
     trainer.run_training()
     return trainer
 
@@ -252,3 +258,36 @@ def test_several_foreground_labels_train_with_softmax_and_k_plus_1_outputs(prepr
         output = trainer.network(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
     assert output.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert np.isfinite(trainer.logger.get_value("train_losses", step=-1))
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(preprocessed, monkeypatch, tmp_path):
+    """A corrupt case (NaN in the batch) in epoch 1 of 2: a clear stop; epoch 0's checkpoint untouched."""
+    state = {}
+
+    def corrupt_epoch_1(trainer):
+        original = trainer.train_step
+
+        def train_step(batch):
+            if trainer.current_epoch == 1:
+                batch["data"][0, 0, 0, 0] = float("nan")
+                best = Path(trainer.output_folder) / "checkpoint_best.pth"
+                state.setdefault("best", (best.stat().st_mtime_ns, best.read_bytes()))
+            return original(batch)
+
+        trainer.train_step = train_step
+
+    with pytest.raises(SystemExit) as exit_info:
+        _train_in_process(preprocessed, monkeypatch, tmp_path, trainer_name="nnUNetTrainerAllUKAN_2epochs",
+                          before_run=corrupt_epoch_1)
+    message = str(exit_info.value)
+    assert message.startswith("ERROR: Training stopped: the loss became NaN in epoch 1, before the optimizer step")
+    assert "a preprocessed case is corrupt" in message and "--verify_dataset_integrity" in message
+    assert "checkpoint_best.pth" in message and "continue from them with --c" in message
+    fold = next(tmp_path.glob("*/nnUNetTrainerAllUKAN_2epochs__nnUNetPlans__2d/fold_0"))
+    best = fold / "checkpoint_best.pth"
+    assert (best.stat().st_mtime_ns, best.read_bytes()) == state["best"]
+    assert not (fold / "checkpoint_final.pth").exists()
+    weights = torch.load(best, map_location="cpu", weights_only=False)["network_weights"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "Training stopped: the loss became NaN in epoch 1" in log

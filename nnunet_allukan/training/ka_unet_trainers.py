@@ -18,13 +18,14 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_allukan.networks import network_summary
 from nnunet_allukan.training.architectures import plans_with_ka_architecture
+from nnunet_allukan.training.faults import TrainingFaultsMixin
 
 __all__ = ["nnUNetTrainerKAUNet"] + [f"nnUNetTrainerKAUNet_{n}" for n in
                                      ("1epoch", "2epochs", "5epochs", "10epochs", "20epochs", "50epochs",
                                       "100epochs", "250epochs", "smoke")]
 
 
-class nnUNetTrainerKAUNet(nnUNetTrainer):
+class nnUNetTrainerKAUNet(TrainingFaultsMixin, nnUNetTrainer):
     """nnU-Net's planned U-Net with KA layers everywhere, trained exactly as ``nnUNetTrainer`` trains."""
 
     # Options of every KA layer. chunk_size None: the fast KAonv keeps only 8 window-summed basis maps per group,

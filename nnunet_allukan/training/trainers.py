@@ -39,6 +39,7 @@ from nnunet_allukan.networks import UKAN, network_summary, table2_row
 from nnunet_allukan.paper import (BCE_WEIGHT, DICE_SMOOTH, INITIAL_LR, KAN_FC_LR, MIN_LR, NUM_EPOCHS,
                                   SPLIT_SEEDS, SPLITS_FILE_NAME, WEIGHT_DECAY)
 from nnunet_allukan.training.architectures import plans_with_ukan_architecture
+from nnunet_allukan.training.faults import TrainingFaultsMixin, check_architecture_importable
 from nnunet_allukan.training.ka_unet_trainers import *  # noqa: F401,F403  (one module for nnU-Net's trainer hook)
 from nnunet_allukan.training.ka_unet_trainers import __all__ as _ka_unet_trainers
 from nnunet_allukan.training.protocol import (
@@ -67,7 +68,7 @@ class PaperBCEDiceLoss(DC_and_BCE_loss):
         return super().forward(net_output, target) + self.weight_dice
 
 
-class nnUNetTrainerPaperProtocol(nnUNetTrainer):
+class nnUNetTrainerPaperProtocol(TrainingFaultsMixin, nnUNetTrainer):
     """The paper's protocol for a U-KAN-family network; subclasses set ``table2_row`` (and ``epochs``) only."""
 
     table2_row: "int | str | None" = None  # the network: a row of the paper's Table 2 (number or name)
@@ -109,6 +110,7 @@ class nnUNetTrainerPaperProtocol(nnUNetTrainer):
         legacy = configuration_manager.configuration.get(LEGACY_NETWORK_PLANS_KEY)
         if legacy is not None:
             return _build_legacy_network(legacy, num_input_channels, num_output_channels)
+        check_architecture_importable(configuration_manager.configuration["architecture"])
         return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                         num_output_channels, enable_deep_supervision=False)
 

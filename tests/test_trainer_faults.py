@@ -1,0 +1,55 @@
+"""Training faults that need no training run: a model folder whose network cannot be imported, the loss guard."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nnunet_allukan.training.faults import NonFiniteLossError, _FiniteLossGuard, check_architecture_importable
+from test_trainer_protocol import _build_from_plans, _minimal_plans
+
+
+def test_a_network_class_that_cannot_be_imported_names_the_package():
+    architecture = {"network_class_name": "nnunet_allukan.networks.ukan.UKANRenamed", "arch_kwargs": {
+        "conv_op": "torch.nn.modules.conv.Conv2d"}, "_kw_requires_import": ["conv_op"]}
+    with pytest.raises(RuntimeError, match=r"UKANRenamed cannot be imported\. They come from the package "
+                                           r"nnunet-allukan: install it .*pip install nnunet-allukan"):
+        check_architecture_importable(architecture)
+    architecture["network_class_name"] = "torch.nn.Identity"
+    check_architecture_importable(architecture)
+
+
+def test_predictor_on_a_model_folder_with_an_unimportable_network(tmp_path):
+    """nnU-Net's own predictor, on a model folder whose plans name a class this installation lacks."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_allukan.training.architectures import plans_with_ukan_architecture
+
+    plans, _ = plans_with_ukan_architecture(_minimal_plans("2d", [32, 32]), "2d", "allukan", embed_dims=(16, 24, 32))
+    network = _build_from_plans(plans, "2d", 3, 1)
+    plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["conv_op"] = "nnunet_allukan.layers.ka.KAConv9d"
+    plans["configurations"]["2d"].update(spacing=[1.0, 1.0], normalization_schemes=["ZScoreNormalization"] * 3,
+                                         use_mask_for_norm=[False] * 3)
+    model = tmp_path / "model"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "plans.json").write_text(json.dumps(plans))
+    (model / "dataset.json").write_text(json.dumps({"channel_names": {"0": "R", "1": "G", "2": "B"},
+                                                    "labels": {"background": 0, "lesion": [1, 1]},
+                                                    "regions_class_order": [1], "file_ending": ".png"}))
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainerAllUKAN",
+                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
+               model / "fold_0" / "checkpoint_final.pth")
+    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False)
+    with pytest.raises(RuntimeError, match=r"KAConv9d cannot be imported.*pip install nnunet-allukan"):
+        predictor.initialize_from_trained_model_folder(str(model), (0,), "checkpoint_final.pth")
+
+
+def test_loss_guard_raises_only_in_training_steps():
+    guard = _FiniteLossGuard(torch.nn.MSELoss())
+    x = torch.tensor([float("nan")], requires_grad=True)
+    with pytest.raises(NonFiniteLossError):
+        guard(x, torch.zeros(1))
+    with torch.no_grad():
+        assert torch.isnan(guard(x, torch.zeros(1)))  # validation: reported by nnU-Net, not stopped here
+    assert guard(torch.ones(1, requires_grad=True), torch.zeros(1)).item() == 1.0
