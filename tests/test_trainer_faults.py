@@ -53,3 +53,16 @@ def test_loss_guard_raises_only_in_training_steps():
     with torch.no_grad():
         assert torch.isnan(guard(x, torch.zeros(1)))  # validation: reported by nnU-Net, not stopped here
     assert guard(torch.ones(1, requires_grad=True), torch.zeros(1)).item() == 1.0
+
+
+def test_memory_message_warns_before_an_out_of_memory_with_a_batch_that_fits():
+    from nnunet_allukan.training.memory import GIB, MemoryEstimate, memory_message
+
+    fits, line = memory_message(MemoryEstimate(int(0.1 * GIB), int(0.5 * GIB), 8, 24 * GIB, 24 * GIB),
+                                "Table 2 row 13 (allukan)", [256, 256])
+    assert fits and line.startswith("GPU memory estimate for Table 2 row 13 (allukan), patch [256, 256], batch 8: "
+                                    "about 4.1 GiB")
+    fits, line = memory_message(MemoryEstimate(int(0.3 * GIB), int(4 * GIB), 8, 23 * GIB, 24 * GIB),
+                                "Table 2 row 9 (kaonv)", [256, 256])
+    assert not fits and line.startswith("WARNING: GPU memory estimate for Table 2 row 9 (kaonv)")
+    assert "about 32.3 GiB" in line and "about 5 would fit" in line

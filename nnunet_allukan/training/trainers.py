@@ -114,6 +114,17 @@ class nnUNetTrainerPaperProtocol(TrainingFaultsMixin, nnUNetTrainer):
         return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                         num_output_channels, enable_deep_supervision=False)
 
+    def on_train_start(self):
+        super().on_train_start()
+        if self.device.type == "cuda" and self.local_rank == 0:
+            from nnunet_allukan.training.memory import estimate_training_memory, memory_message
+
+            patch = self.configuration_manager.patch_size
+            estimate = estimate_training_memory(_unwrapped(self.network), (self.num_input_channels, *patch),
+                                                self.batch_size, self.device)
+            row = table2_row(self.table2_row)
+            self.print_to_log_file(memory_message(estimate, f"Table 2 row {row.row} ({row.name})", patch)[1])
+
     def set_deep_supervision_enabled(self, enabled: bool):
         """The U-KAN family has a single full-resolution output and no ``.decoder``: nothing to switch."""
 

@@ -1,0 +1,80 @@
+"""Before the first step on a GPU: will this network, patch and batch size fit? Say so in the log, not via OOM.
+
+The Table 2 rows differ by orders of magnitude in memory (rows 9 / 10, vanilla-KAN KAonv with 27.5M parameters, need
+several times ALL U-KAN's; the paper could not train rows 9 and 11 on 24 GB). Rather than a table of figures
+measured on some other GPU and patch, the estimate is measured on the user's device for the user's network and
+patch: one forward/backward at batch size 1 under the same autocast nnU-Net uses, then
+
+    memory(batch) ~= memory of parameters, gradients and Adam state + batch * (activations of one sample)
+
+compared with the memory the device has free. The probe restores every buffer it touched (BatchNorm statistics),
+leaves no gradient behind and runs only on CUDA.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["MemoryEstimate", "estimate_training_memory", "memory_message"]
+
+GIB = 2 ** 30
+
+
+@dataclass
+class MemoryEstimate:
+    static_bytes: int  # parameters, gradients and Adam's two moments
+    per_sample_bytes: int  # peak activations of one sample
+    batch_size: int
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def needed_bytes(self) -> int:
+        return self.static_bytes + self.batch_size * self.per_sample_bytes
+
+
+def estimate_training_memory(network: nn.Module, input_shape: Sequence[int], batch_size: int,
+                             device: torch.device) -> MemoryEstimate:
+    """Measure one sample's training-step memory on ``device`` (CUDA) and extrapolate to ``batch_size``."""
+    buffers = {name: b.detach().clone() for name, b in network.named_buffers()}
+    params = sum(p.numel() * p.element_size() for p in network.parameters())
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    try:
+        x = torch.randn(1, *input_shape, device=device)
+        with torch.autocast(device.type, enabled=True):
+            output = network(x)
+            output = output[0] if isinstance(output, (list, tuple)) else output
+            loss = output.float().mean()
+        loss.backward()
+        torch.cuda.synchronize(device)
+        per_sample = torch.cuda.max_memory_allocated(device) - before
+    finally:
+        network.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in network.named_buffers():
+                b.copy_(buffers[name])
+        torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info(device)
+    return MemoryEstimate(static_bytes=3 * params, per_sample_bytes=int(per_sample), batch_size=batch_size,
+                          free_bytes=int(free), total_bytes=int(total))
+
+
+def memory_message(estimate: MemoryEstimate, network_name: str, patch: Sequence[int]) -> tuple[bool, str]:
+    """(fits, log line) for an estimate; ``fits`` False when the estimate exceeds 95 % of the free memory."""
+    needed, free = estimate.needed_bytes, estimate.free_bytes
+    summary = (f"GPU memory estimate for {network_name}, patch {list(patch)}, batch {estimate.batch_size}: about "
+               f"{needed / GIB:.1f} GiB ({estimate.per_sample_bytes / GIB:.2f} GiB per sample measured at batch 1, "
+               f"{estimate.static_bytes / GIB:.2f} GiB for weights and optimizer state); the GPU has "
+               f"{free / GIB:.1f} GiB free of {estimate.total_bytes / GIB:.1f} GiB.")
+    if needed <= 0.95 * free:
+        return True, summary
+    fitting = max(0, int((0.95 * free - estimate.static_bytes) // max(estimate.per_sample_bytes, 1)))
+    return False, (f"WARNING: {summary} This will very likely run out of memory. Options: a GPU with more memory; "
+                   f"a smaller batch (about {fitting} would fit, but the paper's protocol uses "
+                   f"{estimate.batch_size}); a smaller patch (re-plan with nnUNetv2_plan_experiment); or, for the "
+                   "vanilla-KAN rows 9 / 10, the grad-free rows that need a fraction of the memory.")
