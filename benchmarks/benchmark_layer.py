@@ -71,6 +71,7 @@ def measure(a: argparse.Namespace) -> dict:
     times = {name: statistics.median(ts) for name, ts in rounds.items()}
     base_args = [a_ for k, v in vars(a).items() if k not in ("variants", "json", "child", "depthwise") and
                  v is not None for a_ in (f"--{k.replace('_', '-')}", str(v))] + (["--depthwise"] if a.depthwise else [])
+    base_args += ["--json", ""]
     mems = {}
     for name in a.variants:
         res = run_in_fresh_process(__file__, base_args + ["--child", name])
@@ -85,7 +86,7 @@ def describe(a: argparse.Namespace) -> str:
             f"{', depthwise' if a.depthwise else ''}")
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--channels", type=int, default=32)
@@ -99,17 +100,21 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
-    p.add_argument("--json", type=Path, default=Path("benchmark_results/layer_benchmark.json"),
-                   help="where to write the results as JSON (default benchmark_results/layer_benchmark.json)")
+    p.add_argument("--json", default="benchmark_results/layer_benchmark.json",
+                   help="where to write the results as JSON (default benchmark_results/layer_benchmark.json; '' for none)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
+    a = p.parse_args(argv)
     unknown = [v for v in a.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    return a
 
+
+def main() -> int:
+    a = parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
     if a.child is not None:  # fresh process: one warm-up step (compilation, lazy init), then the measured one
         step = make_step(a.child, a, device)
         step()
@@ -132,11 +137,12 @@ def main() -> int:
         print(f"\nfast vs reference (grad-free): {times[rg] / times[fg]:.1f}x faster, {mems[rg] / max(mems[fg], 1):.1f}x"
               f" less peak memory")
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "time_s": times,
+        out = Path(a.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "time_s": times,
                                       "peak_bytes": mems, "compiled": compiled_kernels_enabled(device.type),
                                       "pid": os.getpid()}, indent=2))
-        print(f"written to {a.json.resolve()}")
+        print(f"written to {out.resolve()}")
     return 0
 
 

@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .splines import (SplineGrid, basis_derivative_dot, basis_sum, bspline_bases, differentiable_basis_sum,
-                      silu_and_activation_sums, silu_and_activation_sums_backward, silu_and_basis_sums, zero_bases)
+                      silu_and_activation_sums, silu_and_activation_sums_backward, silu_and_basis_sums,
+                      silu_and_window_sums, zero_bases)
 
 __all__ = ["KALinear", "KAConv2d", "KAConv3d", "ka_grouped"]
 
@@ -290,14 +291,15 @@ class _KAConvFunction(torch.autograd.Function):
     """Fast KAonv (no lambda); saves only (x, u, v), as a convolution saves (x, w).
 
     Per group, the KA layer of a receptive field is (Eq. 7) ``sum_{c,tap} u[o,c,tap] silu(x_c) +
-    sum_k v[o,k] sum_tap S_k`` with ``S_k = sum_c B_k(x_c)``, i.e. one convolution of the augmented input
-    ``[silu(x), S]`` with the weight ``[u, v broadcast over the taps]``. Groups with one output (depthwise) need
-    only the activation map ``Phi = sum_k v[o,k] S_k``: a convolution of silu(x) plus a window sum of Phi.
-    Padded zeros are KA inputs too and add ``C_g B(0)`` per tap to S: the kernels return ``S - C_g B(0)`` (and
-    ``Phi - C_g phi(0)``), which the convolutions' zero padding then pads exactly, and the constant
-    ``n_taps C_g v B(0)`` is added to the output. Backward recomputes silu(x) and S (one pass over x) and
-    uses ``convolution_backward``: the weight gradient holds u's and (summed over the taps) v's gradient
-    (Eq. 9), the input gradient the silu path's G_L (Eq. 11) and what the spline path's gradient needs.
+    sum_k v[o,k] P_k`` with the window sums ``P_k = sum_tap S_k`` of the channel sums ``S_k = sum_c B_k(x_c)``:
+    a convolution of silu(x) plus ``v @ P``. One compiled pass over x gives silu(x) and P; ``v @ P`` is one
+    batched GEMM accumulated into the convolution's output. Groups with one output (depthwise) need only the
+    activation map ``Phi = sum_k v[o,k] S_k`` (one map instead of n_bases), window-summed by a depthwise
+    convolution with weight 1. Padded zeros are KA inputs too and add ``C_g B(0)`` per tap: the kernels sum
+    ``S - C_g B(0)`` (``Phi - C_g phi(0)``), for which zero padding is exact, and the constant
+    ``n_taps C_g v B(0)`` is added to the output. Backward recomputes silu(x) and P (one pass over x): u's
+    gradient and the silu path's x gradient G_L (Eq. 11) by ``convolution_backward``, v's exactly from P
+    (Eq. 9), and, for ``grad_free=False``, the spline path's x gradient through the window sums' adjoint and B'.
     """
 
     @staticmethod
@@ -308,8 +310,14 @@ class _KAConvFunction(torch.autograd.Function):
             y = geo.conv(silu.reshape(x.shape), u, g, geo.padding)
             y = y + _window_sums(geo, phi)
         else:
-            z = silu_and_basis_sums(x.reshape(b, g, cg, *sp), geo.grid, any(geo.padding))  # [B, G, cg + nb, *sp]
-            y = geo.conv(z.reshape(b, -1, *sp), _augmented_weight(geo, u, v), g, geo.padding)
+            silu, p = silu_and_window_sums(x.reshape(b, g, cg, *sp), geo.grid, geo.kernel, geo.stride, geo.padding,
+                                           geo.dilation)  # p: [B, G, nb, *sp_out]
+            y = geo.conv(silu.reshape(x.shape), u, g, geo.padding).contiguous()
+            del silu
+            positions = math.prod(y.shape[2:])
+            v_g = v.reshape(1, g, geo.cout_g, -1).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, -1)
+            # y += v P (Eq. 7's spline path), one batched GEMM into y
+            y.view(b * g, geo.cout_g, positions).baddbmm_(v_g, p.reshape(b * g, -1, positions).to(y.dtype))
         offset = _padding_offset(geo, v)  # [C_out] or None
         if offset is not None:
             bias = offset if bias is None else bias + offset
@@ -344,32 +352,28 @@ class _KAConvFunction(torch.autograd.Function):
                     not geo.grad_free)
                 grad_x = grad_x.reshape(x.shape) if need_x else None
         else:
-            conv_args = (list(geo.stride), list(geo.padding), list(geo.dilation), False, [0] * nd, g)
-            gz = None
-            if need_u or need_v or need_x and not geo.grad_free:
-                z = silu_and_basis_sums(xg, grid, any(geo.padding)).reshape(b, -1, *sp)
-                spline_x = need_x and not geo.grad_free  # needs dL/dS: the input gradient of all of z
-                gz, gw, _ = torch.ops.aten.convolution_backward(
-                    gy, z, _augmented_weight(geo, u, v), None, *conv_args, [spline_x, need_u or need_v, False])
-                del z
-                if need_u:
-                    grad_u = gw[:, :cg]
-                if need_v:
-                    grad_v = gw[:, cg:].sum(dim=list(range(2, 2 + nd)))
-                del gw
+            silu, p = silu_and_window_sums(xg, grid, geo.kernel, geo.stride, geo.padding, geo.dilation)
+            gin = None
+            if need_x or need_u:
+                gin, grad_u, _ = torch.ops.aten.convolution_backward(
+                    gy, silu.reshape(x.shape), u, None, list(geo.stride), list(geo.padding), list(geo.dilation),
+                    False, [0] * nd, g, [need_x, need_u, False])
+            del silu
+            positions = math.prod(gy.shape[2:])
+            gy_g = gy.view(b * g, geo.cout_g, positions)
+            p = p.reshape(b * g, nb, positions).to(gy.dtype)
+            if need_v:  # Eq. 9: dL/dv = sum over samples and positions of dL/dy P^T
+                grad_v = torch.bmm(gy_g, p.transpose(1, 2)).reshape(b, g * geo.cout_g, nb).sum(0)
+            del p
             if need_x:
-                if gz is None:  # grad-free: only silu's channels need an input gradient (x stands in for silu(x))
-                    gin = torch.ops.aten.convolution_backward(gy, x, u, None, *conv_args, [True, False, False])[0]
-                    gin = gin.reshape(b, g, cg, *sp)
-                else:
-                    gz = gz.reshape(b, g, cg + nb, *sp)
-                    gin = gz[:, :, :cg]
-                # G_L of Eq. 11: silu'(x) dL/dsilu, in place (the convolution's fresh output)
-                grad_x = torch.ops.aten.silu_backward.grad_input(gin, xg, grad_input=gin) if gz is None else \
-                    torch.ops.aten.silu_backward(gin, xg)
-                if gz is not None:  # spline path: sum_k dL/dS_k B'_k(x_c)
-                    grad_x = grad_x + basis_derivative_dot(xg, gz[:, :, cg:], grid).to(grad_x.dtype)
-                grad_x = grad_x.reshape(x.shape)
+                grad_x = torch.ops.aten.silu_backward.grad_input(gin, x, grad_input=gin)  # G_L (Eq. 11), in place
+                if not geo.grad_free:  # spline path: adjoint window sums of dL/dP = v^T dL/dy, then B'
+                    v_g = v.reshape(1, g, geo.cout_g, nb).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, nb)
+                    g_p = torch.bmm(v_g.transpose(1, 2), gy_g).reshape(b, g * nb, *gy.shape[2:])
+                    ones = g_p.new_ones((g * nb, 1) + geo.kernel)
+                    h = geo.conv_input_grad((b, g * nb) + tuple(sp), ones, g_p, g * nb, geo.padding)
+                    grad_x = grad_x + basis_derivative_dot(xg, h.reshape(b, g, nb, *sp), grid).reshape(
+                        x.shape).to(grad_x.dtype)
         if need_v:
             if any(geo.padding):  # d(padding offset)/dv
                 grad_v = grad_v + _padding_offset_grad(geo, gy_sum)
@@ -377,12 +381,6 @@ class _KAConvFunction(torch.autograd.Function):
         if need_bias and ctx.has_bias:
             grad_bias = gy_sum
         return grad_x, grad_u, grad_v, grad_bias, None
-
-
-def _augmented_weight(geo: _ConvGeometry, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``[u, v broadcast over the taps]``: [C_out, cg + nb, *kernel], the weight of the augmented input."""
-    taps = (1,) * geo.nd
-    return torch.cat([u, v.reshape(*v.shape, *taps).expand(*v.shape, *geo.kernel).to(u.dtype)], dim=1)
 
 
 def _is_pointwise(geo: _ConvGeometry) -> bool:

@@ -23,6 +23,7 @@ Set ``NNUNET_ALLUKAN_COMPILE=0`` to force the eager kernels, ``=1`` to require c
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import types
@@ -197,6 +198,36 @@ def _augmented_input_eager(x: torch.Tensor, t0: float, h: float, n_bases: int, o
     return torch.cat([F.silu(xc), s], dim=1).to(x.dtype)
 
 
+def _window_sums_of(s: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
+                    dilation: tuple[int, ...]) -> torch.Tensor:
+    """Zero-padded sums over every receptive field of a convolution: ``[N, M, *sp] -> [N, M, *sp_out]``, as
+    shifted strided slices (one fused loop once compiled)."""
+    nd = len(kernel)
+    if any(padding):
+        s = F.pad(s, [q for p in reversed(padding) for q in (p, p)])
+    out = [(s.shape[2 + d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d in range(nd)]
+    total = None
+    for taps in itertools.product(*(range(k) for k in kernel)):
+        window = s[(slice(None), slice(None)) + tuple(
+            slice(t * dilation[d], t * dilation[d] + stride[d] * (out[d] - 1) + 1, stride[d])
+            for d, t in enumerate(taps))]
+        total = window if total is None else total + window
+    return total
+
+
+def _silu_and_window_sums_eager(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
+                                b0: tuple[float, ...] | None, kernel: tuple[int, ...], stride: tuple[int, ...],
+                                padding: tuple[int, ...],
+                                dilation: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, C, *sp] -> (``silu(x)`` in x's dtype, the window sums of ``S_k - C B_k(0)`` [N, n_bases, *sp_out]
+    in the compute dtype): all a KAonv group needs from x, in one pass."""
+    xc = x.to(_compute_dtype(x))
+    s = _basis_sum_eager(xc, t0, h, n_bases, order)
+    if b0 is not None:
+        s = s - x.shape[1] * torch.tensor(b0, dtype=s.dtype, device=s.device).reshape(1, n_bases, *([1] * len(kernel)))
+    return F.silu(xc).to(x.dtype), _window_sums_of(s, kernel, stride, padding, dilation)
+
+
 def _activation_input_eager(x: torch.Tensor, v: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
                             b0: tuple[float, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, G, C, P], v [G, n_bases] -> (``silu(x)`` [B, G, C, P], ``sum_c phi_g(x_c) - C phi_g(0)`` [B, G, 1, P]).
@@ -249,6 +280,7 @@ _KERNELS: dict[str, Callable] = {
     "basis_derivative_dot": _basis_derivative_dot_eager,
     "augmented_input": _augmented_input_eager,
     "activation_input": _activation_input_eager,
+    "silu_and_window_sums": _silu_and_window_sums_eager,
     "activation_input_backward": _activation_input_backward_eager,
 }
 _COMPILED: dict[tuple, Callable] = {}
@@ -359,6 +391,21 @@ def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, zero_padded: bool) ->
         b0 = zero_bases(grid) if zero_padded else None
         out = _run_kernel("augmented_input", xc, grid.t0, grid.h, grid.n_bases, grid.spline_order, b0)
         return out.reshape(b, g, c + grid.n_bases, *x.shape[3:])
+
+
+def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel: tuple[int, ...], stride: tuple[int, ...],
+                         padding: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over x ``[B, G, C, *sp]``, no autograd: ``silu(x)`` (x's shape and dtype) and the spline path's
+    window sums ``P_k(p) = sum_{taps} (S_k - C B_k(0))`` ``[B, G, n_bases, *sp_out]`` (compute dtype) of a
+    convolution with that geometry, ``S_k = sum_c B_k(x_c)`` per group; with zero padding the padded taps add
+    0 here (their ``C B(0)`` is the caller's constant)."""
+    with torch.no_grad():
+        b, g, c = x.shape[:3]
+        xc = x.reshape(b * g, c, *x.shape[3:]).contiguous()
+        b0 = zero_bases(grid) if any(padding) else None
+        silu, p = _run_kernel("silu_and_window_sums", xc, grid.t0, grid.h, grid.n_bases, grid.spline_order, b0,
+                              tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
+        return silu.reshape(x.shape), p.reshape(b, g, grid.n_bases, *p.shape[2:])
 
 
 def silu_and_activation_sums(x: torch.Tensor, v: torch.Tensor, grid: SplineGrid,
