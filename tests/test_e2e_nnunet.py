@@ -8,9 +8,7 @@ an interrupted-and-continued run (``--c``), ``--val``, ``nnUNetv2_predict -tr`` 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,8 @@ from PIL import Image
 
 from nnunet_allukan.paper import SPLITS_FILE_NAME
 from nnunet_allukan.training.protocol import cosine_annealing_lr, paper_splits_for_cases
+
+from nnunet_commands import BIN, nnunet_environment, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,6 @@ IMAGE_SIZE = 64
 # 0.44 after 20 epochs (80 steps, over-segmenting; all-foreground scores 0.20). With this 50-epoch run (200 steps,
 # killed and continued): validation Dice 0.865, test Dice 0.817-0.896 (mean 0.855).
 MIN_TEST_DICE = 0.7
-BIN = Path(sys.executable).parent
 
 
 def write_disc_dataset(raw_folder: Path, n_train: int, n_test: int, size: int, seed: int = 0) -> Path:
@@ -61,15 +60,6 @@ def write_disc_dataset(raw_folder: Path, n_train: int, n_test: int, size: int, s
     return folder
 
 
-def run_command(args: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
-    start = time.time()
-    result = subprocess.run([str(BIN / args[0])] + args[1:], env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    print(f"[{time.time() - start:6.1f} s] {' '.join(args)}")
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     intersection = np.logical_and(prediction, reference).sum()
     return 2.0 * intersection / (prediction.sum() + reference.sum())
@@ -77,14 +67,7 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def nnunet_env(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("nnunet_e2e")
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_compile"}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / name).mkdir()
-        env[name] = str(root / name)
-    # Single-process data augmentation: deterministic, and no worker start-up on 2 cores.
-    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0")
-    return env
+    return nnunet_environment(tmp_path_factory.mktemp("nnunet_e2e"))
 
 
 @pytest.fixture(scope="module")

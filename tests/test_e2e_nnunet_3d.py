@@ -11,15 +11,13 @@ entry, no plain convolution is left, predictions have the labels' shape, geometr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+from nnunet_commands import nnunet_environment, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +27,6 @@ NUM_TRAIN_CASES = 8
 NUM_TEST_CASES = 2
 SHAPE = (16, 32, 32)  # z, y, x voxels
 SPACING = (2.0, 1.0, 1.0)  # z, y, x in mm: anisotropic, so the planner pools z later than x and y
-BIN = Path(sys.executable).parent
 
 
 def write_volume(array: np.ndarray, path: Path) -> None:
@@ -66,24 +63,9 @@ def write_sphere_dataset(raw_folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def run_command(args: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
-    start = time.time()
-    result = subprocess.run([str(BIN / args[0])] + args[1:], env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    print(f"[{time.time() - start:6.1f} s] {' '.join(args)}")
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def nnunet_env(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("nnunet_e2e_3d")
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_compile"}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / name).mkdir()
-        env[name] = str(root / name)
-    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0")
-    return env
+    return nnunet_environment(tmp_path_factory.mktemp("nnunet_e2e_3d"))
 
 
 @pytest.fixture(scope="module")
