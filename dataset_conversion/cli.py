@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from nnunetv2 import paths as nnunet_paths
+
 from dataset_conversion import busi, cvc, glas
 from dataset_conversion.common import ConversionError, ConversionResult, filesystem_error, write_nnunet_dataset
 
@@ -29,6 +31,7 @@ def available_cpus() -> int:
 
 def default_num_processes() -> int:
     """nnU-Net's convention: ``nnUNet_def_n_proc`` (default 8), at most the number of CPUs."""
+    # not nnunetv2.configuration.default_num_processes: read once at import, a non-integer crashes the import
     try:
         wanted = int(os.environ.get("nnUNet_def_n_proc", 8))
     except ValueError:
@@ -37,7 +40,8 @@ def default_num_processes() -> int:
 
 
 def _nnunet_folder(variable: str) -> Path | None:
-    value = os.environ.get(variable)
+    """$nnUNet_raw / $nnUNet_preprocessed / $nnUNet_results from nnunetv2.paths; None where not set."""
+    value = getattr(nnunet_paths, variable).get()
     return Path(value) if value else None
 
 
@@ -108,7 +112,6 @@ def convert_dataset(
         "size": side if side is not None else "native",
         "include_normal": include_normal,
     }
-    other_roots = [p for p in (_nnunet_folder("nnUNet_preprocessed"), _nnunet_folder("nnUNet_results")) if p]
     return write_nnunet_dataset(
         info=info,
         cases=cases,
@@ -120,7 +123,6 @@ def convert_dataset(
         overwrite=overwrite,
         excluded=excluded,
         arguments=arguments,
-        other_nnunet_roots=other_roots,
         problems=problems,
     )
 
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Nothing was written.", file=sys.stderr)
         return 1
     except OSError as err:  # an unforeseen file-system error: still one clear line, not a traceback
-        folder = Path(os.environ.get("nnUNet_raw") or ".")
+        folder = _nnunet_folder("nnUNet_raw") or Path(".")
         print(f"ERROR: {filesystem_error(err, folder)}", file=sys.stderr)
         print("Nothing was written.", file=sys.stderr)
         return 1

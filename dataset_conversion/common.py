@@ -10,7 +10,6 @@ collected over all cases and raised together (:class:`ConversionProblems`), so o
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import multiprocessing
 import os
@@ -21,7 +20,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from batchgenerators.utilities.file_and_folder_operations import save_json, subdirs
+from nnunetv2 import paths as nnunet_paths
+from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -614,35 +617,31 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
+    # nnU-Net has no helper for this direction (its own converters format the name inline like this)
     return f"Dataset{dataset_id:03d}_{name}"
 
 
-def _check_target(raw_folder: Path, dataset_id: int, folder_name: str, overwrite: bool,
-                  other_roots: Iterable[Path]) -> None:
+def _check_target(raw_folder: Path, dataset_id: int, folder_name: str, overwrite: bool) -> None:
     """Refuse an existing dataset (without ``overwrite``) and an id taken by a dataset of another name.
 
-    nnU-Net resolves ``-d ID`` over nnUNet_raw, nnUNet_preprocessed and nnUNet_results and fails when
-    the id maps to two names, so all three are checked.
+    nnU-Net resolves ``-d ID`` over nnUNet_raw, nnUNet_preprocessed and nnUNet_results and fails when the id
+    maps to two names: its find_candidate_datasets lists what it finds there; ``raw_folder`` (which may be
+    passed instead of $nnUNet_raw) is listed with the same prefix.
     """
-    prefix = f"Dataset{dataset_id:03d}_"
-    for root in [raw_folder, *other_roots]:
-        if not root.is_dir():
-            continue
-        for entry in sorted(root.iterdir()):
-            if entry.name.startswith(prefix) and entry.name != folder_name:
-                raise ConversionError(
-                    f"dataset id {dataset_id} is already used by {entry}; pass a free id with -d, "
-                    f"or remove that dataset"
-                )
+    names = {str(name) for name in find_candidate_datasets(dataset_id)}
+    names.update(subdirs(str(raw_folder), prefix="Dataset%03.0d" % dataset_id, join=False))
+    taken = sorted(names - {folder_name})
+    if taken:
+        roots = [raw_folder] + [Path(root) for root in (nnunet_paths.nnUNet_raw.get(),
+                                                        nnunet_paths.nnUNet_preprocessed.get(),
+                                                        nnunet_paths.nnUNet_results.get()) if root]
+        where = next((root / taken[0] for root in roots if (root / taken[0]).is_dir()), taken[0])
+        raise ConversionError(
+            f"dataset id {dataset_id} is already used by {where}; pass a free id with -d, or remove that dataset"
+        )
     target = raw_folder / folder_name
     if target.exists() and not overwrite:
         raise ConversionError(f"{target} already exists; pass --overwrite to replace it")
-
-
-def _dump_json(data, path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
-        f.write("\n")
 
 
 def make_fresh_folder(parent: Path, prefix: str) -> Path:
@@ -766,7 +765,6 @@ def write_nnunet_dataset(
     overwrite: bool = False,
     excluded: Sequence[dict] = (),
     arguments: dict | None = None,
-    other_nnunet_roots: Iterable[Path] = (),
     problems: Sequence[str] = (),
 ) -> ConversionResult:
     """Write ``raw_folder/DatasetXXX_NAME`` atomically, or nothing.
@@ -790,12 +788,11 @@ def write_nnunet_dataset(
     if raw_folder.exists() and not raw_folder.is_dir():
         raise ConversionError(f"nnUNet_raw folder {raw_folder} is a file, not a folder; point nnUNet_raw to a "
                               "folder (or move the file away)")
-    other_roots = [Path(p) for p in other_nnunet_roots]
     target = raw_folder / folder_name
     try:
         raw_folder.mkdir(parents=True, exist_ok=True)
         _clear_interrupted_runs(raw_folder, dataset_id, target)
-        _check_target(raw_folder, dataset_id, folder_name, overwrite, other_roots)
+        _check_target(raw_folder, dataset_id, folder_name, overwrite)
         temporary = make_fresh_folder(raw_folder, f".tmp_{folder_name}_")
     except OSError as err:
         raise filesystem_error(err, raw_folder) from err
@@ -815,20 +812,21 @@ def write_nnunet_dataset(
         raise_problems(problems)
         original_ids = {case.case_id: case.original_id for case in keep}
         summary = _summarise(records, excluded)
-        dataset_json = {
-            "channel_names": {"0": "R", "1": "G", "2": "B"},
-            "labels": {"background": 0, info.label_name: 1},
-            "numTraining": len(keep),
-            "file_ending": ".png",
-            "name": info.name,
-            "description": info.description,
-            "reference": info.reference,
-            "licence": info.licence,
-            "original_ids": original_ids,
-            "converted_by": "nnUNetv2_convert_allukan_dataset (dataset_conversion package of nnunet-allukan)",
-        }
-        _dump_json(dataset_json, temporary / "dataset.json")
-        _dump_json(
+        # everything is written into the temporary folder, which is renamed into place once complete
+        generate_dataset_json(
+            str(temporary),
+            channel_names={0: "R", 1: "G", 2: "B"},
+            labels={"background": 0, info.label_name: 1},
+            num_training_cases=len(keep),
+            file_ending=".png",
+            dataset_name=info.name,
+            description=info.description,
+            reference=info.reference,
+            license=info.licence,
+            converted_by="nnUNetv2_convert_allukan_dataset (dataset_conversion package of nnunet-allukan)",
+            original_ids=original_ids,
+        )
+        save_json(
             {
                 "arguments": arguments or {},
                 "source_folder": str(source_root),
@@ -836,9 +834,9 @@ def write_nnunet_dataset(
                 "excluded": list(excluded),
                 "summary": summary,
             },
-            temporary / "conversion_record.json",
+            str(temporary / "conversion_record.json"),
         )
-        _dump_json(paper_splits(original_ids), temporary / "paper_splits.json")
+        save_json(paper_splits(original_ids), str(temporary / "paper_splits.json"))
         _move_into_place(temporary, target)
     except OSError as err:
         shutil.rmtree(temporary, ignore_errors=True)

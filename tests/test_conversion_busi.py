@@ -38,6 +38,10 @@ def test_default_conversion_counts_sizes_and_json(busi_source, tmp_path, capsys)
     folder = tmp_path / "raw" / "Dataset601_BUSI"
     assert str(folder) in out and "7 cases written" in out and "2 excluded" in out and "3 with masks merged" in out
     dataset_json = json.loads((folder / "dataset.json").read_text())
+    # written by nnU-Net's generate_dataset_json: its keys plus original_ids
+    assert set(dataset_json) == {"channel_names", "labels", "numTraining", "file_ending", "name", "description",
+                                 "reference", "licence", "converted_by", "original_ids"}
+    assert dataset_json["name"] == "BUSI" and dataset_json["converted_by"].startswith("nnUNetv2_convert_allukan")
     assert dataset_json["numTraining"] == 7
     assert dataset_json["channel_names"] == {"0": "R", "1": "G", "2": "B"}
     assert dataset_json["labels"] == {"background": 0, "tumor": 1}

@@ -217,12 +217,16 @@ def test_failed_overwrite_keeps_old_dataset(raw, busi, capsys):
 
 def test_id_used_by_another_dataset(raw, busi, tmp_path, monkeypatch, capsys):
     (raw / "Dataset601_Prostate").mkdir(parents=True)
-    fails(capsys, ["busi", str(busi)], "dataset id 601 is already used by", "Dataset601_Prostate", "-d")
+    fails(capsys, ["busi", str(busi)], f"dataset id 601 is already used by {raw / 'Dataset601_Prostate'}", "-d")
     fails(capsys, ["busi", str(busi), "--overwrite"], "Dataset601_Prostate")
     preprocessed = tmp_path / "preprocessed"
     (preprocessed / "Dataset605_Liver").mkdir(parents=True)
     monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed))
-    fails(capsys, ["busi", str(busi), "-d", "605"], "Dataset605_Liver")
+    fails(capsys, ["busi", str(busi), "-d", "605"], f"already used by {preprocessed / 'Dataset605_Liver'}")
+    results = tmp_path / "results"
+    (results / "Dataset606_Heart").mkdir(parents=True)
+    monkeypatch.setenv("nnUNet_results", str(results))
+    fails(capsys, ["busi", str(busi), "-d", "606"], f"already used by {results / 'Dataset606_Heart'}")
     assert leftovers(raw) == ["Dataset601_Prostate"]
 
 

@@ -236,6 +236,23 @@ def test_clear_errors_and_nothing_written(tree, capsys):
     assert (out / "results.md").is_file() and not list(root.glob(".out.tmp-*"))
 
 
+def test_nnunet_paths_follow_the_environment(tmp_path, monkeypatch):
+    """The evaluation resolves datasets and model folders with nnU-Net's own functions, which read the folders
+    from nnunetv2.paths. In nnU-Net 2.8 those read os.environ on every use, so a test's monkeypatch.setenv
+    reaches them (nothing to patch in nnunetv2.paths). Should nnU-Net freeze them at import again, this fails
+    first."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    (tmp_path / "raw" / "Dataset812_Probe").mkdir(parents=True)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    assert maybe_convert_to_dataset_name("812") == "Dataset812_Probe"
+    assert get_output_folder(812, "T", "P", "2d", 1) == str(tmp_path / "results" / "Dataset812_Probe" / "T__P__2d"
+                                                             / "fold_1")
+
+
 def test_paper_name_mapping():
     assert paper_method_for("nnUNetTrainerAllUKAN") == "ALL U-KAN"
     assert paper_method_for("nnUNetTrainerAllUKAN_5epochs") == "ALL U-KAN"

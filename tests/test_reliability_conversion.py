@@ -16,6 +16,8 @@ import pytest
 import tifffile
 from PIL import Image
 
+import nnunetv2.dataset_conversion.generate_dataset_json as nnunet_generate_dataset_json
+
 import dataset_conversion.cli as cli
 import dataset_conversion.common as common
 from dataset_conversion.cli import main
@@ -212,10 +214,11 @@ def test_full_disk(raw, busi, monkeypatch, capsys):
 
 
 def test_full_disk_while_writing_the_json(raw, busi, monkeypatch, capsys):
-    def full(data, path):
+    def full(data, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(common, "_dump_json", full)
+    # dataset.json is written by nnU-Net's generate_dataset_json, through batchgenerators' save_json
+    monkeypatch.setattr(nnunet_generate_dataset_json, "save_json", full)
     fails(capsys, ["busi", str(busi), "--size", "32"], "dataset.json: No space left on device")
     assert leftovers(raw) == []
 

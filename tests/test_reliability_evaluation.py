@@ -175,6 +175,23 @@ def test_missing_dataset_name_and_negative_id(tree, capsys):
     expect_failure(evaluate_main, ["-d", "-5", "-tr", *TRAINERS], capsys, "-d -5: dataset ids are non-negative")
 
 
+def test_dataset_id_resolution_errors(tree, capsys, monkeypatch):
+    """nnU-Net's maybe_convert_to_dataset_name resolves -d; its ValueError / RuntimeErrors become ERROR lines."""
+    expect_failure(evaluate_main, ["-d", "busi", "-tr", *TRAINERS], capsys,
+                   "ERROR: -d 'busi': give a dataset id (e.g. 601) or a name (e.g. Dataset601_BUSI).")
+    (tree / "raw" / "Dataset601_Other").mkdir()
+    err = expect_failure(evaluate_main, ["-d", "601", "-tr", *TRAINERS], capsys,
+                         "ERROR: -d 601: expected exactly one folder named Dataset601_* in $nnUNet_results / "
+                         "$nnUNet_preprocessed / $nnUNet_raw, found Dataset601_BUSI, Dataset601_Other.")
+    assert "Traceback" not in err
+    (tree / "raw" / "Dataset601_Other").rmdir()
+    monkeypatch.delenv("nnUNet_results")
+    expect_failure(evaluate_main, ["-d", "601", "-tr", *TRAINERS], capsys,
+                   "ERROR: nnUNet_results is not set. Export it")
+    expect_failure(plot_activations_main, ["-d", "601", "-tr", TRAINERS[0]], capsys,
+                   "ERROR: nnUNet_results is not set. Export it")
+
+
 def test_sigterm_prints_a_message(tree, capsys):
     def terminated_midway(args):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -176,8 +176,7 @@ def _checkpoint_path(args: argparse.Namespace) -> Path:
     if not args.d or not args.tr or len(args.tr) != 1:
         raise EvaluationError("give -i CHECKPOINT, or -d DATASET -tr TRAINER (one) [-p PLANS -c CONFIG -f FOLD].")
     from nnunet_allukan.evaluation.collect import nnunet_model_folder
-    folder = nnunet_model_folder(resolve_dataset_name(str(args.d)), args.tr[0], args.p, args.c) / f"fold_{args.f}"
-    return folder / args.chk
+    return nnunet_model_folder(resolve_dataset_name(str(args.d)), args.tr[0], args.p, args.c, args.f) / args.chk
 
 
 def _plot_activations(args: argparse.Namespace) -> None:
@@ -255,7 +254,7 @@ def _plot_overlays(args: argparse.Namespace) -> None:
             raise EvaluationError("give -d DATASET -tr TRAINER [...] (or --pred NAME FOLDER -l LABELS -i IMAGES).")
         name = resolve_dataset_name(str(args.d))
         source = OverlaySource(
-            predictions={tr: nnunet_model_folder(name, tr, args.p, args.c) / f"fold_{args.f}" / "validation"
+            predictions={tr: nnunet_model_folder(name, tr, args.p, args.c, args.f) / "validation"
                          for tr in args.tr},
             labels=args.l or env_folder("nnUNet_preprocessed") / name / "gt_segmentations",
             images=args.images or env_folder("nnUNet_raw") / name / "imagesTr",
@@ -372,7 +371,7 @@ def _trained_gradient_model(args: argparse.Namespace, generator):
 
 
 def _plot_gradients(args: argparse.Namespace) -> None:
-    import json
+    from batchgenerators.utilities.file_and_folder_operations import save_json
 
     from nnunet_allukan.evaluation.gradients import plot_gradients, results_as_dicts, spline_and_silu_gradients
     from nnunet_allukan.evaluation.output import save_atomically
@@ -394,7 +393,7 @@ def _plot_gradients(args: argparse.Namespace) -> None:
     plot_gradients(results, output, title)
     record = {"title": title, "layers": results_as_dicts(results)}
     json_path = output.with_suffix(".json")
-    save_atomically(json_path, lambda path: Path(path).write_text(json.dumps(record, indent=1)))
+    save_atomically(json_path, lambda path: save_json(record, str(path), indent=1, sort_keys=False))
     print(f"Wrote: {output}\nWrote: {json_path}")
 
 

@@ -19,6 +19,9 @@ from typing import Sequence
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2 import paths as nnunet_paths
+from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets, maybe_convert_to_dataset_name
+from nnunetv2.utilities.file_path_utilities import get_output_folder
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -30,26 +33,38 @@ class EvaluationError(RuntimeError):
     file and the fix; console commands print it and exit non-zero."""
 
 
+NNUNET_FOLDERS = ("nnUNet_results", "nnUNet_preprocessed", "nnUNet_raw")  # the order nnU-Net's messages use
+
+
 def env_folder(variable: str) -> Path:
-    """The folder of an nnU-Net environment variable (nnUNet_raw / nnUNet_preprocessed / nnUNet_results)."""
-    value = os.environ.get(variable)
+    """The folder of an nnU-Net environment variable (nnUNet_raw / nnUNet_preprocessed / nnUNet_results), from
+    nnunetv2.paths (which reads the environment on every use), an unset one as an EvaluationError."""
+    try:
+        value = os.fspath(getattr(nnunet_paths, variable))
+    except RuntimeError:  # nnunetv2.paths: "<variable> is not defined. ..."
+        value = None
     if not value:
         raise EvaluationError(f"{variable} is not set. Export it (see nnU-Net's documentation/setting_up_paths.md).")
     return Path(value)
 
 
-def resolve_dataset_name(dataset: str) -> str:
-    """'601' or 'Dataset601_BUSI' -> 'Dataset601_BUSI', looked up in the nnUNet_* folders like nnU-Net does.
+def _set_folders() -> list[tuple[str, str]]:
+    """(variable, folder) of the nnUNet_* variables that name an existing folder (nnunetv2.paths)."""
+    roots = [(variable, getattr(nnunet_paths, variable).get()) for variable in NNUNET_FOLDERS]
+    return [(variable, root) for variable, root in roots if root and os.path.isdir(root)]
 
-    A name must exist in one of the folders, so that a typo reads as a missing dataset rather than as a
-    missing trainer further on. (nnU-Net's maybe_convert_to_dataset_name reads the folders from
-    nnunetv2.paths, frozen when nnunetv2 is first imported, so it is not used here.)
+
+def resolve_dataset_name(dataset: str) -> str:
+    """'601' or 'Dataset601_BUSI' -> 'Dataset601_BUSI': nnU-Net's maybe_convert_to_dataset_name, with its errors
+    as EvaluationErrors naming the dataset and the fix.
+
+    A name must also exist in one of the nnUNet_* folders (nnU-Net passes names through unchecked), so that a
+    typo reads as a missing dataset rather than as a missing trainer further on.
     """
-    roots = [(variable, os.environ.get(variable)) for variable in ("nnUNet_results", "nnUNet_preprocessed",
-                                                                   "nnUNet_raw")]
-    roots = [(variable, root) for variable, root in roots if root and os.path.isdir(root)]
+    roots = _set_folders()
     searched = "$nnUNet_results / $nnUNet_preprocessed / $nnUNet_raw"
     if dataset.startswith("Dataset"):
+        # nnU-Net has no check for a name: it only checks ids (find_candidate_datasets)
         if not any(os.path.isdir(os.path.join(root, dataset)) for _, root in roots):
             raise EvaluationError(
                 f"-d {dataset}: no folder of that name in {searched} "
@@ -57,22 +72,20 @@ def resolve_dataset_name(dataset: str) -> str:
                 "Check the dataset name (or pass its id, e.g. -d 601) and the environment variables.")
         return dataset
     try:
+        return str(maybe_convert_to_dataset_name(dataset))
+    except ValueError:  # not an integer
+        raise EvaluationError(
+            f"-d {dataset!r}: give a dataset id (e.g. 601) or a name (e.g. Dataset601_BUSI).") from None
+    except RuntimeError:  # "Could not find a dataset with the ID ..." / "More than one dataset name found ..."
         dataset_id = int(dataset)
-    except ValueError:
-        raise EvaluationError(f"-d {dataset!r}: give a dataset id (e.g. 601) or a name (e.g. Dataset601_BUSI).")
-    if dataset_id < 0:
-        raise EvaluationError(f"-d {dataset}: dataset ids are non-negative integers (e.g. 601).")
-    prefix = f"Dataset{dataset_id:03d}_"
-    names = set()
-    for _, root in roots:
-        names.update(d for d in os.listdir(root) if d.startswith(prefix) and os.path.isdir(os.path.join(root, d)))
-    if len(names) != 1:
+        if dataset_id < 0:  # nnU-Net looked for "Dataset-05*"
+            raise EvaluationError(f"-d {dataset}: dataset ids are non-negative integers (e.g. 601).") from None
+        names = [str(name) for name in find_candidate_datasets(dataset_id)]
         found = "none" if not names else ", ".join(sorted(names))
         raise EvaluationError(
-            f"-d {dataset}: expected exactly one folder named {prefix}* in {searched}, found {found}. Check the "
-            "environment variables and the dataset id."
-        )
-    return names.pop()
+            f"-d {dataset}: expected exactly one folder named Dataset{dataset_id:03d}_* in {searched}, found "
+            f"{found}. Check the environment variables and the dataset id."
+        ) from None
 
 
 @contextmanager
@@ -181,7 +194,7 @@ def _json_kind(value) -> str:
 def dataset_file_ending(dataset_name: str, default: str = ".png") -> str:
     """file_ending from dataset.json in $nnUNet_preprocessed or $nnUNet_raw (default '.png')."""
     for variable in ("nnUNet_preprocessed", "nnUNet_raw"):
-        root = os.environ.get(variable)
+        root = getattr(nnunet_paths, variable).get()
         if root:
             candidate = Path(root) / dataset_name / "dataset.json"
             if candidate.is_file():
@@ -189,9 +202,12 @@ def dataset_file_ending(dataset_name: str, default: str = ".png") -> str:
     return default
 
 
-def nnunet_model_folder(dataset_name: str, trainer: str, plans: str, configuration: str) -> Path:
-    """$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>."""
-    return env_folder("nnUNet_results") / dataset_name / f"{trainer}__{plans}__{configuration}"
+def nnunet_model_folder(dataset_name: str, trainer: str, plans: str, configuration: str,
+                        fold: int | None = None) -> Path:
+    """$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>[/fold_N]: nnU-Net's get_output_folder, an
+    unset nnUNet_results as an EvaluationError."""
+    env_folder("nnUNet_results")  # the clear message; get_output_folder would raise a RuntimeError
+    return Path(get_output_folder(dataset_name, trainer, plans, configuration, fold))
 
 
 @dataclass

@@ -231,4 +231,5 @@ def per_case_csv(results: dict) -> str:
 
 
 def results_json(results: dict) -> str:
+    # text, not save_json: write_text_files stages all four tables and moves them into place together
     return json.dumps(results, indent=2, sort_keys=False) + "\n"
