@@ -276,3 +276,22 @@ def test_seed_everything_repeats_numpy_torch_and_random():
     first = draw()
     seed_everything(2981)
     assert draw() == first
+
+
+@pytest.mark.parametrize("record,expected", [
+    ({"class": "nnunet_allukan.networks.ALLUKAN", "kwargs": {"embed_dims": [16, 24, 32], "grad_free": True,
+                                                            "implementation": "fast", "chunk_size": 32}},
+     (31, 12, 0)),
+    ({"class": "nnunet_allukan.networks.UKAN", "kwargs": {"embed_dims": [16, 24, 32], "fc": "linear"}}, (0, 0, 31)),
+])
+def test_model_folders_of_version_0_1_still_build(record, expected):
+    """nnunet-allukan 0.1.0 recorded its network as 'allukan_network' (no architecture entry of its own)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = _minimal_plans("2d", [64, 64])
+    plans["configurations"]["2d"]["allukan_network"] = record
+    manager = PlansManager(plans)
+    network = nnUNetTrainerAllUKAN.build_network_architecture(manager, manager.get_configuration("2d"), 3, 1, False)
+    summary = network_summary(network)
+    assert (summary["KAConv"], summary["KALinear"], summary["Conv"]) == expected
+    assert network(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
