@@ -97,9 +97,9 @@ class _KALinearFunction(torch.autograd.Function):
     (Eq. 7). Saves only (x, u, v), as ``nn.Linear`` saves (x, w); the augmented input is recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, x, u, v, bias, grid: SplineGrid, grad_free: bool):
+    def forward(ctx, x, u, bias, v, grid: SplineGrid, grad_free: bool):
         z = silu_and_basis_sums(x.unsqueeze(1), grid, False).squeeze(1)  # [N, in + nb]
-        y = F.linear(z, torch.cat([u, v], dim=1), bias)
+        y = F.linear(z, torch.cat([u, v.to(u.dtype)], dim=1), bias)
         ctx.grid, ctx.grad_free = grid, grad_free
         ctx.save_for_backward(x, u, v)
         return y
@@ -107,24 +107,26 @@ class _KALinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, u, v = ctx.saved_tensors
-        need_x, need_u, need_v, need_bias, _, _ = ctx.needs_input_grad
+        need_x, need_u, need_bias, need_v, _, _ = ctx.needs_input_grad
         n_in = x.shape[1]
         gy = gy.contiguous()
         grad_x = grad_u = grad_v = grad_bias = None
         if need_x:
-            gz = gy @ torch.cat([u, v], dim=1)  # [N, in + nb]
+            gz = gy @ torch.cat([u, v.to(u.dtype)], dim=1)  # [N, in + nb]
             grad_x = torch.ops.aten.silu_backward(gz[:, :n_in], x)
             if not ctx.grad_free:  # spline path: sum_k dL/dS_k B'_k(x_j)
                 d = basis_derivative_dot(x.unsqueeze(1), gz[:, None, n_in:], ctx.grid).squeeze(1)
                 grad_x = grad_x + d.to(grad_x.dtype)
         if need_u or need_v:
             z = silu_and_basis_sums(x.unsqueeze(1), ctx.grid, False).squeeze(1)
-            gw = gy.t() @ z  # [out, in + nb]: u's gradient and v's (Eq. 9)
-            grad_u = gw[:, :n_in] if need_u else None
-            grad_v = gw[:, n_in:] if need_v else None
+            if need_u:
+                grad_u = gy.t() @ z[:, :n_in]
+            if need_v:  # Eq. 9, summed over all N in float32 at least
+                cdt = torch.promote_types(gy.dtype, torch.float32)
+                grad_v = (gy.t().to(cdt) @ z[:, n_in:].to(cdt)).to(v.dtype)
         if need_bias:
             grad_bias = gy.sum(0)
-        return grad_x, grad_u, grad_v, grad_bias, None, None
+        return grad_x, grad_u, grad_bias, grad_v, None, None
 
 
 class _SplineGridAttributes:
@@ -180,7 +182,7 @@ class KALinear(_SplineGridAttributes, nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.lam is None:
-            y = _apply_in_amp_dtype(_KALinearFunction, (x2, self.u, self.v, self.bias), self.grid, self.grad_free)
+            y = _apply_in_amp_dtype(_KALinearFunction, (x2, self.u, self.bias), (self.v,), self.grid, self.grad_free)
             return y.reshape(*lead, self.out_features)
         y = ka_grouped(x2.unsqueeze(1), self.u.unsqueeze(0), self.v.unsqueeze(0), self.lam.unsqueeze(0), self.grid,
                        self.grad_free, self.chunk_size)
@@ -303,7 +305,7 @@ class _KAConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, u, v, bias, geo: _ConvGeometry):
+    def forward(ctx, x, u, bias, v, geo: _ConvGeometry):
         b, sp, g, cg = x.shape[0], x.shape[2:], geo.groups, geo.cin_g
         if geo.one_output_per_group:
             silu, phi = silu_and_activation_sums(x.reshape(b, g, cg, *sp), v, geo.grid, any(geo.padding))
@@ -315,11 +317,12 @@ class _KAConvFunction(torch.autograd.Function):
             y = geo.conv(silu.reshape(x.shape), u, g, geo.padding).contiguous()
             del silu
             positions = math.prod(y.shape[2:])
-            v_g = v.reshape(1, g, geo.cout_g, -1).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, -1)
+            v_g = v.to(y.dtype).reshape(1, g, geo.cout_g, -1).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, -1)
             # y += v P (Eq. 7's spline path), one batched GEMM into y
             y.view(b * g, geo.cout_g, positions).baddbmm_(v_g, p.reshape(b * g, -1, positions).to(y.dtype))
         offset = _padding_offset(geo, v)  # [C_out] or None
         if offset is not None:
+            offset = offset.to(y.dtype)
             bias = offset if bias is None else bias + offset
         if bias is not None:
             y = y + bias.reshape(1, -1, *([1] * geo.nd))
@@ -332,13 +335,15 @@ class _KAConvFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x, u, v = ctx.saved_tensors
         geo: _ConvGeometry = ctx.geo
-        need_x, need_u, need_v, need_bias, _ = ctx.needs_input_grad
+        need_x, need_u, need_bias, need_v, _ = ctx.needs_input_grad
+        cdt = torch.promote_types(gy.dtype, torch.float32)  # v's gradient sums everything: float32 at least
         nd, nb, cg, g, grid = geo.nd, geo.grid.n_bases, geo.cin_g, geo.groups, geo.grid
         b, sp = x.shape[0], x.shape[2:]
         xg = x.reshape(b, g, cg, *sp)
         gy = gy.contiguous()
         grad_x = grad_u = grad_v = grad_bias = None
-        gy_sum = gy.sum(dim=[0] + list(range(2, gy.dim()))) if need_bias or need_v and any(geo.padding) else None
+        gy_sum = gy.sum(dim=[0] + list(range(2, gy.dim())), dtype=cdt) if need_bias or need_v and any(geo.padding) \
+            else None
         if geo.one_output_per_group:
             gin = None
             if need_x or need_u:
@@ -361,14 +366,14 @@ class _KAConvFunction(torch.autograd.Function):
             del silu
             positions = math.prod(gy.shape[2:])
             gy_g = gy.view(b * g, geo.cout_g, positions)
-            p = p.reshape(b * g, nb, positions).to(gy.dtype)
+            p = p.reshape(b * g, nb, positions).to(cdt)
             if need_v:  # Eq. 9: dL/dv = sum over samples and positions of dL/dy P^T
-                grad_v = torch.bmm(gy_g, p.transpose(1, 2)).reshape(b, g * geo.cout_g, nb).sum(0)
+                grad_v = torch.bmm(gy_g.to(cdt), p.transpose(1, 2)).reshape(b, g * geo.cout_g, nb).sum(0)
             del p
             if need_x:
                 grad_x = torch.ops.aten.silu_backward.grad_input(gin, x, grad_input=gin)  # G_L (Eq. 11), in place
                 if not geo.grad_free:  # spline path: adjoint window sums of dL/dP = v^T dL/dy, then B'
-                    v_g = v.reshape(1, g, geo.cout_g, nb).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, nb)
+                    v_g = v.to(gy.dtype).reshape(1, g, geo.cout_g, nb).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, nb)
                     g_p = torch.bmm(v_g.transpose(1, 2), gy_g).reshape(b, g * nb, *gy.shape[2:])
                     ones = g_p.new_ones((g * nb, 1) + geo.kernel)
                     h = geo.conv_input_grad((b, g * nb) + tuple(sp), ones, g_p, g * nb, geo.padding)
@@ -379,8 +384,8 @@ class _KAConvFunction(torch.autograd.Function):
                 grad_v = grad_v + _padding_offset_grad(geo, gy_sum)
             grad_v = grad_v.reshape_as(v).to(v.dtype)
         if need_bias and ctx.has_bias:
-            grad_bias = gy_sum
-        return grad_x, grad_u, grad_v, grad_bias, None
+            grad_bias = gy_sum.to(gy.dtype)
+        return grad_x, grad_u, grad_bias, grad_v, None
 
 
 def _is_pointwise(geo: _ConvGeometry) -> bool:
@@ -420,11 +425,11 @@ class _KAConvLambdaFunction(torch.autograd.Function):
     block by block (``chunk_size`` channels). Saves only (x, u, v, lam)."""
 
     @staticmethod
-    def forward(ctx, x, u, v, lam, bias, geo: _ConvGeometry):
+    def forward(ctx, x, u, bias, v, lam, geo: _ConvGeometry):
         nd, nb = geo.nd, geo.grid.n_bases
         x_pad = geo.pad(x)
         y = geo.conv(F.silu(x_pad), u, geo.groups, geo.no_padding).contiguous()
-        v_g = v.reshape(geo.groups, geo.cout_g, nb)
+        v_g = v.to(y.dtype).reshape(geo.groups, geo.cout_g, nb)
         y_g = y.view(y.shape[0], geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
         for g0, g1, pieces in geo.blocks():
             p = sum(_piece_lambda_window_sums(geo, x_pad, lam, c0, c1, g1 - g0)[0] for c0, c1 in pieces)
@@ -441,7 +446,8 @@ class _KAConvLambdaFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x, u, v, lam = ctx.saved_tensors
         geo: _ConvGeometry = ctx.geo
-        need_x, need_u, need_v, need_lam, need_bias, _ = ctx.needs_input_grad
+        need_x, need_u, need_bias, need_v, need_lam, _ = ctx.needs_input_grad
+        cdt = torch.promote_types(gy.dtype, torch.float32)  # v's and lambda's gradients sum everything
         nd, nb = geo.nd, geo.grid.n_bases
         gy = gy.contiguous()
         x_pad = geo.pad(x)
@@ -468,7 +474,7 @@ class _KAConvLambdaFunction(torch.autograd.Function):
         if need_v or need_lam or spline_x:
             v_g = v.reshape(geo.groups, geo.cout_g, nb)
             gy_g = gy.view(b, geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
-            grad_v = torch.empty_like(v_g) if need_v else None
+            grad_v = torch.empty(v_g.shape, dtype=cdt, device=v.device) if need_v else None
             grad_lam = torch.empty_like(lam) if need_lam else None
             for g0, g1, pieces in geo.blocks():
                 ng = g1 - g0
@@ -495,31 +501,32 @@ class _KAConvLambdaFunction(torch.autograd.Function):
                             d = basis_derivative_dot(x_pad[:, c0:c1].reshape(b, cc, 1, *sp_pad), h, geo.grid)
                             grad_pad[:, c0:c1] += d.reshape(b, cc, *sp_pad).to(grad_pad.dtype)
                 if need_v:  # dL/dv = sum over samples and positions of dL/dy P^T (Eq. 9)
-                    p = p.to(gy.dtype).reshape(b, ng, nb, -1)
-                    grad_v[g0:g1] = torch.matmul(gy_g[:, g0:g1], p.transpose(-1, -2)).sum(0)
+                    p = p.to(cdt).reshape(b, ng, nb, -1)
+                    grad_v[g0:g1] = torch.matmul(gy_g[:, g0:g1].to(cdt), p.transpose(-1, -2)).sum(0)
             if need_v:
-                grad_v = grad_v.reshape_as(v)
+                grad_v = grad_v.reshape_as(v).to(v.dtype)
 
         if need_x:
             grad_x = geo.crop(grad_pad).to(x.dtype)
         if need_bias and ctx.has_bias:
             grad_bias = gy.sum(dim=[0] + list(range(2, gy.dim())))
-        return grad_x, grad_u, grad_v, grad_lam, grad_bias, None
+        return grad_x, grad_u, grad_bias, grad_v, grad_lam, None
 
 
-def _apply_in_amp_dtype(function, tensors: tuple, *constants):
-    """``function.apply(*tensors, *constants)`` with the tensors (x first; None allowed) in the dtype the function
-    runs in, as ``torch.amp.custom_fwd(cast_inputs=)`` does, for any device type: under autocast, the autocast
-    dtype with autocast off inside (the functions call their convolutions and GEMMs themselves, so forward and
-    backward run in that one dtype); otherwise x's dtype. The spline arithmetic stays in float32 for half
-    inputs (splines._compute_dtype)."""
+def _apply_in_amp_dtype(function, tensors: tuple, spline_weights: tuple, *constants):
+    """``function.apply(*tensors, *spline_weights, *constants)`` with ``tensors`` (x first; None allowed) in the
+    dtype the function runs in, as ``torch.amp.custom_fwd(cast_inputs=)`` does, for any device type: under
+    autocast, the autocast dtype with autocast off inside (the functions call their convolutions and GEMMs
+    themselves, so forward and backward run in that one dtype); otherwise x's dtype. ``spline_weights`` (v,
+    lambda) keep their own dtype: their gradients sum over every position and input of the layer and are
+    computed in float32 for half inputs, where float16 would overflow (splines._compute_dtype)."""
     x = tensors[0]
     dev = x.device.type
     if torch.is_autocast_enabled(dev):
         dt = torch.get_autocast_dtype(dev)
         with torch.autocast(dev, enabled=False):
-            return function.apply(*(None if t is None else t.to(dt) for t in tensors), *constants)
-    return function.apply(*(None if t is None else t.to(x.dtype) for t in tensors), *constants)
+            return function.apply(*(None if t is None else t.to(dt) for t in tensors), *spline_weights, *constants)
+    return function.apply(*(None if t is None else t.to(x.dtype) for t in tensors), *spline_weights, *constants)
 
 
 def _unfold_fields(x_pad: torch.Tensor, geo: _ConvGeometry) -> torch.Tensor:
@@ -599,8 +606,8 @@ class _KAConvNd(_SplineGridAttributes, nn.Module):
         if self.implementation == "reference":
             return self._forward_reference(x, geo)
         if self.lam is None:
-            return _apply_in_amp_dtype(_KAConvFunction, (x, self.u, self.v, self.bias), geo)
-        return _apply_in_amp_dtype(_KAConvLambdaFunction, (x, self.u, self.v, self.lam, self.bias), geo)
+            return _apply_in_amp_dtype(_KAConvFunction, (x, self.u, self.bias), (self.v,), geo)
+        return _apply_in_amp_dtype(_KAConvLambdaFunction, (x, self.u, self.bias), (self.v, self.lam), geo)
 
     def _forward_reference(self, x: torch.Tensor, geo: _ConvGeometry) -> torch.Tensor:
         """Paper's description: unfold each receptive field (zero padding included), apply the KA layer."""
