@@ -14,6 +14,7 @@ copy) are included; then the median step time after warm-up.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -52,21 +53,33 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * F.binary_cross_entropy_with_logits(logits, target) + (1 - dice).mean()
 
 
-def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                scaler: torch.amp.GradScaler | None = None) -> None:
+    """One step; with ``scaler``, nnU-Net's CUDA default: autocast float16 and a GradScaler."""
     opt.zero_grad(set_to_none=True)
-    loss_fn(net(x), y).backward()
-    opt.step()
+    if scaler is None:
+        loss_fn(net(x), y).backward()
+        opt.step()
+        return
+    with torch.autocast(x.device.type, dtype=torch.float16):
+        loss = loss_fn(net(x).float(), y)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
 
 
 def child(a: argparse.Namespace, name: str, batch: int) -> dict:
     device = torch.device(a.device)
     row, overrides = {**CONFIGS, **BATCH1_CONFIGS}[name]
+    if a.nnunet_imports:  # nnU-Net's nnUNetTrainer module imports it in every training process
+        importlib.import_module("torch._dynamo")
     if a.precompile:
         # Warm-up on a small copy of the same configuration: compiles the basis kernels (and initialises the
         # backends) so that neither compilation time nor compiler memory is counted below.
         small = build_table2_network(row, a.channels, a.classes, embed_dims=(16, 24, 32), **overrides).to(device)
         xs = torch.randn(2, a.channels, 64, 64, device=device)
-        _train_step(small, torch.optim.Adam(small.parameters()), xs, (xs[:, : a.classes] > 0).float())
+        _train_step(small, torch.optim.Adam(small.parameters()), xs, (xs[:, : a.classes] > 0).float(),
+                    torch.amp.GradScaler(device.type) if a.amp else None)
         del small, xs
 
     def setup_and_first_steps() -> None:  # measured: parameters, gradients, Adam state, activations (+ compile)
@@ -75,13 +88,14 @@ def child(a: argparse.Namespace, name: str, batch: int) -> dict:
         state["opt"] = opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
         state["x"] = torch.randn(batch, a.channels, a.size, a.size, device=device)
         state["y"] = (torch.rand(batch, a.classes, a.size, a.size, device=device) > 0.5).float()
+        state["scaler"] = torch.amp.GradScaler(device.type) if a.amp else None
         for _ in range(2):
-            _train_step(net, opt, state["x"], state["y"])
+            _train_step(net, opt, state["x"], state["y"], state["scaler"])
 
     state: dict = {}
     peak = peak_memory_of(setup_and_first_steps, device)
-    t = median_time(lambda: _train_step(state["net"], state["opt"], state["x"], state["y"]), device, a.warmup,
-                    a.steps)
+    t = median_time(lambda: _train_step(state["net"], state["opt"], state["x"], state["y"], state["scaler"]), device,
+                    a.warmup, a.steps)
     return {"time_s": t, "peak_bytes": peak, "parameters": network_summary(state["net"])["parameters"]}
 
 
@@ -92,7 +106,8 @@ def run_all(a: argparse.Namespace, configs: dict, batch: int) -> dict:
         args = ["--child", name, "--child-batch", str(batch), "--device", a.device, "--size", str(a.size),
                 "--channels", str(a.channels), "--classes", str(a.classes), "--steps", str(a.steps),
                 "--warmup", str(a.warmup)] + (["--threads", str(a.threads)] if a.threads else []) + \
-            (["--precompile"] if a.precompile else [])
+            (["--precompile"] if a.precompile else []) + (["--amp"] if a.amp else []) + \
+            (["--nnunet-imports"] if a.nnunet_imports else [])
         results[name] = run_in_fresh_process(__file__, args)
         if "error" in results[name]:
             print(f"    failed: {results[name]['error']}")
@@ -113,6 +128,10 @@ def main() -> int:
     p.add_argument("--precompile", action="store_true",
                    help="compile the basis kernels on a small copy first, outside the measured peak memory "
                         "(default: the measured peak includes compilation, as in a real training process)")
+    p.add_argument("--amp", action="store_true", help="autocast float16 + GradScaler (nnU-Net's CUDA default)")
+    p.add_argument("--nnunet-imports", action="store_true",
+                   help="import torch._dynamo before measuring, as nnU-Net's trainer module does in every training "
+                        "process (its ~70 MB then do not count as the network's)")
     p.add_argument("--skip-batch1", action="store_true", help="skip the batch-1 rows 9/11 memory comparison")
     p.add_argument("--json", type=Path, default=Path("benchmark_results/network_benchmark.json"),
                    help="where to write the results as JSON (default benchmark_results/network_benchmark.json)")

@@ -2,7 +2,7 @@
 
     python benchmarks/benchmark_ratios.py                      # everything below (~15 min on 2 quiet cores)
     python benchmarks/benchmark_ratios.py --skip network       # layers only
-    python benchmarks/benchmark_ratios.py --device cuda        # the same on a GPU (memory: max_memory_allocated)
+    python benchmarks/benchmark_ratios.py --device cuda --amp --time-target 1.5 --memory-target 1.3   # GPU targets
 
 - network time: ALL U-KAN vs U-KAN_MLP train step (forward + 0.5 BCE + Dice + backward + Adam), batch 8,
   256x256, both networks in this one process, interleaved rounds (one step of each per round; the median over
@@ -59,7 +59,9 @@ def network_times(a: argparse.Namespace) -> dict:
         opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
         x = torch.randn(a.batch_size, 3, a.size, a.size, device=device)
         y = (torch.rand(a.batch_size, 1, a.size, a.size, device=device) > 0.5).float()
-        steps[name] = (lambda net=net, opt=opt, x=x, y=y: benchmark_networks._train_step(net, opt, x, y))
+        scaler = torch.amp.GradScaler(device.type) if a.amp else None
+        steps[name] = (lambda net=net, opt=opt, x=x, y=y, scaler=scaler:
+                       benchmark_networks._train_step(net, opt, x, y, scaler))
     for step in steps.values():  # warm-up: compilation of the basis kernels, lazy initialisation
         for _ in range(2):
             step()
@@ -74,13 +76,14 @@ def network_times(a: argparse.Namespace) -> dict:
     return {name: {"median_s": statistics.median(ts), "rounds_s": ts} for name, ts in rounds.items()}
 
 
-def network_memory(a: argparse.Namespace) -> dict:
+def network_memory(a: argparse.Namespace, nnunet_imports: bool) -> dict:
     out = {}
     script = str(Path(benchmark_networks.__file__))
     names = {"U-KAN_MLP": "U-KAN_MLP", "ALL U-KAN": "ALL U-KAN chunk 32"}
     for name, config in names.items():
         args = ["--child", config, "--child-batch", str(a.batch_size), "--device", a.device, "--size", str(a.size),
-                "--steps", "0", "--warmup", "0"]
+                "--steps", "0", "--warmup", "0"] + (["--amp"] if a.amp else []) + \
+            (["--nnunet-imports"] if nnunet_imports else [])
         out[name] = run_in_fresh_process(script, args)
     return out
 
@@ -112,6 +115,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="interleaved network rounds (default 5)")
     p.add_argument("--layer-repeats", type=int, default=9)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="networks with autocast float16 + GradScaler (nnU-Net on CUDA)")
+    p.add_argument("--time-target", type=float, default=NETWORK_TIME_TARGET)
+    p.add_argument("--memory-target", type=float, default=NETWORK_MEMORY_TARGET)
     p.add_argument("--skip", nargs="*", default=[], choices=["network", "memory", "layers"])
     p.add_argument("--json", type=Path, default=Path("benchmark_results/ratios.json"))
     a = p.parse_args()
@@ -131,13 +137,16 @@ def main() -> int:
         print(f"network step times, batch {a.batch_size}, {a.size}x{a.size}, interleaved ...", flush=True)
         result["network_time"] = t = network_times(a)
         rows.append((f"ALL U-KAN train step time vs U-KAN_MLP (B={a.batch_size}, {a.size}^2)",
-                     t["ALL U-KAN"]["median_s"] / t["U-KAN_MLP"]["median_s"], NETWORK_TIME_TARGET))
+                     t["ALL U-KAN"]["median_s"] / t["U-KAN_MLP"]["median_s"], a.time_target))
     if "memory" not in a.skip:
         print("network peak memory, fresh processes, compilation included ...", flush=True)
-        result["network_memory"] = m = network_memory(a)
-        if all("peak_bytes" in m[k] for k in m):
-            rows.append(("ALL U-KAN peak memory vs U-KAN_MLP (build + 2 steps, compile included)",
-                         m["ALL U-KAN"]["peak_bytes"] / m["U-KAN_MLP"]["peak_bytes"], NETWORK_MEMORY_TARGET))
+        for nnunet_imports, label in ((False, "nothing imported before"),
+                                      (True, "torch._dynamo imported before, as in nnU-Net's trainer process")):
+            key = "network_memory" + ("_nnunet_imports" if nnunet_imports else "")
+            result[key] = m = network_memory(a, nnunet_imports)
+            if all("peak_bytes" in m[k] for k in m):
+                rows.append((f"ALL U-KAN peak memory vs U-KAN_MLP (build + 2 steps, compile included; {label})",
+                             m["ALL U-KAN"]["peak_bytes"] / m["U-KAN_MLP"]["peak_bytes"], a.memory_target))
     result["load_after"] = load_average()
     print(f"\nload average after: {result['load_after']}\n")
     print("| measurement | ratio | target | verdict |\n|---|---:|---:|---|")

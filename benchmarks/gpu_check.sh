@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# The first run on a GPU, in at most ~8 minutes on one device: correctness and speed of the KA layers under
+# nnU-Net's CUDA settings, with JSON results and a markdown summary.
+#
+#   bash benchmarks/gpu_check.sh              # on a CUDA GPU
+#   bash benchmarks/gpu_check.sh --dry-run    # the same stages on CPU at tiny sizes: checks that the script runs
+#
+# Stages (each bounded by `timeout`; a failed stage is recorded and the next one runs):
+#   1. layers       benchmarks/gpu_layer_check.py: fast == unfold reference on the device in float64 / float32,
+#                   float16 and bfloat16 autocast against the float64 reference, forward and every gradient
+#   2. layer_bench  benchmarks/benchmark_ratios.py --skip network memory: KAConv2d / depthwise / KAConv3d vs nn.Conv
+#   3. network      benchmarks/benchmark_networks.py --amp: U-KAN_MLP, U-KAN, ALL U-KAN, batch 8, 256x256, time per
+#                   step and max_memory_allocated (paper Table 3), nnU-Net's default AMP (float16 + GradScaler)
+#   4. ratios       benchmarks/benchmark_ratios.py --amp --skip layers: ALL U-KAN vs U-KAN_MLP interleaved in one
+#                   process, targets 1.5x time and 1.3x memory (issue 10)
+#   5. train        synthetic BUSI-like data -> convert -> plan/preprocess -> nnUNetv2_train nnUNetTrainerAllUKAN_2epochs
+#                   with nnU-Net's CUDA defaults (AMP, gradient clipping at 12, torch.compile unless nnUNet_compile
+#                   is set), then nnUNetv2_predict of the validation images (mirroring on)
+#   6. (3D)         marked spot below, for the 3D trainer / network when it lands
+#
+# Settings (environment variables):
+#   ALLUKAN_GPU_CHECK_OUT  results folder (default: $OUT if set, else benchmark_results/gpu_check); emptied first
+#   ALLUKAN_GPU_CHECK_WORK nnU-Net work folder (default ${TMPDIR:-/tmp}/allukan_gpu_check; emptied first)
+#   PYTHON                 interpreter with nnunet-allukan installed (default: python)
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DRY=0
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY=1 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        *) echo "unknown argument $arg (use --dry-run or nothing)" >&2; exit 2 ;;
+    esac
+done
+PYTHON="${PYTHON:-python}"
+OUT_DIR="${ALLUKAN_GPU_CHECK_OUT:-${OUT:-$ROOT/benchmark_results/gpu_check}}"
+WORK="${ALLUKAN_GPU_CHECK_WORK:-${TMPDIR:-/tmp}/allukan_gpu_check}"
+if [ "$DRY" = 1 ]; then
+    DEVICE=cpu
+    LAYER_ARGS="--layer-repeats 1"
+    NET_ARGS="--batch-size 2 --size 64 --steps 1 --warmup 1"
+    RATIO_ARGS="--batch-size 2 --size 64 --rounds 1"
+    CASES=12; IMAGE_SIZE=64; T_LAYERS=300; T_LBENCH=600; T_NET=600; T_RATIO=600; T_TRAIN=900
+    export nnUNet_compile=f  # whole-network compile on CPU takes many minutes (docs/performance.md)
+else
+    DEVICE=cuda
+    LAYER_ARGS="--layer-repeats 20"
+    NET_ARGS="--batch-size 8 --size 256 --steps 10 --warmup 3"
+    RATIO_ARGS="--batch-size 8 --size 256 --rounds 10"
+    CASES=48; IMAGE_SIZE=256; T_LAYERS=60; T_LBENCH=60; T_NET=120; T_RATIO=90; T_TRAIN=150
+fi
+rm -rf "$OUT_DIR" "$WORK"
+mkdir -p "$OUT_DIR" "$WORK"
+STATUS="$OUT_DIR/stages.tsv"
+: > "$STATUS"
+START=$(date +%s)
+
+stage() {  # stage NAME LIMIT_SECONDS COMMAND...: bounded, logged to OUT_DIR/NAME.log, status recorded
+    local name="$1" limit="$2"; shift 2
+    local t0=$(date +%s) rc
+    echo "=== [$(( t0 - START )) s] $name: $*"
+    timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    rc=$?
+    tail -n 25 "$OUT_DIR/$name.log"
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" >> "$STATUS"
+    [ "$rc" = 124 ] && echo "  $name: TIMED OUT after $limit s"
+    return 0
+}
+
+if [ "$DEVICE" = cuda ]; then
+    "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')" || exit 1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT_DIR/gpu.txt" 2>&1 || true
+fi
+"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" > "$OUT_DIR/versions.txt" 2>&1
+
+# shellcheck disable=SC2086
+stage layers "$T_LAYERS" "$PYTHON" "$ROOT/benchmarks/gpu_layer_check.py" --device "$DEVICE" --json "$OUT_DIR/layers.json"
+# shellcheck disable=SC2086
+stage layer_bench "$T_LBENCH" "$PYTHON" "$ROOT/benchmarks/benchmark_ratios.py" --device "$DEVICE" --skip network memory \
+    $LAYER_ARGS --json "$OUT_DIR/layer_bench.json"
+# shellcheck disable=SC2086
+stage network "$T_NET" "$PYTHON" "$ROOT/benchmarks/benchmark_networks.py" --device "$DEVICE" --amp $NET_ARGS \
+    --configs U-KAN_MLP U-KAN "ALL U-KAN chunk 32" --skip-batch1 --json "$OUT_DIR/network.json"
+# shellcheck disable=SC2086
+stage ratios "$T_RATIO" "$PYTHON" "$ROOT/benchmarks/benchmark_ratios.py" --device "$DEVICE" --amp --skip layers \
+    --time-target 1.5 --memory-target 1.3 $RATIO_ARGS --json "$OUT_DIR/ratios.json"
+
+# nnU-Net: synthetic data, 2 epochs with nnU-Net's defaults for the device, predict the validation images.
+export nnUNet_raw="$WORK/nnUNet_raw" nnUNet_preprocessed="$WORK/nnUNet_preprocessed" nnUNet_results="$WORK/nnUNet_results"
+export nnUNet_def_n_proc="${nnUNet_def_n_proc:-4}" nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-4}"
+mkdir -p "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results"
+train_and_predict() {
+    set -e
+    "$PYTHON" - "$WORK/source" "$CASES" <<'PY'
+import sys
+from dataset_conversion.synthetic import make_synthetic_busi
+n = int(sys.argv[2])
+make_synthetic_busi(sys.argv[1], n_benign=n - n // 3, n_malignant=n // 3, n_normal=2, seed=0)
+PY
+    nnUNetv2_convert_allukan_dataset busi "$WORK/source" -d 601 --size "$IMAGE_SIZE" --overwrite -np 2
+    nnUNetv2_plan_and_preprocess -d 601 -c 2d -np 2
+    local t0=$(date +%s)
+    nnUNetv2_train 601 2d 0 -tr nnUNetTrainerAllUKAN_2epochs -device "$DEVICE"
+    echo "TRAIN_SECONDS $(( $(date +%s) - t0 ))"
+    local raw
+    raw="$(ls -d "$nnUNet_raw"/Dataset601_*)"
+    mkdir -p "$WORK/predict_in"
+    # the validation cases of fold 0 (nnU-Net wrote them next to its validation predictions)
+    for seg in "$nnUNet_results"/Dataset601_*/nnUNetTrainerAllUKAN_2epochs__*/fold_0/validation/*.png; do
+        case_id="$(basename "$seg" .png)"
+        cp "$raw/imagesTr/${case_id}_"*.png "$WORK/predict_in/"
+    done
+    t0=$(date +%s)
+    nnUNetv2_predict -i "$WORK/predict_in" -o "$WORK/predict_out" -d 601 -c 2d -f 0 \
+        -tr nnUNetTrainerAllUKAN_2epochs -device "$DEVICE"
+    echo "PREDICT_SECONDS $(( $(date +%s) - t0 )) for $(ls "$WORK/predict_in" | wc -l) images (mirroring on)"
+    grep -h "Epoch time\|Using torch.compile\|compile\|Pseudo dice" "$nnUNet_results"/Dataset601_*/nnUNetTrainerAllUKAN_2epochs__*/fold_0/training_log_*.txt || true
+}
+stage train "$T_TRAIN" bash -c "$(declare -f train_and_predict); train_and_predict"
+
+# ---- 3D: MARKED SPOT for the 3D trainer (nnUNetTrainerKAUNet) and 3D ALL U-KAN -------------------------------
+# When they land, add a stage here, e.g. a 3D row of the network benchmark (batch 2, 32 -> ... at 48^3 patches)
+# and a 2-epoch nnUNetv2_train -c 3d_fullres -tr nnUNetTrainerKAUNet_<short> on a small synthetic volume set.
+# -----------------------------------------------------------------------------------------------------------------
+
+"$PYTHON" - "$OUT_DIR" "$DEVICE" "$DRY" <<'PY'
+import json, sys
+from pathlib import Path
+out, device, dry = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+stages = [line.split("\t") for line in (out / "stages.tsv").read_text().splitlines() if line]
+summary = {"device": device, "dry_run": dry, "stages": {n: {"exit_code": int(rc), "seconds": int(s)} for n, rc, s in stages}}
+for name in ("layers", "layer_bench", "network", "ratios"):
+    f = out / f"{name}.json"
+    if f.exists():
+        summary[name] = json.loads(f.read_text())
+log = (out / "train.log").read_text() if (out / "train.log").exists() else ""
+for key in ("TRAIN_SECONDS", "PREDICT_SECONDS"):
+    for line in log.splitlines():
+        if line.startswith(key):
+            summary.setdefault("train", {})[key.lower()] = line
+for name in ("gpu.txt", "versions.txt"):
+    if (out / name).exists():
+        summary[name[:-4]] = (out / name).read_text().strip()
+(out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+md = [f"# gpu_check ({'dry run on CPU' if dry else device})", "", summary.get("gpu", ""), summary.get("versions", ""), "",
+      "| stage | exit code | seconds |", "|---|---:|---:|"]
+md += [f"| {n} | {v['exit_code']} | {v['seconds']} |" for n, v in summary["stages"].items()]
+if "layers" in summary:
+    md += ["", f"Layer checks on {device}: {'all passed' if summary['layers'].get('ok') else 'FAILED (see layers.json)'}"]
+for name in ("layer_bench", "ratios"):
+    rows = summary.get(name, {}).get("rows", [])
+    if rows:
+        md += ["", f"## {name}", "", "| measurement | ratio | target |", "|---|---:|---:|"]
+        md += [f"| {r['measurement']} | {r['ratio']:.2f} | {r['target'] if r['target'] is not None else '-'} |" for r in rows]
+net = summary.get("network", {}).get("train_step", {})
+if net:
+    md += ["", "## network (AMP)", "", "| method | time/step | peak memory |", "|---|---:|---:|"]
+    md += [f"| {n} | {r.get('time_s', float('nan')):.3f} s | {r.get('peak_bytes', 0) / 2**20:.0f} MiB |" for n, r in net.items()]
+md += ["", "## train / predict", ""] + [f"- {v}" for v in summary.get("train", {}).values()]
+(out / "summary.md").write_text("\n".join(md) + "\n")
+print("\n".join(md))
+PY
+echo "=== done in $(( $(date +%s) - START )) s; results in $OUT_DIR (summary.md, summary.json, *.log)"
