@@ -14,11 +14,12 @@ A KAonv layer applies one KA layer to every receptive field of a convolution (ze
 Two implementations with identical parameters and state_dict:
 
 - ``reference``: literally that: unfold every receptive field and apply the KA layer.
-- ``fast``: the exact closed form. The silu path is ``conv(silu(x_pad), u)``; the spline path needs only
-  ``S_k(p) = sum_{j in field(p)} B_k(x_j)``: a per-group channel sum of the bases of the *padded* input
-  (padded zeros contribute B(0)) followed by a k x k sum-pool with the conv's stride, then a 1x1 map by v.
-  A custom autograd function keeps only the input for backward (as ``nn.Conv2d`` does): silu(x) and the
-  bases are recomputed in backward, and the bases are built in channel chunks of ``chunk_size``.
+- ``fast``: the exact closed form. The silu path is ``conv(silu(x), u)``; the spline path needs only
+  ``P_k(p) = sum_{j in field(p)} B_k(x_j)``: the per-group channel sums of the bases, window-summed with the
+  conv's stride and dilation (padded zeros contribute B(0)), then a 1x1 map by v. silu(x) and P come from
+  one fused pass over x; groups with one output (depthwise) window-sum their one activation map instead.
+  Custom autograd functions keep only the input for backward (as ``nn.Conv2d`` does) and recompute that
+  pass in backward (``_KAConvFunction``).
 """
 from __future__ import annotations
 

@@ -11,15 +11,20 @@ closed form, so no Cox-de Boor recursion is needed. For the default cubic case (
 orders use the truncated-power form ``N_p(u) = sum_i (-1)^i C(p+1, i) relu(u - i)^p / p!`` on the
 clamped support.
 
-The hot spots of the KA/KAonv layers are two reductions over inputs, provided here as *kernels*:
+The hot spots of the KA/KAonv layers are reductions over inputs, provided here as *kernels*, each one pass:
 
 - ``basis_sum``: ``S[b, g, k, ...] = sum_c B_k(x[b, g, c, ...])``  (the spline path of Eq. 7),
+- ``silu_and_window_sums``: silu(x) and S window-summed over a convolution's receptive fields (KAonv),
+- ``silu_and_activation_sums`` (+ backward): silu(x) and ``sum_c phi_g(x_c)`` for groups with one output,
+- ``silu_and_basis_sums``: silu(x) next to S (KALinear's one GEMM),
 - ``basis_derivative_dot``: ``D[b, g, c, ...] = sum_k h[b, g, k, ...] * B'_k(x[b, g, c, ...])``  (the
   spline-path input gradient, used only with ``grad_free=False``).
 
-Both are written as plain vectorised tensor code (the eager fallback) and are compiled with
-``torch.compile`` when possible, which fuses the per-basis arithmetic into one pass over the input.
-Set ``NNUNET_ALLUKAN_COMPILE=0`` to force the eager kernels, ``=1`` to require compilation.
+They are written as plain vectorised tensor code (the eager fallback) and are compiled with
+``torch.compile`` when possible, which fuses the per-basis arithmetic into one pass over the input; inside a
+whole-network ``torch.compile`` they are traced into the network's graph instead.
+``NNUNET_ALLUKAN_COMPILE`` (read once, at import) ``=0`` forces the eager kernels, ``=1`` requires
+compilation; :func:`set_kernel_compilation` changes the mode at run time.
 """
 from __future__ import annotations
 
