@@ -20,7 +20,8 @@ def _kernel_calls(dtype):
     x = torch.randn(2, 3, 5, 9, 9, dtype=dtype) * 1.5
     g = torch.randn(2, 3, 8, 9, 9, dtype=dtype)
     v = torch.randn(3, 8, dtype=dtype)
-    g_act = torch.randn(2, 3, 6, 9, 9, dtype=dtype)
+    g_silu = torch.randn(2, 3, 5, 9, 9, dtype=dtype)
+    g_phi = torch.randn(2, 3, 9, 9, dtype=dtype)
     return {
         "basis_sum": lambda: splines.basis_sum(x, grid),
         "basis_derivative_dot": lambda: splines.basis_derivative_dot(x, g, grid),
@@ -28,7 +29,8 @@ def _kernel_calls(dtype):
         "silu_and_basis_sums unpadded": lambda: splines.silu_and_basis_sums(x, grid, False),
         "silu_and_activation_sums": lambda: splines.silu_and_activation_sums(x, v, grid, True),
         "silu_and_activation_sums_backward": lambda: splines.silu_and_activation_sums_backward(
-            x, g_act, v, grid, True, True),
+            x, g_silu, g_phi, v, grid, True, True),
+        "silu_and_window_sums": lambda: splines.silu_and_window_sums(x, grid, (3, 3), (2, 1), (1, 1), (1, 2)),
     }
 
 
