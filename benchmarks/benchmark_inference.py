@@ -81,7 +81,9 @@ def main() -> int:
     work = Path(a.work)
     env = dict(os.environ, nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
                nnUNet_results=str(work / "nnUNet_results"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1",
-               nnUNet_compile="f")
+               nnUNet_compile="f",
+               # this checkout's layers even where nnunet-allukan is installed non-editable (pip install .)
+               PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     log = work / "benchmark_inference.log"

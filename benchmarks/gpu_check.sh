@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The first run on a GPU, in at most ~8 minutes on one device: correctness and speed of the KA layers under
+# The first run on a GPU, in at most ~8 minutes on one device (the stages' timeouts sum to 480 s): correctness and speed of the KA layers under
 # nnU-Net's CUDA settings, with JSON results and a markdown summary.
 #
 #   bash benchmarks/gpu_check.sh              # on a CUDA GPU
-#   bash benchmarks/gpu_check.sh --dry-run    # the same stages on CPU at tiny sizes: checks that the script runs
+#   bash benchmarks/gpu_check.sh --dry-run    # the same stages on CPU at tiny sizes, eager basis kernels, no
+#                                             # whole-network compile: checks that the script runs (~15 min)
 #
 # Stages (each bounded by `timeout`; a failed stage is recorded and the next one runs):
 #   1. layers       benchmarks/gpu_layer_check.py: fast == unfold reference on the device in float64 / float32,
@@ -42,13 +43,16 @@ if [ "$DRY" = 1 ]; then
     RATIO_ARGS="--batch-size 2 --size 64 --rounds 1"
     CASES=12; IMAGE_SIZE=64; T_LAYERS=300; T_LBENCH=600; T_NET=600; T_RATIO=600; T_TRAIN=900
     export nnUNet_compile=f  # whole-network compile on CPU takes many minutes (docs/performance.md)
+    export NNUNET_ALLUKAN_COMPILE=0  # eager basis kernels: compiling them for every dtype takes minutes on CPU
 else
     DEVICE=cuda
     LAYER_ARGS="--layer-repeats 20"
     NET_ARGS="--batch-size 8 --size 256 --steps 10 --warmup 3"
     RATIO_ARGS="--batch-size 8 --size 256 --rounds 10"
-    CASES=48; IMAGE_SIZE=256; T_LAYERS=60; T_LBENCH=60; T_NET=120; T_RATIO=90; T_TRAIN=150
+    CASES=48; IMAGE_SIZE=256; T_LAYERS=100; T_LBENCH=50; T_NET=100; T_RATIO=80; T_TRAIN=150
 fi
+# This checkout's layers even where nnunet-allukan is installed non-editable (pip install .).
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 rm -rf "$OUT_DIR" "$WORK"
 mkdir -p "$OUT_DIR" "$WORK"
 STATUS="$OUT_DIR/stages.tsv"
@@ -116,6 +120,7 @@ PY
     echo "PREDICT_SECONDS $(( $(date +%s) - t0 )) for $(ls "$WORK/predict_in" | wc -l) images (mirroring on)"
     grep -h "Epoch time\|Using torch.compile\|compile\|Pseudo dice" "$nnUNet_results"/Dataset601_*/nnUNetTrainerAllUKAN_2epochs__*/fold_0/training_log_*.txt || true
 }
+export PYTHON WORK CASES IMAGE_SIZE DEVICE
 stage train "$T_TRAIN" bash -c "$(declare -f train_and_predict); train_and_predict"
 
 # ---- 3D: MARKED SPOT for the 3D trainer (nnUNetTrainerKAUNet) and 3D ALL U-KAN -------------------------------
