@@ -139,13 +139,10 @@ def main() -> int:
                      t["ALL U-KAN"]["median_s"] / t["U-KAN_MLP"]["median_s"], a.time_target))
     if "memory" not in a.skip:
         print("network peak memory, fresh processes, compilation included ...", flush=True)
-        for nnunet_imports, label in ((False, "nothing imported before"),
-                                      (True, "torch._dynamo imported before, as in nnU-Net's trainer process")):
-            key = "network_memory" + ("_nnunet_imports" if nnunet_imports else "")
-            result[key] = m = network_memory(a, nnunet_imports)
-            if all("peak_bytes" in m[k] for k in m):
-                rows.append((f"ALL U-KAN peak memory vs U-KAN_MLP (build + 2 steps, compile included; {label})",
-                             m["ALL U-KAN"]["peak_bytes"] / m["U-KAN_MLP"]["peak_bytes"], a.memory_target))
+        result["network_memory"] = m = network_memory(a, nnunet_imports=False)
+        if all("peak_bytes" in m[k] for k in m):
+            rows.append(("ALL U-KAN peak memory vs U-KAN_MLP (build + 2 steps, compile included)",
+                         m["ALL U-KAN"]["peak_bytes"] / m["U-KAN_MLP"]["peak_bytes"], a.memory_target))
     result["load_after"] = load_average()
     print(f"\nload average after: {result['load_after']}\n")
     print("| measurement | ratio | target | verdict |\n|---|---:|---:|---|")
