@@ -63,8 +63,9 @@ START=$(date +%s)
 stage() {  # stage NAME LIMIT_SECONDS COMMAND...: bounded, logged to OUT_DIR/NAME.log, status recorded
     local name="$1" limit="$2"; shift 2
     local t0=$(date +%s) rc
-    echo "=== [$(( t0 - START )) s] $name: $*"
-    timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    echo "=== [$(( t0 - START )) s] $name (limit $limit s; log $OUT_DIR/$name.log)"
+    printf '$ %s\n' "${*:0:400}" > "$OUT_DIR/$name.log"
+    timeout "$limit" "$@" >> "$OUT_DIR/$name.log" 2>&1
     rc=$?
     tail -n 25 "$OUT_DIR/$name.log"
     printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" >> "$STATUS"
