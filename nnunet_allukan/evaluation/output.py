@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
+from dataset_conversion.common import make_fresh_folder as _fresh_folder  # umask modes, as the converter's
 from nnunet_allukan.evaluation.collect import EvaluationError
 
 
@@ -41,18 +42,6 @@ def check_output_folder(folder: Path, option: str = "-o") -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise EvaluationError(f"{option} {folder}: {existing} is not writable for you: pass a folder you can "
                               "write to.")
-
-
-def _fresh_folder(parent: Path, prefix: str) -> Path:
-    """A new, uniquely named folder created like a plain mkdir (mode from the umask)."""
-    for _ in range(100):
-        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / prefix))
 
 
 def _fresh_file(parent: Path, prefix: str, suffix: str) -> Path:
