@@ -58,6 +58,19 @@ def check_architecture_importable(architecture: dict, plans_file: str = "plans.j
 class TrainingFaultsMixin:
     """Put before ``nnUNetTrainer`` in a trainer's bases."""
 
+    def _do_i_compile(self) -> bool:
+        """nnU-Net's choice, except on a CPU when ``nnUNet_compile`` is set explicitly: nnU-Net never compiles on
+        CPU (its plain U-Nets crash there); the project's KA layers trace without graph breaks, so an explicit
+        request is honoured, which runs on CPU the code path nnU-Net takes on CUDA."""
+        requested = os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t")
+        if self.device.type == "cpu" and requested:
+            if not getattr(self, "_cpu_compile_logged", False):  # nnU-Net asks several times
+                self._cpu_compile_logged = True
+                self.print_to_log_file("torch.compile of the whole network on CPU (nnUNet_compile is set; nnU-Net "
+                                       "itself compiles on CUDA only). The first steps take minutes to compile.")
+            return True
+        return super()._do_i_compile()
+
     def initialize(self):
         super().initialize()
         if not isinstance(self.loss, _FiniteLossGuard):
