@@ -66,3 +66,20 @@ def test_memory_message_warns_before_an_out_of_memory_with_a_batch_that_fits():
                                 "Table 2 row 9 (kaonv)", [256, 256])
     assert not fits and line.startswith("WARNING: GPU memory estimate for Table 2 row 9 (kaonv)")
     assert "about 32.3 GiB" in line and "about 5 would fit" in line
+
+
+@pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("0", False), (None, False)])
+def test_explicit_nnunet_compile_is_honoured_on_cpu(value, expected, tmp_path, monkeypatch):
+    """nnU-Net never compiles on CPU; the project's trainers do when asked (whole-network compile verified by
+    hand: a 1-epoch nnUNetTrainerAllUKAN_1epoch run with nnUNet_compile=1 on CPU, see docs/training.md)."""
+    from test_trainer_variants import _trainer
+
+    if value is None:
+        monkeypatch.delenv("nnUNet_compile", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_compile", value)
+    trainer = _trainer("nnUNetTrainerAllUKAN_1epoch", tmp_path, monkeypatch)
+    assert trainer._do_i_compile() is expected
+    trainer._do_i_compile()
+    log = "".join(p.read_text() for p in tmp_path.rglob("training_log_*.txt"))
+    assert log.count("torch.compile of the whole network on CPU") == (1 if expected else 0)
