@@ -274,3 +274,21 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(prepr
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
     log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "Training stopped: the loss became NaN in epoch 1" in log
+
+
+def test_kaunet_trains_and_predicts_on_the_2d_data(preprocessed, nnunet_env, tmp_path):
+    """nnUNetTrainerKAUNet (nnU-Net's planned 2D U-Net, fully KA, nnU-Net's own protocol) with the console commands."""
+    trainer = "nnUNetTrainerKAUNet_smoke"
+    run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], nnunet_env,
+                timeout=1800)
+    model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{trainer}__nnUNetPlans__2d"
+    architecture = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["architecture"]
+    assert architecture["network_class_name"] == "nnunet_allukan.networks.ka_unet.KAPlainConvUNet"
+    assert architecture["arch_kwargs"]["conv_op"] == "nnunet_allukan.layers.ka.KAConv2d"
+    raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+    out = tmp_path / "predictions"
+    run_command(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-c", "2d",
+                 "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], nnunet_env, timeout=1800)
+    for reference in sorted((raw / "labelsTs").glob("*.png")):
+        predicted = np.asarray(Image.open(out / reference.name))
+        assert predicted.shape == (IMAGE_SIZE, IMAGE_SIZE) and set(np.unique(predicted).tolist()) <= {0, 1}
