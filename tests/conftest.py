@@ -16,3 +16,21 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present (only the project's own fixtures are used then)")
     return SHARED
+
+
+@pytest.fixture
+def raw(tmp_path, monkeypatch) -> Path:
+    """An empty nnUNet_raw for the converter tests (the other nnUNet_* variables unset)."""
+    raw_folder = tmp_path / "raw"
+    monkeypatch.setenv("nnUNet_raw", str(raw_folder))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    return raw_folder
+
+
+@pytest.fixture
+def busi(tmp_path) -> Path:
+    """A small synthetic BUSI source in the distributed layout (3 benign, 2 malignant, 1 normal)."""
+    from dataset_conversion.synthetic import make_synthetic_busi
+
+    return make_synthetic_busi(tmp_path / "busi", n_benign=3, n_malignant=2, n_normal=1, seed=4)

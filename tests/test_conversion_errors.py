@@ -18,20 +18,6 @@ from dataset_conversion.synthetic import make_synthetic_busi, make_synthetic_cvc
 
 
 @pytest.fixture
-def raw(tmp_path, monkeypatch) -> Path:
-    raw_folder = tmp_path / "raw"
-    monkeypatch.setenv("nnUNet_raw", str(raw_folder))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return raw_folder
-
-
-@pytest.fixture
-def busi(tmp_path) -> Path:
-    return make_synthetic_busi(tmp_path / "busi", n_benign=3, n_malignant=2, n_normal=1, seed=4)
-
-
-@pytest.fixture
 def glas(tmp_path) -> Path:
     return make_synthetic_glas(tmp_path / "glas", n_train=2, n_test_a=1, n_test_b=1, seed=4)
 

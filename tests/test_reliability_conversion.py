@@ -28,20 +28,6 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def raw(tmp_path, monkeypatch) -> Path:
-    raw_folder = tmp_path / "raw"
-    monkeypatch.setenv("nnUNet_raw", str(raw_folder))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return raw_folder
-
-
-@pytest.fixture
-def busi(tmp_path) -> Path:
-    return make_synthetic_busi(tmp_path / "busi", n_benign=3, n_malignant=2, n_normal=1, seed=4)
-
-
-@pytest.fixture
 def cvc_tif(tmp_path) -> Path:
     return make_synthetic_cvc(tmp_path / "cvc_tif", n_cases=4, image_format="tif", seed=4)
 

@@ -11,7 +11,8 @@ from ..layers import (KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d, 
 from ..paper import CHUNK_SIZE, EMBED_DIMS, TABLE2_PARAMS_MILLIONS
 from .ukan import UKAN
 
-__all__ = ["Table2Row", "TABLE2_ROWS", "table2_row", "build_table2_network", "network_summary", "type_path"]
+__all__ = ["Table2Row", "TABLE2_ROWS", "table2_row", "build_table2_network", "network_summary", "layer_counts_text",
+           "type_path"]
 
 
 def type_path(cls: type) -> str:
@@ -121,3 +122,8 @@ def network_summary(net: nn.Module) -> dict:
                 counts[key] += 1
                 break
     return {"class": type(net).__name__, "parameters": sum(p.numel() for p in net.parameters()), **counts}
+
+
+def layer_counts_text(summary: dict) -> str:
+    """The non-zero layer counts of a :func:`network_summary`, e.g. ``"KAConv 31, KALinear 12"`` (training logs)."""
+    return ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("class", "parameters") and v)

@@ -17,9 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["NonFiniteLossError", "TrainingFaultsMixin", "check_architecture_importable"]
+__all__ = ["NonFiniteLossError", "TrainingFaultsMixin", "check_architecture_importable", "unwrapped_network"]
 
 PACKAGE = "nnunet-allukan"
+
+
+def unwrapped_network(network: nn.Module) -> nn.Module:
+    """The network inside DDP and torch.compile wrappers (their parameter names carry prefixes)."""
+    network = getattr(network, "module", network)
+    return getattr(network, "_orig_mod", network)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -16,9 +16,9 @@ from typing import Optional
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_allukan.networks import network_summary
+from nnunet_allukan.networks import layer_counts_text, network_summary
 from nnunet_allukan.training.architectures import plans_with_ka_architecture
-from nnunet_allukan.training.faults import TrainingFaultsMixin
+from nnunet_allukan.training.faults import TrainingFaultsMixin, unwrapped_network
 
 __all__ = ["nnUNetTrainerKAUNet"] + [f"nnUNetTrainerKAUNet_{n}" for n in
                                      ("1epoch", "2epochs", "5epochs", "10epochs", "20epochs", "50epochs",
@@ -42,9 +42,8 @@ class nnUNetTrainerKAUNet(TrainingFaultsMixin, nnUNetTrainer):
 
     def initialize(self):
         super().initialize()
-        network = self.network.module if self.is_ddp else self.network
-        summary = network_summary(getattr(network, "_orig_mod", network))
-        layer_counts = ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("class", "parameters") and v)
+        summary = network_summary(unwrapped_network(self.network))
+        layer_counts = layer_counts_text(summary)
         architecture = self.configuration_manager.configuration["architecture"]
         self.print_to_log_file(
             f"\nNetwork: {architecture['network_class_name']} (nnU-Net's planned network, fully KA), "

@@ -35,11 +35,11 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_allukan.networks import UKAN, network_summary, table2_row
+from nnunet_allukan.networks import UKAN, layer_counts_text, network_summary, table2_row
 from nnunet_allukan.paper import (BCE_WEIGHT, DICE_SMOOTH, INITIAL_LR, KAN_FC_LR, MIN_LR, NUM_EPOCHS,
                                   SPLIT_SEEDS, SPLITS_FILE_NAME, WEIGHT_DECAY)
 from nnunet_allukan.training.architectures import plans_with_ukan_architecture
-from nnunet_allukan.training.faults import TrainingFaultsMixin, check_architecture_importable
+from nnunet_allukan.training.faults import TrainingFaultsMixin, check_architecture_importable, unwrapped_network
 from nnunet_allukan.training.ka_unet_trainers import *  # noqa: F401,F403  (one module for nnU-Net's trainer hook)
 from nnunet_allukan.training.ka_unet_trainers import __all__ as _ka_unet_trainers
 from nnunet_allukan.training.protocol import (
@@ -120,7 +120,7 @@ class nnUNetTrainerPaperProtocol(TrainingFaultsMixin, nnUNetTrainer):
             from nnunet_allukan.training.memory import estimate_training_memory, memory_message
 
             patch = self.configuration_manager.patch_size
-            estimate = estimate_training_memory(_unwrapped(self.network), (self.num_input_channels, *patch),
+            estimate = estimate_training_memory(unwrapped_network(self.network), (self.num_input_channels, *patch),
                                                 self.batch_size, self.device)
             row = table2_row(self.table2_row)
             self.print_to_log_file(memory_message(estimate, f"Table 2 row {row.row} ({row.name})", patch)[1])
@@ -144,7 +144,7 @@ class nnUNetTrainerPaperProtocol(TrainingFaultsMixin, nnUNetTrainer):
         if self.kan_fc_lr is None:
             groups = [{"params": list(self.network.parameters())}]
         else:
-            named = list(_unwrapped(self.network).named_parameters())
+            named = list(unwrapped_network(self.network).named_parameters())
             fc = [p for n, p in named if is_kan_fc_parameter(n)]
             groups = [{"params": [p for n, p in named if not is_kan_fc_parameter(n)]},
                       {"params": fc, "lr": self.kan_fc_lr}]
@@ -188,10 +188,10 @@ class nnUNetTrainerPaperProtocol(TrainingFaultsMixin, nnUNetTrainer):
         return train_keys, val_keys
 
     def _log_network_and_protocol(self):
-        network = _unwrapped(self.network)
+        network = unwrapped_network(self.network)
         architecture = self.configuration_manager.configuration["architecture"]
         summary = network_summary(network)
-        layer_counts = ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("class", "parameters") and v)
+        layer_counts = layer_counts_text(summary)
         loss = ("loss 0.5 * BCE + (1 - Dice), one sigmoid output, prediction = sigmoid > 0.5"
                 if self.label_manager.has_regions else
                 "loss CE + Dice, softmax over background + foreground labels, prediction = argmax")
@@ -208,12 +208,6 @@ class nnUNetTrainerPaperProtocol(TrainingFaultsMixin, nnUNetTrainer):
             f"{self.num_iterations_per_epoch} training / {self.num_val_iterations_per_epoch} validation iterations "
             f"per epoch (floor / ceil of n / batch size); patch size {patch_size}; {loss}; no deep supervision\n",
             add_timestamp=False)
-
-
-def _unwrapped(network: nn.Module) -> nn.Module:
-    """The network inside DDP and torch.compile wrappers (their parameter names carry prefixes)."""
-    network = getattr(network, "module", network)
-    return getattr(network, "_orig_mod", network)
 
 
 def _build_legacy_network(record: dict, num_input_channels: int, num_output_channels: int) -> nn.Module:
