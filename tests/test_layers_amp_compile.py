@@ -12,6 +12,7 @@ AMP_TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 
 LAYERS = {
     "dense": (lambda: KAConv2d(8, 16, 3, padding=1), (2, 8, 16, 16)),
+    "dense-wide": (lambda: KAConv2d(64, 8, 3, padding=1), (2, 64, 8, 8)),  # keeps P for backward, in float32
     "depthwise": (lambda: KAConv2d(8, 8, 3, padding=1, groups=8), (2, 8, 16, 16)),
     "strided-full-grad": (lambda: KAConv2d(8, 16, 3, stride=2, padding=1, grad_free=False), (2, 8, 16, 16)),
     "lambda": (lambda: KAConv2d(8, 16, 3, padding=1, use_lambda=True), (2, 8, 16, 16)),
@@ -102,13 +103,15 @@ def _every_ka_layer():
             self.dense = KAConv2d(3, 8, 3, padding=1)
             self.strided = KAConv2d(8, 8, 3, stride=2, padding=1, grad_free=False)
             self.depthwise = KAConv2d(8, 8, 3, padding=1, groups=8)
+            self.expand = KAConv2d(8, 32, 1)
+            self.wide = KAConv2d(32, 8, 3, padding=1)  # keeps its window sums for backward
             self.fc = KALinear(8, 8)
             self.lam = KAConv2d(8, 4, 3, padding=1, use_lambda=True)
             self.head = KAConv2d(4, 1, 1)
 
         def forward(self, x):
             x = torch.relu(self.strided(torch.relu(self.dense(x))))
-            x = self.depthwise(x)
+            x = self.wide(torch.relu(self.expand(self.depthwise(x))))
             x = self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             return self.head(torch.relu(self.lam(x)))
 

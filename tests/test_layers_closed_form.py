@@ -71,3 +71,39 @@ def test_ka_linear_fast_path_gradients_of_every_parameter(grad_free):
     want = torch.autograd.grad((ref * g).sum(), [x, m.u, m.v, m.bias])
     for a, b, name in zip(got, want, ["x", "u", "v", "bias"]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def _saved_tensor_count(layer, x):
+    """How many tensors autograd keeps for backward during one forward of ``layer``."""
+    count = [0]
+
+    def pack(t):
+        count[0] += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    return out, count[0]
+
+
+@pytest.mark.parametrize("grad_free", [True, False])
+@pytest.mark.parametrize("kw, keeps", [
+    (dict(in_channels=32, out_channels=6, kernel_size=3, padding=1), True),              # P = 8/32 of x: kept
+    (dict(in_channels=64, out_channels=4, kernel_size=3, padding=1, groups=2), True),     # 32 per group: kept
+    (dict(in_channels=32, out_channels=6, kernel_size=3, stride=2, padding=1), True),     # strided: P smaller still
+    (dict(in_channels=16, out_channels=6, kernel_size=3, padding=1), False),              # 8/16 of x: recomputed
+], ids=["wide-kept", "grouped-kept", "strided-kept", "narrow-recomputed"])
+def test_kaconv2d_window_sums_kept_for_backward_when_small(grad_free, kw, keeps):
+    """Wide layers keep the window sums P from forward (backward skips the basis pass); both paths equal the
+    unfold reference in float64."""
+    fast, ref = _pair(KAConv2d, grad_free=grad_free, **kw)
+    x = torch.randn(2, kw["in_channels"], 6, 5, dtype=torch.float64, requires_grad=True)
+    _, saved = _saved_tensor_count(fast, x)
+    assert saved == (4 if keeps else 3)  # x, u, v (+ P)
+    _assert_same_outputs_and_grads(fast, ref, x)
+    with torch.no_grad():
+        _, saved = _saved_tensor_count(fast, x)
+    assert saved == 0
+    fast.v.requires_grad_(False)  # frozen v: P is not needed in backward, so not kept
+    _, saved = _saved_tensor_count(fast, x)
+    assert saved == 3

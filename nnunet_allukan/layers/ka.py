@@ -308,6 +308,7 @@ class _KAConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, u, bias, v, geo: _ConvGeometry):
         b, sp, g, cg = x.shape[0], x.shape[2:], geo.groups, geo.cin_g
+        kept_p = None
         if geo.one_output_per_group:
             silu, phi = silu_and_activation_sums(x.reshape(b, g, cg, *sp), v, geo.grid, any(geo.padding))
             y = geo.conv(silu.reshape(x.shape), u, g, geo.padding)
@@ -321,6 +322,8 @@ class _KAConvFunction(torch.autograd.Function):
             v_g = v.to(y.dtype).reshape(1, g, geo.cout_g, -1).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, -1)
             # y += v P (Eq. 7's spline path), one batched GEMM into y
             y.view(b * g, geo.cout_g, positions).baddbmm_(v_g, p.reshape(b * g, -1, positions).to(y.dtype))
+            if ctx.needs_input_grad[3] and _keeps_window_sums(p, x):
+                kept_p = p
         offset = _padding_offset(geo, v)  # [C_out] or None
         if offset is not None:
             offset = offset.to(y.dtype)
@@ -329,12 +332,16 @@ class _KAConvFunction(torch.autograd.Function):
             y = y + bias.reshape(1, -1, *([1] * geo.nd))
         ctx.geo = geo
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, u, v)
+        ctx.keeps_p = kept_p is not None
+        if ctx.keeps_p:
+            ctx.save_for_backward(x, u, v, kept_p)
+        else:
+            ctx.save_for_backward(x, u, v)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, u, v = ctx.saved_tensors
+        x, u, v = ctx.saved_tensors[:3]
         geo: _ConvGeometry = ctx.geo
         need_x, need_u, need_bias, need_v, _ = ctx.needs_input_grad
         cdt = torch.promote_types(gy.dtype, torch.float32)  # v's gradient sums everything: float32 at least
@@ -358,7 +365,11 @@ class _KAConvFunction(torch.autograd.Function):
                     not geo.grad_free)
                 grad_x = grad_x.reshape(x.shape) if need_x else None
         else:
-            silu, p = silu_and_window_sums(xg, grid, geo.kernel, geo.stride, geo.padding, geo.dilation)
+            if ctx.keeps_p:  # only silu(x) is left to recompute: one cheap elementwise pass
+                p = ctx.saved_tensors[3]
+                silu = F.silu(x) if need_x or need_u else None
+            else:
+                silu, p = silu_and_window_sums(xg, grid, geo.kernel, geo.stride, geo.padding, geo.dilation)
             gin = None
             if need_x or need_u:
                 gin, grad_u, _ = torch.ops.aten.convolution_backward(
@@ -387,6 +398,17 @@ class _KAConvFunction(torch.autograd.Function):
         if need_bias and ctx.has_bias:
             grad_bias = gy_sum.to(gy.dtype)
         return grad_x, grad_u, grad_bias, grad_v, None
+
+
+# Forward keeps the window sums P for backward when they are at most this fraction of the input's size
+# (n_bases / C_g of it at stride 1: C_g >= 32 for the cubic grid's 8 bases); backward then needs no second pass
+# of the basis kernel. Narrower layers recompute P: keeping it would more than add a quarter to what the layer
+# saves (for C_g < 8, more than the input itself).
+_KEEP_WINDOW_SUMS_MAX_FRACTION = 0.25
+
+
+def _keeps_window_sums(p: torch.Tensor, x: torch.Tensor) -> bool:
+    return p.numel() * p.element_size() <= _KEEP_WINDOW_SUMS_MAX_FRACTION * x.numel() * x.element_size()
 
 
 def _is_pointwise(geo: _ConvGeometry) -> bool:
