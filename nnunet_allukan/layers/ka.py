@@ -18,8 +18,8 @@ Two implementations with identical parameters and state_dict:
   ``P_k(p) = sum_{j in field(p)} B_k(x_j)``: the per-group channel sums of the bases, window-summed with the
   conv's stride and dilation (padded zeros contribute B(0)), then a 1x1 map by v. silu(x) and P come from
   one fused pass over x; groups with one output (depthwise) window-sum their one activation map instead.
-  Custom autograd functions keep only the input for backward (as ``nn.Conv2d`` does) and recompute that
-  pass in backward (``_KAConvFunction``).
+  Custom autograd functions keep the input for backward (as ``nn.Conv2d`` does) and recompute that pass in
+  backward; wide layers also keep P (at most a quarter of the input's size) and skip it (``_KAConvFunction``).
 """
 from __future__ import annotations
 
@@ -291,7 +291,7 @@ def _piece_lambda_window_sums(geo: _ConvGeometry, x_pad: torch.Tensor, lam: torc
 
 
 class _KAConvFunction(torch.autograd.Function):
-    """Fast KAonv (no lambda); saves only (x, u, v), as a convolution saves (x, w).
+    """Fast KAonv (no lambda); saves (x, u, v), as a convolution saves (x, w), and P when it is small.
 
     Per group, the KA layer of a receptive field is (Eq. 7) ``sum_{c,tap} u[o,c,tap] silu(x_c) +
     sum_k v[o,k] P_k`` with the window sums ``P_k = sum_tap S_k`` of the channel sums ``S_k = sum_c B_k(x_c)``:
@@ -300,7 +300,8 @@ class _KAConvFunction(torch.autograd.Function):
     activation map ``Phi = sum_k v[o,k] S_k`` (one map instead of n_bases), window-summed by a depthwise
     convolution with weight 1. Padded zeros are KA inputs too and add ``C_g B(0)`` per tap: the kernels sum
     ``S - C_g B(0)`` (``Phi - C_g phi(0)``), for which zero padding is exact, and the constant
-    ``n_taps C_g v B(0)`` is added to the output. Backward recomputes silu(x) and P (one pass over x): u's
+    ``n_taps C_g v B(0)`` is added to the output. Backward recomputes silu(x) and P (one pass over x; P is
+    kept from forward instead when it is at most a quarter of x's size, ``_keeps_window_sums``): u's
     gradient and the silu path's x gradient G_L (Eq. 11) by ``convolution_backward``, v's exactly from P
     (Eq. 9), and, for ``grad_free=False``, the spline path's x gradient through the window sums' adjoint and B'.
     """
