@@ -4,6 +4,7 @@ memory comparison of ALL U-KAN with the deep full-gradient stacks of Table 2 row
     python benchmarks/benchmark_networks.py                      # batch 8, 256x256, 3 channels, 1 class
     python benchmarks/benchmark_networks.py --batch-size 2 --size 128 --steps 3   # quick
     python benchmarks/benchmark_networks.py --device cuda --json out.json
+    python benchmarks/benchmark_networks.py --dims 3 --size 64 --batch-size 2 --configs U-KAN_MLP "ALL U-KAN chunk 32"
 
 A step is forward + loss (0.5 BCE + Dice) + backward + Adam step. Every configuration runs in a fresh
 process (so that peak memory is its own): peak memory (CUDA: max_memory_allocated; CPU: peak RSS growth) of
@@ -68,16 +69,28 @@ def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
     scaler.update()
 
 
+def _strides(a: argparse.Namespace) -> list | None:
+    """2D: the paper's. 3D: as the 3D trainers derive them from nnU-Net's plan for a cube of side ``--size``
+    (2x pooling down to 4 voxels, at most five times)."""
+    if a.dims == 2:
+        return None
+    from nnunet_allukan.training.protocol import ukan_strides
+
+    downsamplings = min(5, max(0, (a.size // 4).bit_length() - 1))
+    return ukan_strides([[1] * 3] + [[2] * 3] * downsamplings, 3)
+
+
 def child(a: argparse.Namespace, name: str, batch: int) -> dict:
     device = torch.device(a.device)
     row, overrides = {**CONFIGS, **BATCH1_CONFIGS}[name]
+    overrides = dict(overrides, dim=a.dims, strides=_strides(a))
     if a.nnunet_imports:  # nnU-Net's nnUNetTrainer module imports it in every training process
         importlib.import_module("torch._dynamo")
     if a.precompile:
         # Warm-up on a small copy of the same configuration: compiles the basis kernels (and initialises the
         # backends) so that neither compilation time nor compiler memory is counted below.
         small = build_table2_network(row, a.channels, a.classes, embed_dims=(16, 24, 32), **overrides).to(device)
-        xs = torch.randn(2, a.channels, 64, 64, device=device)
+        xs = torch.randn(2, a.channels, *[a.size if a.dims == 3 else 64] * a.dims, device=device)
         _train_step(small, torch.optim.Adam(small.parameters()), xs, (xs[:, : a.classes] > 0).float(),
                     torch.amp.GradScaler(device.type) if a.amp else None)
         del small, xs
@@ -86,8 +99,8 @@ def child(a: argparse.Namespace, name: str, batch: int) -> dict:
         torch.manual_seed(0)
         state["net"] = net = build_table2_network(row, a.channels, a.classes, **overrides).to(device).train()
         state["opt"] = opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
-        state["x"] = torch.randn(batch, a.channels, a.size, a.size, device=device)
-        state["y"] = (torch.rand(batch, a.classes, a.size, a.size, device=device) > 0.5).float()
+        state["x"] = torch.randn(batch, a.channels, *[a.size] * a.dims, device=device)
+        state["y"] = (torch.rand(batch, a.classes, *[a.size] * a.dims, device=device) > 0.5).float()
         state["scaler"] = torch.amp.GradScaler(device.type) if a.amp else None
         for _ in range(2):
             _train_step(net, opt, state["x"], state["y"], state["scaler"])
@@ -104,8 +117,8 @@ def run_all(a: argparse.Namespace, configs: dict, batch: int) -> dict:
     for name in configs:
         print(f"  measuring {name} (batch {batch}) ...", flush=True)
         args = ["--child", name, "--child-batch", str(batch), "--device", a.device, "--size", str(a.size),
-                "--channels", str(a.channels), "--classes", str(a.classes), "--steps", str(a.steps),
-                "--warmup", str(a.warmup)] + (["--threads", str(a.threads)] if a.threads else []) + \
+                "--dims", str(a.dims), "--channels", str(a.channels), "--classes", str(a.classes), "--steps",
+                str(a.steps), "--warmup", str(a.warmup)] + (["--threads", str(a.threads)] if a.threads else []) + \
             (["--precompile"] if a.precompile else []) + (["--amp"] if a.amp else []) + \
             (["--nnunet-imports"] if a.nnunet_imports else [])
         results[name] = run_in_fresh_process(__file__, args)
@@ -118,6 +131,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--size", type=int, default=256, help="square input side, multiple of 32 (default 256)")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2,
+                   help="2: square images (default); 3: cubes of side --size, 3D networks (3D trainers' strides)")
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--classes", type=int, default=1)
     p.add_argument("--steps", type=int, default=3, help="timed steps (median) after warm-up")
@@ -146,11 +161,12 @@ def main() -> int:
         print(json.dumps(child(a, a.child, a.child_batch)))
         return 0
 
-    print(f"batch {a.batch_size}, {a.size}x{a.size}, {a.channels} ch, {a.classes} class(es), device {a.device}, "
+    shape = "x".join([str(a.size)] * a.dims)
+    print(f"batch {a.batch_size}, {shape}, {a.channels} ch, {a.classes} class(es), device {a.device}, "
           f"threads {torch.get_num_threads()}, compiled basis kernels: {compiled_kernels_enabled(a.device)}")
     main_res = run_all(a, {k: CONFIGS[k] for k in a.configs}, a.batch_size)
     base = main_res.get("U-KAN_MLP", {})
-    lines = [f"### Training step, batch {a.batch_size}, {a.size}x{a.size}, {a.device}", "",
+    lines = [f"### Training step, batch {a.batch_size}, {shape}, {a.device}", "",
              "| method | params | time/step | x U-KAN_MLP | peak memory | x U-KAN_MLP |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in main_res.items():
         if "error" in r:

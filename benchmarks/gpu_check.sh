@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The first run on a GPU, in at most ~8 minutes on one device (the stages' timeouts sum to 480 s): correctness and speed of the KA layers under
-# nnU-Net's CUDA settings, with JSON results and a markdown summary.
+# The first run on a GPU, in at most ~8 minutes on one device (the stages' timeouts sum to 480 s; stage 7 gets
+# what is left of them): correctness and speed of the KA layers under nnU-Net's CUDA settings, with JSON results
+# and a markdown summary.
 #
 #   bash benchmarks/gpu_check.sh              # on a CUDA GPU
 #   bash benchmarks/gpu_check.sh --dry-run    # the same stages on CPU at tiny sizes, eager basis kernels, no
-#                                             # whole-network compile: checks that the script runs (~15 min)
+#                                             # whole-network compile: checks that the script runs (~20 min)
+#   bash benchmarks/gpu_check.sh --only network_3d,train_3d [--dry-run]   # some stages only (names below)
 #
 # Stages (each bounded by `timeout`; a failed stage is recorded and the next one runs):
 #   1. layers       benchmarks/gpu_layer_check.py: fast == unfold reference on the device in float64 / float32,
@@ -18,7 +20,12 @@
 #   5. train        synthetic BUSI-like data -> convert -> plan/preprocess -> nnUNetv2_train nnUNetTrainerAllUKAN_2epochs
 #                   with nnU-Net's CUDA defaults (AMP, gradient clipping at 12, torch.compile unless nnUNet_compile
 #                   is set), then nnUNetv2_predict of the validation images (mirroring on)
-#   6. (3D)         marked spot below, for the 3D trainer / network when it lands
+#   6. network_3d   benchmarks/benchmark_networks.py --dims 3 --amp: U-KAN_MLP 3D vs ALL U-KAN 3D, batch 2, 64^3
+#                   (strides as the 3D trainers derive them from nnU-Net's plan), time per step and memory
+#   7. train_3d     synthetic 3D NIfTI volumes (tests/test_e2e_nnunet_3d.py's: 2 channels, 2 labels, 16x32x32) ->
+#                   plan/preprocess 3d_fullres -> nnUNetv2_train -tr nnUNetTrainerKAUNet_smoke (nnU-Net's planned
+#                   3D U-Net fully KA, 1 epoch of 10 iterations, nnU-Net's CUDA defaults) -> nnUNetv2_predict;
+#                   limit: the rest of the 480 s (skipped, and recorded so, when under 60 s are left)
 #
 # Settings (environment variables):
 #   ALLUKAN_GPU_CHECK_OUT  results folder (default: $OUT if set, else benchmark_results/gpu_check); emptied first
@@ -27,12 +34,15 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DRY=0
-for arg in "$@"; do
-    case "$arg" in
+ONLY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
-        *) echo "unknown argument $arg (use --dry-run or nothing)" >&2; exit 2 ;;
+        --only) shift; ONLY=",${1:-},"; [ -n "${1:-}" ] || { echo "--only needs stage names" >&2; exit 2; } ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        *) echo "unknown argument $1 (use --dry-run, --only STAGE[,STAGE...] or nothing)" >&2; exit 2 ;;
     esac
+    shift
 done
 PYTHON="${PYTHON:-python}"
 OUT_DIR="${ALLUKAN_GPU_CHECK_OUT:-${OUT:-$ROOT/benchmark_results/gpu_check}}"
@@ -42,7 +52,9 @@ if [ "$DRY" = 1 ]; then
     LAYER_ARGS="--layer-repeats 1"
     NET_ARGS="--batch-size 2 --size 64 --steps 1 --warmup 1"
     RATIO_ARGS="--batch-size 2 --size 64 --rounds 1"
+    NET3D_ARGS="--batch-size 2 --size 32 --steps 1 --warmup 1"
     CASES=12; IMAGE_SIZE=64; T_LAYERS=300; T_LBENCH=600; T_NET=600; T_RATIO=600; T_TRAIN=900
+    T_NET3D=600; T_TRAIN3D=900
     export nnUNet_compile=f  # whole-network compile on CPU takes many minutes (docs/performance.md)
     export NNUNET_ALLUKAN_COMPILE=0  # eager basis kernels: compiling them for every dtype takes minutes on CPU
 else
@@ -50,8 +62,11 @@ else
     LAYER_ARGS="--layer-repeats 20"
     NET_ARGS="--batch-size 8 --size 256 --steps 10 --warmup 3"
     RATIO_ARGS="--batch-size 8 --size 256 --rounds 10"
-    CASES=48; IMAGE_SIZE=256; T_LAYERS=100; T_LBENCH=50; T_NET=100; T_RATIO=80; T_TRAIN=150
+    NET3D_ARGS="--batch-size 2 --size 64 --steps 5 --warmup 2"
+    CASES=48; IMAGE_SIZE=256; T_LAYERS=90; T_LBENCH=45; T_NET=85; T_RATIO=70; T_TRAIN=130
+    T_NET3D=60; T_TRAIN3D=""  # train_3d: what is left of BUDGET when it starts
 fi
+BUDGET=480
 # This checkout's layers even where nnunet-allukan is installed non-editable (pip install .).
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 rm -rf "$OUT_DIR" "$WORK"
@@ -63,6 +78,14 @@ START=$(date +%s)
 stage() {  # stage NAME LIMIT_SECONDS COMMAND...: bounded, logged to OUT_DIR/NAME.log, status recorded
     local name="$1" limit="$2"; shift 2
     local t0=$(date +%s) rc
+    if [ -n "$ONLY" ] && [ "${ONLY#*,$name,}" = "$ONLY" ]; then
+        return 0
+    fi
+    if [ "$limit" -lt 60 ] 2>/dev/null && [ "$name" = train_3d ]; then
+        echo "=== [$(( t0 - START )) s] $name: SKIPPED, only $limit s of the ${BUDGET} s budget left"
+        printf '%s\tskipped\t0\n' "$name" >> "$STATUS"
+        return 0
+    fi
     echo "=== [$(( t0 - START )) s] $name (limit $limit s; log $OUT_DIR/$name.log)"
     printf '$ %s\n' "${*:0:400}" > "$OUT_DIR/$name.log"
     timeout "$limit" "$@" >> "$OUT_DIR/$name.log" 2>&1
@@ -125,9 +148,34 @@ PY
 export PYTHON WORK CASES IMAGE_SIZE DEVICE
 stage train "$T_TRAIN" bash -c "$(declare -f train_and_predict); train_and_predict"
 
-# ---- 3D: MARKED SPOT for the 3D trainer (nnUNetTrainerKAUNet) and 3D ALL U-KAN -------------------------------
-# When they land, add a stage here, e.g. a 3D row of the network benchmark (batch 2, 32 -> ... at 48^3 patches)
-# and a 2-epoch nnUNetv2_train -c 3d_fullres -tr nnUNetTrainerKAUNet_<short> on a small synthetic volume set.
+# ---- 3D: the 3D ALL U-KAN network, nnU-Net's 3D U-Net fully KA through nnU-Net's commands ---------------------
+# shellcheck disable=SC2086
+stage network_3d "$T_NET3D" "$PYTHON" "$ROOT/benchmarks/benchmark_networks.py" --device "$DEVICE" --amp --dims 3 \
+    $NET3D_ARGS --channels 1 --configs U-KAN_MLP "ALL U-KAN chunk 32" --skip-batch1 --json "$OUT_DIR/network_3d.json"
+
+train_3d() {
+    set -e
+    "$PYTHON" - "$nnUNet_raw" "$ROOT/tests" <<'PY'
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_e2e_nnunet_3d import write_sphere_dataset  # Dataset988_KASpheres3D: 8 training, 2 test volumes
+write_sphere_dataset(Path(sys.argv[1]))
+PY
+    nnUNetv2_plan_and_preprocess -d 988 -c 3d_fullres -np 2 -npfp 2
+    local t0=$(date +%s)
+    nnUNetv2_train 988 3d_fullres 0 -tr nnUNetTrainerKAUNet_smoke -device "$DEVICE"
+    echo "TRAIN3D_SECONDS $(( $(date +%s) - t0 ))"
+    t0=$(date +%s)
+    nnUNetv2_predict -i "$nnUNet_raw/Dataset988_KASpheres3D/imagesTs" -o "$WORK/predict3d_out" -d 988 \
+        -c 3d_fullres -f 0 -tr nnUNetTrainerKAUNet_smoke -device "$DEVICE"
+    echo "PREDICT3D_SECONDS $(( $(date +%s) - t0 )) for $(ls "$WORK/predict3d_out"/*.nii.gz | wc -l) volumes (mirroring on)"
+    grep -h "Network:\|Epoch time\|torch.compile\|Pseudo dice\|Mean Validation Dice" \
+        "$nnUNet_results"/Dataset988_*/nnUNetTrainerKAUNet_smoke__*/fold_0/training_log_*.txt || true
+}
+export ROOT
+[ -n "$T_TRAIN3D" ] || T_TRAIN3D=$(( BUDGET - ($(date +%s) - START) ))
+stage train_3d "$T_TRAIN3D" bash -c "$(declare -f train_3d); train_3d"
 # -----------------------------------------------------------------------------------------------------------------
 
 "$PYTHON" - "$OUT_DIR" "$DEVICE" "$DRY" <<'PY'
@@ -135,16 +183,18 @@ import json, sys
 from pathlib import Path
 out, device, dry = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 stages = [line.split("\t") for line in (out / "stages.tsv").read_text().splitlines() if line]
-summary = {"device": device, "dry_run": dry, "stages": {n: {"exit_code": int(rc), "seconds": int(s)} for n, rc, s in stages}}
-for name in ("layers", "layer_bench", "network", "ratios"):
+summary = {"device": device, "dry_run": dry, "stages": {n: {"exit_code": int(rc) if rc.lstrip("-").isdigit() else rc,
+                                                            "seconds": int(s)} for n, rc, s in stages}}
+for name in ("layers", "layer_bench", "network", "ratios", "network_3d"):
     f = out / f"{name}.json"
     if f.exists():
         summary[name] = json.loads(f.read_text())
-log = (out / "train.log").read_text() if (out / "train.log").exists() else ""
-for key in ("TRAIN_SECONDS", "PREDICT_SECONDS"):
-    for line in log.splitlines():
-        if line.startswith(key):
-            summary.setdefault("train", {})[key.lower()] = line
+for stage, keys in (("train", ("TRAIN_SECONDS", "PREDICT_SECONDS")), ("train_3d", ("TRAIN3D_SECONDS", "PREDICT3D_SECONDS"))):
+    log = (out / f"{stage}.log").read_text() if (out / f"{stage}.log").exists() else ""
+    for key in keys:
+        for line in log.splitlines():
+            if line.startswith(key):
+                summary.setdefault("train", {})[key.lower()] = line
 for name in ("gpu.txt", "versions.txt"):
     if (out / name).exists():
         summary[name[:-4]] = (out / name).read_text().strip()
@@ -159,10 +209,11 @@ for name in ("layer_bench", "ratios"):
     if rows:
         md += ["", f"## {name}", "", "| measurement | ratio | target |", "|---|---:|---:|"]
         md += [f"| {r['measurement']} | {r['ratio']:.2f} | {r['target'] if r['target'] is not None else '-'} |" for r in rows]
-net = summary.get("network", {}).get("train_step", {})
-if net:
-    md += ["", "## network (AMP)", "", "| method | time/step | peak memory |", "|---|---:|---:|"]
-    md += [f"| {n} | {r.get('time_s', float('nan')):.3f} s | {r.get('peak_bytes', 0) / 2**20:.0f} MiB |" for n, r in net.items()]
+for name, title in (("network", "network (AMP)"), ("network_3d", "network 3D (AMP)")):
+    net = summary.get(name, {}).get("train_step", {})
+    if net:
+        md += ["", f"## {title}", "", "| method | time/step | peak memory |", "|---|---:|---:|"]
+        md += [f"| {n} | {r.get('time_s', float('nan')):.3f} s | {r.get('peak_bytes', 0) / 2**20:.0f} MiB |" for n, r in net.items()]
 md += ["", "## train / predict", ""] + [f"- {v}" for v in summary.get("train", {}).values()]
 (out / "summary.md").write_text("\n".join(md) + "\n")
 print("\n".join(md))
