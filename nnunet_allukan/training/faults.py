@@ -37,7 +37,8 @@ def unwrapped_network(network: nn.Module) -> nn.Module:
 def is_compile_failure(error: BaseException) -> bool:
     """Whether ``error`` (or an exception it was raised from) is torch.compile failing to compile: any dynamo
     exception (``BackendCompilerFailed``, inductor's ``InductorError`` is one, ``Unsupported``, ...) or inductor's
-    own lowering / C++ compile errors. Errors of the eager code inside a compiled graph are not."""
+    own lowering / C++ compile errors. Errors raised when compiled code runs (out of memory, ...) are not; an error
+    of the model's own code that dynamo meets while tracing is, and the eager retry then raises it as such."""
     from torch._dynamo.exc import TorchDynamoException
 
     types: list[type] = [TorchDynamoException]
