@@ -107,3 +107,49 @@ def test_compile_switch_is_parsed_once_and_validated(monkeypatch, compile_mode):
     assert not splines.compiled_kernels_enabled("cpu")
     compile_mode("auto")
     assert splines.compiled_kernels_enabled("cpu")
+
+
+def test_auto_mode_compiles_a_cpu_kernel_only_after_its_eager_calls_took_long_enough(compile_mode, monkeypatch):
+    """auto on CPU: eager (timed) calls until the kernel has spent _EAGER_SECONDS_BEFORE_COMPILE, then compiled."""
+    compile_mode("auto")
+    key = ("basis_sum", "cpu", torch.float64)
+    monkeypatch.setattr(splines, "_COMPILED", {})
+    monkeypatch.setattr(splines, "_EAGER_SECONDS", {})
+    monkeypatch.setattr(splines, "_EAGER_SECONDS_BEFORE_COMPILE", 3600.0)
+    x = torch.randn(2, 1, 4, 5, dtype=torch.float64)
+    for _ in range(3):
+        eager = splines.basis_sum(x, splines.SplineGrid())
+    assert key not in splines._COMPILED
+    assert 0.0 < splines._EAGER_SECONDS[key] < 3600.0
+    monkeypatch.setattr(splines, "_EAGER_SECONDS_BEFORE_COMPILE", 0.0)  # the time is spent: next call compiles
+    try:
+        compiled = splines.basis_sum(x, splines.SplineGrid())
+    except Exception as e:
+        pytest.skip(f"torch.compile unavailable here: {type(e).__name__}: {e}")
+    if key in splines._COMPILE_FAILED:
+        pytest.skip("torch.compile unavailable here")
+    assert key in splines._COMPILED
+    torch.testing.assert_close(compiled, eager, atol=1e-12, rtol=1e-12)
+    compile_mode("1")  # required compilation: compiled at the first call, no eager time needed
+    monkeypatch.setattr(splines, "_EAGER_SECONDS_BEFORE_COMPILE", 3600.0)
+    splines.basis_derivative_dot(x, torch.randn(2, 1, 8, 5, dtype=torch.float64), splines.SplineGrid())
+    assert ("basis_derivative_dot", "cpu", torch.float64) in splines._COMPILED
+
+
+def test_training_processes_compile_the_kernels_at_their_first_call(monkeypatch):
+    """The trainers (TrainingFaultsMixin.initialize) ask for compilation at the first call: a training run wins
+    the compilation back; nnUNetv2_predict and other short jobs keep auto's eager start."""
+    from torch import nn
+
+    from nnunet_allukan.training.faults import TrainingFaultsMixin
+
+    class _NnUNetTrainerStandIn:
+        def initialize(self):
+            self.loss = nn.MSELoss()
+
+    class _Trainer(TrainingFaultsMixin, _NnUNetTrainerStandIn):
+        pass
+
+    monkeypatch.setattr(splines, "_EAGER_SECONDS_BEFORE_COMPILE", 10.0)
+    _Trainer().initialize()
+    assert splines._EAGER_SECONDS_BEFORE_COMPILE == 0.0

@@ -21,7 +21,8 @@ The hot spots of the KA/KAonv layers are reductions over inputs, provided here a
   spline-path input gradient, used only with ``grad_free=False``).
 
 They are written as plain vectorised tensor code (the eager fallback) and are compiled with
-``torch.compile`` when possible, which fuses the per-basis arithmetic into one pass over the input; inside a
+``torch.compile`` when possible, which fuses the per-basis arithmetic into one pass over the input (on CPU
+once a kernel has spent a few seconds in eager calls: short jobs skip the compilation); inside a
 whole-network ``torch.compile`` they are traced into the network's graph instead.
 ``NNUNET_ALLUKAN_COMPILE`` (read once, at import) ``=0`` forces the eager kernels, ``=1`` requires
 compilation; :func:`set_kernel_compilation` changes the mode at run time.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import time
 import types
 import warnings
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ __all__ = [
     "bspline_bases_cox_de_boor",
     "basis_sum",
     "basis_derivative_dot",
+    "compile_kernels_at_first_call",
     "compiled_kernels_enabled",
     "set_kernel_compilation",
 ]
@@ -290,6 +293,12 @@ _KERNELS: dict[str, Callable] = {
 }
 _COMPILED: dict[tuple, Callable] = {}
 _COMPILE_FAILED: set[tuple] = set()
+# "auto" on CPU compiles a kernel only once its eager calls have taken this long in the process: compiling one
+# costs seconds even from inductor's disk cache (ALL U-KAN's kernels: ~25 s together on 2 cores; a first
+# compilation: minutes), which a training run wins back within a few steps but predicting a few 2D cases never
+# does (ski rental: spend on eager calls what a compilation would cost, then compile).
+_EAGER_SECONDS_BEFORE_COMPILE = 10.0
+_EAGER_SECONDS: dict[tuple, float] = {}
 _COMPILE_MODES = {"auto": "auto", "0": "off", "false": "off", "no": "off", "off": "off", "eager": "off",
                   "1": "on", "true": "on", "yes": "on", "on": "on"}
 
@@ -312,12 +321,22 @@ def set_kernel_compilation(mode: str) -> None:
     _COMPILE_MODE = _parse_compile_mode(str(mode))
 
 
+def compile_kernels_at_first_call() -> None:
+    """For a process that runs a long job (a training run): ``auto`` then compiles each kernel at its first call
+    instead of after ``_EAGER_SECONDS_BEFORE_COMPILE`` of eager calls (a failing compilation still falls back to
+    the eager kernel). The project's trainers call it; the mode itself is unchanged."""
+    global _EAGER_SECONDS_BEFORE_COMPILE
+    _EAGER_SECONDS_BEFORE_COMPILE = 0.0
+
+
 def compiled_kernels_enabled(device_type: str = "cpu") -> bool:
     """Whether the basis kernels run through ``torch.compile``.
 
     Mode from ``NNUNET_ALLUKAN_COMPILE`` (read once at import) or :func:`set_kernel_compilation`. ``auto``
     (default) compiles where inductor can build kernels (CUDA; CPU with a C++ compiler) and falls back to the
-    eager kernels, with a warning, if compilation fails.
+    eager kernels, with a warning, if compilation fails; on CPU a kernel is compiled once its eager calls have
+    taken ``_EAGER_SECONDS_BEFORE_COMPILE`` seconds in this process (on CUDA at its first call). ``1`` compiles
+    every kernel at its first call and raises if that fails.
     """
     if _COMPILE_MODE == "off":
         return False
@@ -338,6 +357,13 @@ def _run_kernel(name: str, x: torch.Tensor, *args):
     key = (name, x.device.type, x.dtype)
     if compiled_kernels_enabled(x.device.type) and key not in _COMPILE_FAILED:
         fn = _COMPILED.get(key)
+        if fn is None and _COMPILE_MODE == "auto" and x.device.type == "cpu":
+            spent = _EAGER_SECONDS.get(key, 0.0)
+            if spent < _EAGER_SECONDS_BEFORE_COMPILE:  # not yet worth a compilation: eager, timed
+                start = time.perf_counter()
+                out = _KERNELS[name](x, *args)
+                _EAGER_SECONDS[key] = spent + time.perf_counter() - start
+                return out
         if fn is None:
             tag = f"{x.device.type}_{str(x.dtype).replace('torch.', '')}"
             fn = _COMPILED[key] = torch.compile(_own_code_copy(_KERNELS[name], tag), dynamic=True)

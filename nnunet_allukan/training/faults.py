@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnunet_allukan.layers.splines import compile_kernels_at_first_call
+
 __all__ = ["NonFiniteLossError", "TrainingFaultsMixin", "check_architecture_importable", "is_compile_failure",
            "unwrapped_network"]
 
@@ -137,6 +139,9 @@ class TrainingFaultsMixin:
 
     def initialize(self):
         super().initialize()
+        # A training run wins back a compilation of the basis kernels within a few steps: compile them at their
+        # first call, not after the seconds of eager calls that short jobs such as nnUNetv2_predict wait for.
+        compile_kernels_at_first_call()
         if not isinstance(self.loss, _FiniteLossGuard):
             self.loss = _FiniteLossGuard(self.loss)
 
