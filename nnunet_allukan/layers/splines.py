@@ -170,12 +170,7 @@ def _basis_sum_eager(x: torch.Tensor, t0: float, h: float, n_bases: int, order: 
     if order != 3 or torch.is_grad_enabled() and s.requires_grad:
         return torch.stack([_cardinal(s - k, order).sum(1) for k in range(n_bases)], dim=1)
     # Cubic without autograd: the same centred form, in place, 1/6 applied after the reduction.
-    sums = []
-    for k in range(n_bases):
-        t = (s - (k + 2.0)).abs_()
-        inner = torch.rsub(t, 1.0).clamp_min_(0.0).pow_(3).mul_(4.0)
-        sums.append(t.neg_().add_(2.0).clamp_min_(0.0).pow_(3).sub_(inner).sum(1))
-    return torch.stack(sums, dim=1).mul_(1.0 / 6.0)
+    return _cubic_basis_sums_inplace(s, n_bases, 1).mul_(1.0 / 6.0)
 
 
 def _basis_derivative_dot_eager(x: torch.Tensor, g: torch.Tensor, t0: float, h: float, n_bases: int,
@@ -283,6 +278,50 @@ def _activation_input_backward_eager(x: torch.Tensor, g_silu: torch.Tensor, g_ph
     return gx.to(x.dtype), torch.stack(gv, dim=1)
 
 
+def _cubic_basis_sums_inplace(s: torch.Tensor, n_bases: int, dim: int) -> torch.Tensor:
+    """``6 * sum over dim of B_k`` for every k (cubic grid, no autograd), stacked at ``dim``, from the scaled input
+    ``s = (x - t0) / h``: the centred form with in-place arithmetic on one scratch tensor per basis."""
+    sums = []
+    for k in range(n_bases):
+        t = (s - (k + 2.0)).abs_()
+        inner = torch.rsub(t, 1.0).clamp_min_(0.0).pow_(3).mul_(4.0)
+        sums.append(t.neg_().add_(2.0).clamp_min_(0.0).pow_(3).sub_(inner).sum(dim))
+    return torch.stack(sums, dim=dim)
+
+
+def _activation_input_eager_fast(x: torch.Tensor, v: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
+                                 b0: tuple[float, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_activation_input_eager` with fewer, in-place operations (cubic grids): the channel sums S_k of all
+    bases, then ``phi = sum_k v_k (S_k - C B_k(0))`` as one contraction. Used when the kernel runs eagerly; the
+    compiled kernel keeps the per-basis form, which inductor fuses into one pass."""
+    if order != 3:
+        return _activation_input_eager(x, v, t0, h, n_bases, order, b0)
+    xc = x.to(_compute_dtype(x))
+    c = x.shape[2]
+    sums = _cubic_basis_sums_inplace((xc - t0) * (1.0 / h), n_bases, 2)  # [B, G, n_bases, P], times 6
+    weights = v.to(xc.dtype) * (1.0 / 6.0)  # [G, n_bases]
+    phi = torch.einsum("bgkp,gk->bgp", sums, weights).unsqueeze(2)
+    if b0 is not None:
+        phi = phi - c * (v.to(xc.dtype) @ torch.tensor(b0, dtype=xc.dtype, device=xc.device)).reshape(1, -1, 1, 1)
+    return F.silu(xc).to(x.dtype), phi.to(x.dtype)
+
+
+def _silu_and_window_sums_eager_fast(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
+                                     b0: tuple[float, ...] | None, kernel: tuple[int, ...], stride: tuple[int, ...],
+                                     padding: tuple[int, ...],
+                                     dilation: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_silu_and_window_sums_eager` with the window sums as one depthwise convolution of weight 1 instead
+    of one shifted slice per tap. Used when the kernel runs eagerly; the compiled kernel keeps the slices, which
+    inductor fuses with the basis sums."""
+    xc = x.to(_compute_dtype(x))
+    s = _basis_sum_eager(xc, t0, h, n_bases, order)
+    if b0 is not None:
+        s = s - x.shape[1] * torch.tensor(b0, dtype=s.dtype, device=s.device).reshape(1, n_bases, *([1] * len(kernel)))
+    conv = F.conv2d if len(kernel) == 2 else F.conv3d
+    ones = s.new_ones((n_bases, 1) + tuple(kernel))
+    return F.silu(xc).to(x.dtype), conv(s, ones, None, stride, padding, dilation, n_bases)
+
+
 _KERNELS: dict[str, Callable] = {
     "basis_sum": _basis_sum_eager,
     "basis_derivative_dot": _basis_derivative_dot_eager,
@@ -290,6 +329,13 @@ _KERNELS: dict[str, Callable] = {
     "activation_input": _activation_input_eager,
     "silu_and_window_sums": _silu_and_window_sums_eager,
     "activation_input_backward": _activation_input_backward_eager,
+}
+# Eager implementations with fewer operations where the compiled form (written for inductor's fusion) would be
+# slow to run op by op; the same results (tests compare them with the unfold reference).
+_EAGER_KERNELS: dict[str, Callable] = {
+    **_KERNELS,
+    "activation_input": _activation_input_eager_fast,
+    "silu_and_window_sums": _silu_and_window_sums_eager_fast,
 }
 _COMPILED: dict[tuple, Callable] = {}
 _COMPILE_FAILED: set[tuple] = set()
@@ -361,7 +407,7 @@ def _run_kernel(name: str, x: torch.Tensor, *args):
             spent = _EAGER_SECONDS.get(key, 0.0)
             if spent < _EAGER_SECONDS_BEFORE_COMPILE:  # not yet worth a compilation: eager, timed
                 start = time.perf_counter()
-                out = _KERNELS[name](x, *args)
+                out = _EAGER_KERNELS[name](x, *args)
                 _EAGER_SECONDS[key] = spent + time.perf_counter() - start
                 return out
         if fn is None:
@@ -375,7 +421,7 @@ def _run_kernel(name: str, x: torch.Tensor, *args):
             _COMPILE_FAILED.add(key)
             warnings.warn(f"nnunet_allukan: torch.compile of the {name} kernel failed ({type(e).__name__}: {e}); "
                           f"using the eager kernel. Set NNUNET_ALLUKAN_COMPILE=0 to silence this.")
-    return _KERNELS[name](x, *args)
+    return _EAGER_KERNELS[name](x, *args)
 
 
 def basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
