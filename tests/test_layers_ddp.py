@@ -47,6 +47,9 @@ def _worker(rank: int, world: int, port: int, train_mode: bool, out: str) -> Non
         grads = _grads(ddp, x[half], y[half])
         if rank == 0:
             torch.save(grads, out)
+        # Both ranks done before teardown: a rank that destroys its group while the other still has gloo work
+        # in flight can abort the other ("terminate called without an active exception", seen 1 run in 3).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
