@@ -50,6 +50,7 @@ def _worker(rank: int, world: int, port: int, train_mode: bool, out: str) -> Non
         # Both ranks done before teardown: a rank that destroys its group while the other still has gloo work
         # in flight can abort the other ("terminate called without an active exception", seen 1 run in 3).
         dist.barrier()
+        open(f"{out}.done{rank}", "w").close()
     finally:
         dist.destroy_process_group()
 
@@ -64,7 +65,14 @@ def _free_port() -> int:
 @pytest.mark.parametrize("train_mode", [False, True], ids=["bn-eval", "bn-train"])
 def test_ddp_gradients_equal_single_process(tmp_path, train_mode):
     out = str(tmp_path / "grads.pt")
-    mp.start_processes(_worker, args=(2, _free_port(), train_mode, out), nprocs=2, join=True, start_method="spawn")
+    try:
+        mp.start_processes(_worker, args=(2, _free_port(), train_mode, out), nprocs=2, join=True,
+                           start_method="spawn")
+    except mp.ProcessExitedException:
+        # Even after the barrier, gloo rarely (~1 run in 30 here) aborts a rank while the process group is torn
+        # down; the gradients were computed and saved by then. Anything that fails earlier still fails the test.
+        if not all(os.path.exists(f"{out}.done{rank}") for rank in range(2)):
+            raise
     ddp_grads = torch.load(out)
     net = _network().train(train_mode)
     x, y = _batch()
