@@ -13,6 +13,14 @@ from typing import Callable
 import torch
 
 
+def compile_kernels_as_trainers_do() -> None:
+    """Training steps are timed as the project's trainers run them: basis kernels compiled at their first call
+    (not after the seconds of eager calls that ``auto`` gives short jobs), so that warm-up covers compilation."""
+    from nnunet_allukan.layers import splines
+
+    splines.compile_kernels_at_first_call()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -73,12 +81,13 @@ def peak_memory_of(step: Callable[[], None], device: torch.device) -> int:
     return max(_peak_rss_bytes() - before, 0)
 
 
-def run_in_fresh_process(script: str, args: list[str], timeout: float = 3600) -> dict:
+def run_in_fresh_process(script: str, args: list[str], timeout: float = 3600, for_memory: bool = True) -> dict:
     """Run ``python script args --child`` and parse the JSON it prints on its last line."""
     cmd = [sys.executable, script, *args]
     # A fixed mmap threshold makes glibc return every large freed block to the OS at once, so that RSS
     # tracks live tensors (the default threshold grows after frees and keeps memory that RSS still counts).
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    # It also makes every large allocation fault its pages in again: timing children run without it.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072") if for_memory else dict(os.environ)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if res.returncode != 0:
         return {"error": (res.stderr or res.stdout).strip().splitlines()[-1] if (res.stderr or res.stdout) else

@@ -21,8 +21,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
-from nnunet_allukan.layers import splines  # noqa: E402
+from _measure import compile_kernels_as_trainers_do, fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
 
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KANConv2d  # noqa: E402
 from nnunet_allukan.layers.splines import compiled_kernels_enabled  # noqa: E402
@@ -113,9 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> int:
     a = parse_args()
-    # training steps as the trainers run them: basis kernels compiled at their first call (not after seconds
-    # of eager calls, auto's start for short jobs), so that the warm-up steps cover the compilation
-    splines.compile_kernels_at_first_call()
+    compile_kernels_as_trainers_do()
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
-from nnunet_allukan.layers import splines  # noqa: E402
+from _measure import compile_kernels_as_trainers_do, fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
 
 from nnunet_allukan.layers.splines import compiled_kernels_enabled  # noqa: E402
 from nnunet_allukan.networks import build_table2_network, network_summary  # noqa: E402
@@ -154,9 +153,7 @@ def main() -> int:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-batch", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
-    # training steps as the trainers run them: basis kernels compiled at their first call (not after seconds
-    # of eager calls, auto's start for short jobs), so that the warm-up steps cover the compilation
-    splines.compile_kernels_at_first_call()
+    compile_kernels_as_trainers_do()
     if a.size % 32:
         p.error(f"--size must be a multiple of 32, got {a.size}")
     if a.threads:

@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
 import benchmark_layer  # noqa: E402
 import benchmark_networks  # noqa: E402
-from _measure import run_in_fresh_process, sync  # noqa: E402
-from nnunet_allukan.layers import splines  # noqa: E402
+from _measure import compile_kernels_as_trainers_do, run_in_fresh_process, sync  # noqa: E402
 
 from nnunet_allukan.networks import build_table2_network  # noqa: E402
 
@@ -121,9 +120,7 @@ def main() -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=["network", "memory", "layers"])
     p.add_argument("--json", type=Path, default=Path("benchmark_results/ratios.json"))
     a = p.parse_args()
-    # training steps as the trainers run them: basis kernels compiled at their first call (not after seconds
-    # of eager calls, auto's start for short jobs), so that the warm-up steps cover the compilation
-    splines.compile_kernels_at_first_call()
+    compile_kernels_as_trainers_do()
     result = {"load_before": load_average(), "threads": torch.get_num_threads(), "device": a.device,
               "torch": torch.__version__}
     print(f"device {a.device}, threads {torch.get_num_threads()}, load average before: {result['load_before']}",

@@ -333,16 +333,12 @@ class _KAConvFunction(torch.autograd.Function):
             y = y + bias.reshape(1, -1, *([1] * geo.nd))
         ctx.geo = geo
         ctx.has_bias = bias is not None
-        ctx.keeps_p = kept_p is not None
-        if ctx.keeps_p:
-            ctx.save_for_backward(x, u, v, kept_p)
-        else:
-            ctx.save_for_backward(x, u, v)
+        ctx.save_for_backward(x, u, v, *([] if kept_p is None else [kept_p]))
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, u, v = ctx.saved_tensors[:3]
+        x, u, v, *kept = ctx.saved_tensors  # kept: [P] when forward kept the window sums
         geo: _ConvGeometry = ctx.geo
         need_x, need_u, need_bias, need_v, _ = ctx.needs_input_grad
         cdt = torch.promote_types(gy.dtype, torch.float32)  # v's gradient sums everything: float32 at least
@@ -366,8 +362,8 @@ class _KAConvFunction(torch.autograd.Function):
                     not geo.grad_free)
                 grad_x = grad_x.reshape(x.shape) if need_x else None
         else:
-            if ctx.keeps_p:  # only silu(x) is left to recompute: one cheap elementwise pass
-                p = ctx.saved_tensors[3]
+            if kept:  # only silu(x) is left to recompute: one cheap elementwise pass
+                p = kept[0]
                 silu = F.silu(x) if need_x or need_u else None
             else:
                 silu, p = silu_and_window_sums(xg, grid, geo.kernel, geo.stride, geo.padding, geo.dilation)

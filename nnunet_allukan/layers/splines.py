@@ -29,6 +29,7 @@ compilation; :func:`set_kernel_compilation` changes the mode at run time.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -224,11 +225,18 @@ def _silu_and_window_sums_eager(x: torch.Tensor, t0: float, h: float, n_bases: i
                                 dilation: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, C, *sp] -> (``silu(x)`` in x's dtype, the window sums of ``S_k - C B_k(0)`` [N, n_bases, *sp_out]
     in the compute dtype): all a KAonv group needs from x, in one pass."""
+    xc, s = _shifted_basis_sums(x, t0, h, n_bases, order, b0)
+    return F.silu(xc).to(x.dtype), _window_sums_of(s, kernel, stride, padding, dilation)
+
+
+def _shifted_basis_sums(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
+                        b0: tuple[float, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, C, *sp] -> (x in the compute dtype, ``S_k - C B_k(0)`` [N, n_bases, *sp]; no shift without b0)."""
     xc = x.to(_compute_dtype(x))
     s = _basis_sum_eager(xc, t0, h, n_bases, order)
     if b0 is not None:
-        s = s - x.shape[1] * torch.tensor(b0, dtype=s.dtype, device=s.device).reshape(1, n_bases, *([1] * len(kernel)))
-    return F.silu(xc).to(x.dtype), _window_sums_of(s, kernel, stride, padding, dilation)
+        s = s - x.shape[1] * torch.tensor(b0, dtype=s.dtype, device=s.device).reshape(1, n_bases, *([1] * (x.dim() - 2)))
+    return xc, s
 
 
 def _activation_input_eager(x: torch.Tensor, v: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
@@ -313,10 +321,7 @@ def _silu_and_window_sums_eager_fast(x: torch.Tensor, t0: float, h: float, n_bas
     """:func:`_silu_and_window_sums_eager` with the window sums as one depthwise convolution of weight 1 instead
     of one shifted slice per tap. Used when the kernel runs eagerly; the compiled kernel keeps the slices, which
     inductor fuses with the basis sums."""
-    xc = x.to(_compute_dtype(x))
-    s = _basis_sum_eager(xc, t0, h, n_bases, order)
-    if b0 is not None:
-        s = s - x.shape[1] * torch.tensor(b0, dtype=s.dtype, device=s.device).reshape(1, n_bases, *([1] * len(kernel)))
+    xc, s = _shifted_basis_sums(x, t0, h, n_bases, order, b0)
     conv = F.conv2d if len(kernel) == 2 else F.conv3d
     ones = s.new_ones((n_bases, 1) + tuple(kernel))
     return F.silu(xc).to(x.dtype), conv(s, ones, None, stride, padding, dilation, n_bases)
@@ -449,6 +454,7 @@ def basis_derivative_dot(x: torch.Tensor, g: torch.Tensor, grid: SplineGrid) -> 
         return out.reshape(x.shape)
 
 
+@functools.lru_cache(maxsize=None)  # called on every KAonv call with padding; a grid has few distinct values
 def zero_bases(grid: SplineGrid) -> tuple[float, ...]:
     """``B_k(0)`` for every basis (Python floats): what one zero-padded input adds to the spline sums."""
     u0 = (0.0 - grid.t0) / grid.h
