@@ -4,15 +4,18 @@ import pytest
 import torch
 
 from nnunet_allukan.layers import KAConv2d, KALinear
-from nnunet_allukan.layers import splines
+from nnunet_allukan.layers import native, splines
 
 
 @pytest.fixture
 def compile_mode():
-    """Set the kernel compilation mode for one test; restore the previous one afterwards."""
-    before = splines._COMPILE_MODE
+    """Set the kernel compilation mode for one test; restore the previous one afterwards. The native kernels,
+    which take precedence over compiled and eager tensor kernels on CPU, are off meanwhile."""
+    before, native_before = splines._COMPILE_MODE, native.native_kernels_enabled()
+    native.set_native_kernels(False)
     yield splines.set_kernel_compilation
     splines._COMPILE_MODE = before
+    native.set_native_kernels(native_before)
 
 
 def _kernel_calls(dtype):

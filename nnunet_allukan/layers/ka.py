@@ -299,8 +299,8 @@ class _KAConvFunction(torch.autograd.Function):
     batched GEMM accumulated into the convolution's output. Groups with one output (depthwise) need only the
     activation map ``Phi = sum_k v[o,k] S_k`` (one map instead of n_bases), window-summed by a depthwise
     convolution with weight 1. Padded zeros are KA inputs too and add ``C_g B(0)`` per tap: the kernels sum
-    ``S - C_g B(0)`` (``Phi - C_g phi(0)``), for which zero padding is exact, and the constant
-    ``n_taps C_g v B(0)`` is added to the output. Backward recomputes silu(x) and P (one pass over x; P is
+    ``S - C_g B(0)`` (``Phi - C_g phi(0)``), for which zero padding is exact, and add ``n_taps C_g B(0)`` back
+    to P (for Phi, ``n_taps C_g phi(0)`` to the output). Backward recomputes silu(x) and P (one pass over x; P is
     kept from forward instead when it is at most a quarter of x's size, ``_keeps_window_sums``): u's
     gradient and the silu path's x gradient G_L (Eq. 11) by ``convolution_backward``, v's exactly from P
     (Eq. 9), and, for ``grad_free=False``, the spline path's x gradient through the window sums' adjoint and B'.
@@ -314,7 +314,11 @@ class _KAConvFunction(torch.autograd.Function):
             silu, phi = silu_and_activation_sums(x.reshape(b, g, cg, *sp), v, geo.grid, any(geo.padding))
             y = geo.conv(silu.reshape(x.shape), u, g, geo.padding)
             y = y + _window_sums(geo, phi)
-        else:
+            offset = _padding_offset(geo, v)  # [C_out] or None: phi's padded taps
+            if offset is not None:
+                offset = offset.to(y.dtype)
+                bias = offset if bias is None else bias + offset
+        else:  # p counts the padded taps itself
             silu, p = silu_and_window_sums(x.reshape(b, g, cg, *sp), geo.grid, geo.kernel, geo.stride, geo.padding,
                                            geo.dilation)  # p: [B, G, nb, *sp_out]
             y = geo.conv(silu.reshape(x.shape), u, g, geo.padding).contiguous()
@@ -325,12 +329,8 @@ class _KAConvFunction(torch.autograd.Function):
             y.view(b * g, geo.cout_g, positions).baddbmm_(v_g, p.reshape(b * g, -1, positions).to(y.dtype))
             if ctx.needs_input_grad[3] and _keeps_window_sums(p, x):
                 kept_p = p
-        offset = _padding_offset(geo, v)  # [C_out] or None
-        if offset is not None:
-            offset = offset.to(y.dtype)
-            bias = offset if bias is None else bias + offset
         if bias is not None:
-            y = y + bias.reshape(1, -1, *([1] * geo.nd))
+            y += bias.reshape(1, -1, *([1] * geo.nd))
         ctx.geo = geo
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, u, v, *([] if kept_p is None else [kept_p]))
@@ -347,7 +347,8 @@ class _KAConvFunction(torch.autograd.Function):
         xg = x.reshape(b, g, cg, *sp)
         gy = gy.contiguous()
         grad_x = grad_u = grad_v = grad_bias = None
-        gy_sum = gy.sum(dim=[0] + list(range(2, gy.dim())), dtype=cdt) if need_bias or need_v and any(geo.padding) \
+        padded_phi = geo.one_output_per_group and any(geo.padding)
+        gy_sum = gy.sum(dim=[0] + list(range(2, gy.dim())), dtype=cdt) if need_bias or need_v and padded_phi \
             else None
         if geo.one_output_per_group:
             gin = None
@@ -389,7 +390,7 @@ class _KAConvFunction(torch.autograd.Function):
                     grad_x = grad_x + basis_derivative_dot(xg, h.reshape(b, g, nb, *sp), grid).reshape(
                         x.shape).to(grad_x.dtype)
         if need_v:
-            if any(geo.padding):  # d(padding offset)/dv
+            if padded_phi:  # d(padding offset)/dv
                 grad_v = grad_v + _padding_offset_grad(geo, gy_sum)
             grad_v = grad_v.reshape_as(v).to(v.dtype)
         if need_bias and ctx.has_bias:

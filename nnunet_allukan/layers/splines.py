@@ -42,6 +42,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 __all__ = [
     "SplineGrid",
     "bspline_bases",
@@ -223,10 +225,21 @@ def _silu_and_window_sums_eager(x: torch.Tensor, t0: float, h: float, n_bases: i
                                 b0: tuple[float, ...] | None, kernel: tuple[int, ...], stride: tuple[int, ...],
                                 padding: tuple[int, ...],
                                 dilation: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, C, *sp] -> (``silu(x)`` in x's dtype, the window sums of ``S_k - C B_k(0)`` [N, n_bases, *sp_out]
-    in the compute dtype): all a KAonv group needs from x, in one pass."""
+    """x [N, C, *sp] -> (``silu(x)`` in x's dtype, the window sums P_k of ``S_k`` [N, n_bases, *sp_out] in the
+    compute dtype): all a KAonv group needs from x, in one pass. With ``b0`` (zero padding) the sums run over
+    ``S_k - C B_k(0)``, for which padded taps are exact zeros, and ``n_taps C B_k(0)`` is added back: every
+    padded tap then counts its C zero inputs, as Eq. 7 on the padded input does."""
     xc, s = _shifted_basis_sums(x, t0, h, n_bases, order, b0)
-    return F.silu(xc).to(x.dtype), _window_sums_of(s, kernel, stride, padding, dilation)
+    return F.silu(xc).to(x.dtype), _add_padded_taps(_window_sums_of(s, kernel, stride, padding, dilation), b0,
+                                                    x.shape[1], kernel)
+
+
+def _add_padded_taps(p: torch.Tensor, b0: tuple[float, ...] | None, c: int, kernel: tuple[int, ...]) -> torch.Tensor:
+    """Window sums of the shifted channel sums -> window sums of the channel sums (see above)."""
+    if b0 is None:
+        return p
+    taps = math.prod(kernel) * c
+    return p + torch.tensor([taps * b for b in b0], dtype=p.dtype, device=p.device).reshape(1, -1, *([1] * (p.dim() - 2)))
 
 
 def _shifted_basis_sums(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
@@ -324,7 +337,8 @@ def _silu_and_window_sums_eager_fast(x: torch.Tensor, t0: float, h: float, n_bas
     xc, s = _shifted_basis_sums(x, t0, h, n_bases, order, b0)
     conv = F.conv2d if len(kernel) == 2 else F.conv3d
     ones = s.new_ones((n_bases, 1) + tuple(kernel))
-    return F.silu(xc).to(x.dtype), conv(s, ones, None, stride, padding, dilation, n_bases)
+    return F.silu(xc).to(x.dtype), _add_padded_taps(conv(s, ones, None, stride, padding, dilation, n_bases), b0,
+                                                    x.shape[1], kernel)
 
 
 _KERNELS: dict[str, Callable] = {
@@ -341,6 +355,66 @@ _EAGER_KERNELS: dict[str, Callable] = {
     **_KERNELS,
     "activation_input": _activation_input_eager_fast,
     "silu_and_window_sums": _silu_and_window_sums_eager_fast,
+}
+
+
+# Native kernels (native.py), used on CPU for float32/float64 whenever they are built: the same results, one pass
+# each, no compiler in the process. They fall back to the tensor kernels for what they do not cover.
+def _basis_sum_native(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int) -> torch.Tensor:
+    if not native.covers(order, n_bases):
+        return _EAGER_KERNELS["basis_sum"](x, t0, h, n_bases, order)
+    return native.basis_sums(x, t0, h, n_bases, None, with_silu=False)[1]
+
+
+def _augmented_input_native(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
+                            b0: tuple[float, ...] | None) -> torch.Tensor:
+    if not native.covers(order, n_bases):
+        return _EAGER_KERNELS["augmented_input"](x, t0, h, n_bases, order, b0)
+    n, c, p = x.shape
+    out = x.new_empty((n, c + n_bases, p))
+    native.basis_sums(x, t0, h, n_bases, None if b0 is None else [c * b for b in b0], with_silu=True, out=out)
+    return out
+
+
+def _silu_and_window_sums_native(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
+                                 b0: tuple[float, ...] | None, kernel: tuple[int, ...], stride: tuple[int, ...],
+                                 padding: tuple[int, ...],
+                                 dilation: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not native.covers(order, n_bases):
+        return _EAGER_KERNELS["silu_and_window_sums"](x, t0, h, n_bases, order, b0, kernel, stride, padding, dilation)
+    n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
+    shift = None if b0 is None else [c * b for b in b0]
+    silu, s = native.basis_sums(x.reshape(n, c, -1), t0, h, n_bases, shift, with_silu=True)
+    s = s.reshape(n, n_bases, *sp)
+    if all(k == 1 for k in kernel) and all(st == 1 for st in stride) and not any(padding):
+        return silu.reshape(x.shape), s
+    start = None if shift is None else [math.prod(kernel) * value for value in shift]  # the padded taps' C B(0)
+    return silu.reshape(x.shape), native.window_sums(s, kernel, stride, padding, dilation, start)
+
+
+def _activation_input_native(x: torch.Tensor, v: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
+                             b0: tuple[float, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if not native.covers(order, n_bases):
+        return _EAGER_KERNELS["activation_input"](x, v, t0, h, n_bases, order, b0)
+    return native.activation_sums(x, v, t0, h, None if b0 is None else [x.shape[2] * b for b in b0])
+
+
+def _activation_input_backward_native(x: torch.Tensor, g_silu: torch.Tensor, g_phi: torch.Tensor, v: torch.Tensor,
+                                      t0: float, h: float, n_bases: int, order: int, b0: tuple[float, ...] | None,
+                                      full_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if not native.covers(order, n_bases) or full_grad or g_silu.dtype != x.dtype or g_phi.dtype != x.dtype:
+        return _EAGER_KERNELS["activation_input_backward"](x, g_silu, g_phi, v, t0, h, n_bases, order, b0, full_grad)
+    gx, gv = native.activation_sums_backward(x, g_silu.contiguous(), g_phi.contiguous(), n_bases, t0, h,
+                                             None if b0 is None else [x.shape[2] * b for b in b0])
+    return gx, gv.to(x.dtype)
+
+
+_NATIVE_KERNELS: dict[str, Callable] = {
+    "basis_sum": _basis_sum_native,
+    "augmented_input": _augmented_input_native,
+    "silu_and_window_sums": _silu_and_window_sums_native,
+    "activation_input": _activation_input_native,
+    "activation_input_backward": _activation_input_backward_native,
 }
 _COMPILED: dict[tuple, Callable] = {}
 _COMPILE_FAILED: set[tuple] = set()
@@ -405,6 +479,8 @@ def _own_code_copy(fn: Callable, tag: str) -> Callable:
 def _run_kernel(name: str, x: torch.Tensor, *args):
     if torch.compiler.is_compiling():  # inside a whole-network torch.compile: traced into the caller's graph
         return _KERNELS[name](x, *args)
+    if name in _NATIVE_KERNELS and native.supports(x):
+        return _NATIVE_KERNELS[name](x, *args)
     key = (name, x.device.type, x.dtype)
     if compiled_kernels_enabled(x.device.type) and key not in _COMPILE_FAILED:
         fn = _COMPILED.get(key)
@@ -479,9 +555,8 @@ def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, zero_padded: bool) ->
 def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel: tuple[int, ...], stride: tuple[int, ...],
                          padding: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over x ``[B, G, C, *sp]``, no autograd: ``silu(x)`` (x's shape and dtype) and the spline path's
-    window sums ``P_k(p) = sum_{taps} (S_k - C B_k(0))`` ``[B, G, n_bases, *sp_out]`` (compute dtype) of a
-    convolution with that geometry, ``S_k = sum_c B_k(x_c)`` per group; with zero padding the padded taps add
-    0 here (their ``C B(0)`` is the caller's constant)."""
+    window sums ``P_k(p) = sum_{taps} S_k`` ``[B, G, n_bases, *sp_out]`` (compute dtype) of a convolution with
+    that geometry, ``S_k = sum_c B_k(x_c)`` per group; a zero-padded tap adds ``C B_k(0)`` (its C zero inputs)."""
     with torch.no_grad():
         b, g, c = x.shape[:3]
         xc = x.reshape(b * g, c, *x.shape[3:]).contiguous()

@@ -1,0 +1,289 @@
+/* Native CPU kernels for the KA / KAonv layers' basis passes (cubic uniform grid), see native.py.
+ *
+ * Compiled twice into one shared library, once as is (float, names ending in _f) and once with -DKA_DOUBLE
+ * (double, names ending in _d), and called through ctypes on contiguous tensors. Each kernel is one pass over its input; the inner loops run
+ * over contiguous positions so the compiler vectorises them.
+ *
+ * Cubic B-spline basis k of the scaled input s = (x - t0) / h, centred form (splines.py):
+ *     6 B_k = relu(2 - |s - k - 2|)^3 - 4 relu(1 - |s - k - 2|)^3
+ * The factor 1/6 and the padding shift (C_g B(0), ka.py) are applied once per sum, after the channel loop.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef KA_DOUBLE
+#define REAL double
+#define SFX(name) name##_d
+#define EXP exp
+#define FABS fabs
+#else
+#define REAL float
+#define SFX(name) name##_f
+#define EXP expf
+#define FABS fabsf
+#endif
+
+#define BLOCK 128   /* positions per work item: the accumulators (n_bases x BLOCK) stay in L1 */
+#define MAX_BASES 32
+
+typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
+
+#ifdef _OPENMP
+#include <omp.h>
+/* Items [0, total) in n_threads contiguous ranges. OpenMP resolves to the runtime torch already loaded (same
+ * soname), so these ranges run on torch's own worker threads: threads of our own would compete with those
+ * workers, which spin for a while after each of torch's parallel regions. */
+static void parallel_for(range_fn fn, void *ctx, int64_t total, int64_t n_threads) {
+    if (n_threads > total) n_threads = total;
+    if (n_threads <= 1) { fn(ctx, 0, total); return; }
+#pragma omp parallel num_threads((int)n_threads)
+    {
+        const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+        fn(ctx, total * t / n, total * (t + 1) / n);
+    }
+}
+#else
+typedef struct { range_fn fn; void *ctx; int64_t begin, end; } range_job;
+
+static void *run_range(void *arg) {
+    range_job *job = (range_job *)arg;
+    job->fn(job->ctx, job->begin, job->end);
+    return NULL;
+}
+
+/* Without OpenMP: items [0, total) in n_threads contiguous ranges, the caller's thread takes the first. */
+static void parallel_for(range_fn fn, void *ctx, int64_t total, int64_t n_threads) {
+    if (n_threads > total) n_threads = total;
+    if (n_threads <= 1) { fn(ctx, 0, total); return; }
+    if (n_threads > 64) n_threads = 64;
+    pthread_t threads[64];
+    range_job jobs[64];
+    int started[64];
+    for (int64_t t = 0; t < n_threads; t++) {
+        jobs[t].fn = fn; jobs[t].ctx = ctx;
+        jobs[t].begin = total * t / n_threads; jobs[t].end = total * (t + 1) / n_threads;
+    }
+    for (int64_t t = 1; t < n_threads; t++)
+        started[t] = pthread_create(&threads[t], NULL, run_range, &jobs[t]) == 0;
+    fn(ctx, jobs[0].begin, jobs[0].end);
+    for (int64_t t = 1; t < n_threads; t++) {
+        if (started[t]) pthread_join(threads[t], NULL);
+        else fn(ctx, jobs[t].begin, jobs[t].end);  /* no thread: run it here */
+    }
+}
+#endif
+
+static inline REAL SFX(silu_of)(REAL v) { return v / ((REAL)1 + EXP(-v)); }
+
+/* acc[k][i] = 6 * sum_c B_k(x[c, i]) for i < len (x rows of stride `stride`); silu(x) written when silu != NULL. */
+static void SFX(block_basis_sums)(const REAL *x, REAL *silu, int64_t channels, int64_t stride, int64_t len,
+                                  int n_bases, REAL t0, REAL inv_h, REAL acc[][BLOCK]) {
+    REAL s[BLOCK];
+    for (int k = 0; k < n_bases; k++) memset(acc[k], 0, sizeof(REAL) * (size_t)len);
+    for (int64_t c = 0; c < channels; c++) {
+        const REAL *xr = x + c * stride;
+        if (silu) {
+            REAL *out = silu + c * stride;
+            for (int64_t i = 0; i < len; i++) out[i] = SFX(silu_of)(xr[i]);
+        }
+        for (int64_t i = 0; i < len; i++) s[i] = (xr[i] - t0) * inv_h - (REAL)2;
+        for (int k = 0; k < n_bases; k++) {
+            REAL *a = acc[k];
+            const REAL shift = (REAL)k;
+            for (int64_t i = 0; i < len; i++) {
+                REAL t = FABS(s[i] - shift);
+                REAL p = (REAL)2 - t, q = (REAL)1 - t;
+                p = p > 0 ? p : 0;
+                q = q > 0 ? q : 0;
+                a[i] += p * p * p - (REAL)4 * q * q * q;
+            }
+        }
+    }
+}
+
+/* ---- basis sums: x [N, C, P] -> sums [N, n_bases, P] = sum_c B_k(x) - shift[k], silu(x) optionally ------------ */
+typedef struct {
+    const REAL *x; REAL *silu; REAL *sums;
+    int64_t channels, positions, sums_batch_stride, silu_batch_stride;
+    int n_bases; REAL t0, inv_h; const double *shift;
+} SFX(sums_ctx);
+
+static void SFX(sums_range)(void *vctx, int64_t begin, int64_t end) {
+    SFX(sums_ctx) *c = (SFX(sums_ctx) *)vctx;
+    const int64_t blocks = (c->positions + BLOCK - 1) / BLOCK;
+    REAL acc[MAX_BASES][BLOCK];
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t n = item / blocks, p0 = (item % blocks) * BLOCK;
+        const int64_t len = c->positions - p0 < BLOCK ? c->positions - p0 : BLOCK;
+        const REAL *x = c->x + n * c->channels * c->positions + p0;
+        REAL *silu = c->silu ? c->silu + n * c->silu_batch_stride + p0 : NULL;
+        SFX(block_basis_sums)(x, silu, c->channels, c->positions, len, c->n_bases, c->t0, c->inv_h, acc);
+        for (int k = 0; k < c->n_bases; k++) {
+            REAL *out = c->sums + n * c->sums_batch_stride + k * c->positions + p0;
+            const REAL shift = (REAL)c->shift[k];
+            for (int64_t i = 0; i < len; i++) out[i] = acc[k][i] * (REAL)(1.0 / 6.0) - shift;
+        }
+    }
+}
+
+/* One position per row (P == 1, e.g. KALinear's tokens): vectorise over channels instead. */
+static void SFX(sums_rows_range)(void *vctx, int64_t begin, int64_t end) {
+    SFX(sums_ctx) *c = (SFX(sums_ctx) *)vctx;
+    REAL s[BLOCK];
+    for (int64_t n = begin; n < end; n++) {
+        const REAL *x = c->x + n * c->channels;
+        REAL *silu = c->silu ? c->silu + n * c->silu_batch_stride : NULL;
+        REAL total[MAX_BASES];
+        for (int k = 0; k < c->n_bases; k++) total[k] = 0;
+        for (int64_t c0 = 0; c0 < c->channels; c0 += BLOCK) {
+            const int64_t len = c->channels - c0 < BLOCK ? c->channels - c0 : BLOCK;
+            if (silu) for (int64_t i = 0; i < len; i++) silu[c0 + i] = SFX(silu_of)(x[c0 + i]);
+            for (int64_t i = 0; i < len; i++) s[i] = (x[c0 + i] - c->t0) * c->inv_h - (REAL)2;
+            for (int k = 0; k < c->n_bases; k++) {
+                const REAL shift = (REAL)k;
+                REAL sum = 0;
+                for (int64_t i = 0; i < len; i++) {
+                    REAL t = FABS(s[i] - shift);
+                    REAL p = (REAL)2 - t, q = (REAL)1 - t;
+                    p = p > 0 ? p : 0;
+                    q = q > 0 ? q : 0;
+                    sum += p * p * p - (REAL)4 * q * q * q;
+                }
+                total[k] += sum;
+            }
+        }
+        for (int k = 0; k < c->n_bases; k++)
+            c->sums[n * c->sums_batch_stride + k] = total[k] * (REAL)(1.0 / 6.0) - (REAL)c->shift[k];
+    }
+}
+
+void SFX(ka_basis_sums)(const REAL *x, REAL *silu, REAL *sums, int64_t batch, int64_t channels, int64_t positions,
+                        int64_t silu_batch_stride, int64_t sums_batch_stride, int n_bases, double t0, double h,
+                        const double *shift, int64_t n_threads) {
+    SFX(sums_ctx) ctx = {x, silu, sums, channels, positions, sums_batch_stride, silu_batch_stride, n_bases,
+                         (REAL)t0, (REAL)(1.0 / h), shift};
+    if (positions == 1) parallel_for(SFX(sums_rows_range), &ctx, batch, n_threads);
+    else parallel_for(SFX(sums_range), &ctx, batch * ((positions + BLOCK - 1) / BLOCK), n_threads);
+}
+
+/* ---- window sums: s [M, D, H, W] -> out [M, Do, Ho, Wo], zero-padded sums over a convolution's taps, plus
+ *      start[m % period] (when start != NULL) ---------------------------------------------------------------- */
+typedef struct {
+    const REAL *s; REAL *out; const double *start; int64_t period;
+    int64_t d, h, w, od, oh, ow;
+    int64_t k[3], stride[3], pad[3], dil[3];
+} SFX(window_ctx);
+
+static void SFX(window_range)(void *vctx, int64_t begin, int64_t end) {
+    SFX(window_ctx) *c = (SFX(window_ctx) *)vctx;
+    for (int64_t row = begin; row < end; row++) {  /* row = (m, z, y) of the output */
+        const int64_t y = row % c->oh, z = (row / c->oh) % c->od, m = row / (c->oh * c->od);
+        REAL *out = c->out + row * c->ow;
+        const REAL start = c->start ? (REAL)c->start[m % c->period] : (REAL)0;
+        for (int64_t x = 0; x < c->ow; x++) out[x] = start;
+        for (int64_t tz = 0; tz < c->k[0]; tz++) {
+            const int64_t iz = z * c->stride[0] + tz * c->dil[0] - c->pad[0];
+            if (iz < 0 || iz >= c->d) continue;
+            for (int64_t ty = 0; ty < c->k[1]; ty++) {
+                const int64_t iy = y * c->stride[1] + ty * c->dil[1] - c->pad[1];
+                if (iy < 0 || iy >= c->h) continue;
+                const REAL *in = c->s + ((m * c->d + iz) * c->h + iy) * c->w;
+                for (int64_t tx = 0; tx < c->k[2]; tx++) {
+                    const int64_t off = tx * c->dil[2] - c->pad[2], sx = c->stride[2];
+                    /* output columns whose input column x * sx + off lies in [0, w) */
+                    int64_t lo = off >= 0 ? 0 : (-off + sx - 1) / sx;
+                    int64_t hi = c->w - 1 - off < 0 ? 0 : (c->w - 1 - off) / sx + 1;
+                    if (hi > c->ow) hi = c->ow;
+                    if (sx == 1) for (int64_t x = lo; x < hi; x++) out[x] += in[x + off];
+                    else for (int64_t x = lo; x < hi; x++) out[x] += in[x * sx + off];
+                }
+            }
+        }
+    }
+}
+
+void SFX(ka_window_sums)(const REAL *s, REAL *out, const double *start, int64_t period, int64_t maps,
+                         const int64_t *in_size, const int64_t *out_size, const int64_t *kernel,
+                         const int64_t *stride, const int64_t *padding, const int64_t *dilation, int64_t n_threads) {
+    SFX(window_ctx) ctx = {s, out, start, period, in_size[0], in_size[1], in_size[2], out_size[0], out_size[1], out_size[2],
+                           {kernel[0], kernel[1], kernel[2]}, {stride[0], stride[1], stride[2]},
+                           {padding[0], padding[1], padding[2]}, {dilation[0], dilation[1], dilation[2]}};
+    parallel_for(SFX(window_range), &ctx, maps * out_size[0] * out_size[1], n_threads);
+}
+
+/* ---- one output per group (depthwise): x [B*G, C, P], v [G, nb] -> phi [B*G, P] = sum_k v_k (S_k - shift_k) ---- */
+typedef struct {
+    const REAL *x, *v; REAL *silu, *phi; const REAL *grad_silu, *grad_phi; REAL *grad_x; double *grad_v;
+    int64_t groups, channels, positions;
+    int n_bases; REAL t0, inv_h; const double *shift;
+} SFX(activation_ctx);
+
+static void SFX(activation_range)(void *vctx, int64_t begin, int64_t end) {
+    SFX(activation_ctx) *c = (SFX(activation_ctx) *)vctx;
+    const int64_t blocks = (c->positions + BLOCK - 1) / BLOCK;
+    REAL acc[MAX_BASES][BLOCK];
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t n = item / blocks, p0 = (item % blocks) * BLOCK, g = n % c->groups;
+        const int64_t len = c->positions - p0 < BLOCK ? c->positions - p0 : BLOCK;
+        const int64_t base = n * c->channels * c->positions + p0;
+        SFX(block_basis_sums)(c->x + base, c->silu + base, c->channels, c->positions, len, c->n_bases, c->t0,
+                              c->inv_h, acc);
+        REAL *phi = c->phi + n * c->positions + p0;
+        REAL constant = 0;
+        for (int k = 0; k < c->n_bases; k++) constant += c->v[g * c->n_bases + k] * (REAL)c->shift[k];
+        for (int64_t i = 0; i < len; i++) phi[i] = -constant;
+        for (int k = 0; k < c->n_bases; k++) {
+            const REAL w = c->v[g * c->n_bases + k] * (REAL)(1.0 / 6.0);
+            for (int64_t i = 0; i < len; i++) phi[i] += w * acc[k][i];
+        }
+    }
+}
+
+void SFX(ka_activation_sums)(const REAL *x, const REAL *v, REAL *silu, REAL *phi, int64_t batch, int64_t groups,
+                             int64_t channels, int64_t positions, int n_bases, double t0, double h,
+                             const double *shift, int64_t n_threads) {
+    SFX(activation_ctx) ctx = {x, v, silu, phi, NULL, NULL, NULL, NULL, groups, channels, positions, n_bases,
+                               (REAL)t0, (REAL)(1.0 / h), shift};
+    parallel_for(SFX(activation_range), &ctx, batch * groups * ((positions + BLOCK - 1) / BLOCK), n_threads);
+}
+
+/* Backward of ka_activation_sums without the spline path's x gradient (grad-free): grad_x = grad_silu * silu'(x),
+ * grad_v_parts[item, k] = sum_i grad_phi * (S_k - shift_k) over the item's positions (double; summed by the caller). */
+static void SFX(activation_backward_range)(void *vctx, int64_t begin, int64_t end) {
+    SFX(activation_ctx) *c = (SFX(activation_ctx) *)vctx;
+    const int64_t blocks = (c->positions + BLOCK - 1) / BLOCK;
+    REAL acc[MAX_BASES][BLOCK];
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t n = item / blocks, p0 = (item % blocks) * BLOCK;
+        const int64_t len = c->positions - p0 < BLOCK ? c->positions - p0 : BLOCK;
+        const int64_t base = n * c->channels * c->positions + p0;
+        for (int64_t ch = 0; ch < c->channels; ch++) {
+            const REAL *xr = c->x + base + ch * c->positions, *gs = c->grad_silu + base + ch * c->positions;
+            REAL *gx = c->grad_x + base + ch * c->positions;
+            for (int64_t i = 0; i < len; i++) {
+                const REAL sig = (REAL)1 / ((REAL)1 + EXP(-xr[i]));
+                gx[i] = gs[i] * sig * ((REAL)1 + xr[i] * ((REAL)1 - sig));
+            }
+        }
+        SFX(block_basis_sums)(c->x + base, NULL, c->channels, c->positions, len, c->n_bases, c->t0, c->inv_h, acc);
+        const REAL *gp = c->grad_phi + n * c->positions + p0;
+        double *out = c->grad_v + item * c->n_bases;
+        for (int k = 0; k < c->n_bases; k++) {
+            REAL dot = 0, gsum = 0;
+            for (int64_t i = 0; i < len; i++) { dot += gp[i] * acc[k][i]; gsum += gp[i]; }
+            out[k] = (double)dot * (1.0 / 6.0) - (double)gsum * c->shift[k];
+        }
+    }
+}
+
+void SFX(ka_activation_sums_backward)(const REAL *x, const REAL *grad_silu, const REAL *grad_phi, REAL *grad_x,
+                                      double *grad_v_parts, int64_t batch, int64_t groups, int64_t channels,
+                                      int64_t positions, int n_bases, double t0, double h, const double *shift,
+                                      int64_t n_threads) {
+    SFX(activation_ctx) ctx = {x, NULL, NULL, NULL, grad_silu, grad_phi, grad_x, grad_v_parts, groups, channels,
+                               positions, n_bases, (REAL)t0, (REAL)(1.0 / h), shift};
+    parallel_for(SFX(activation_backward_range), &ctx, batch * groups * ((positions + BLOCK - 1) / BLOCK),
+                 n_threads);
+}
