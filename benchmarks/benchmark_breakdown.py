@@ -4,10 +4,12 @@
     python benchmarks/benchmark_breakdown.py --part forward
 
 - ``forward``: one ALL U-KAN / U-KAN_MLP forward at batch 1, 256x256, no gradients (what nnUNetv2_predict runs per
-  mirror), each mode in a fresh process: the first call with the basis kernels compiled at their first call
-  (compilation, or loading from inductor's disk cache, included), then the median of 10 calls; and eager kernels.
+  mirror), each kernel mode in a fresh process: the first call, then the median of 10 calls. Modes: ``native``
+  (the default on CPU), ``compiled`` (native kernels off, tensor kernels compiled at their first call: compilation,
+  or loading from inductor's disk cache, included in the first call), ``eager`` (native off, eager tensor kernels).
 - ``layer``: KAConv2d 32 -> 32, 128x128, batch 2 against nn.Conv2d, forward and backward timed apart (median of
-  20 interleaved steps), with the window sums kept for backward (default) and recomputed.
+  20 interleaved steps), with the window sums kept for backward (default) and recomputed, native kernels and
+  compiled tensor kernels.
 """
 from __future__ import annotations
 
@@ -24,17 +26,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
 from _measure import compile_kernels_as_trainers_do, run_in_fresh_process  # noqa: E402
 
-from nnunet_allukan.layers import KAConv2d, ka, splines  # noqa: E402
+from nnunet_allukan.layers import KAConv2d, ka, native, splines  # noqa: E402
 from nnunet_allukan.networks import build_table2_network  # noqa: E402
 
 ROWS = {"U-KAN_MLP": 4, "ALL U-KAN": 13}
 
 
-def forward_child(row: int, mode: str) -> dict:
+def use_kernels(mode: str) -> None:
+    """``native`` (default on CPU), ``compiled`` or ``eager`` tensor kernels, for this process."""
+    native.set_native_kernels(mode == "native")
     if mode == "eager":
         splines.set_kernel_compilation("0")
     else:
         compile_kernels_as_trainers_do()
+
+
+def forward_child(row: int, mode: str) -> dict:
+    use_kernels(mode)
     net = build_table2_network(row, 3, 1).eval()
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
@@ -49,8 +57,8 @@ def forward_child(row: int, mode: str) -> dict:
     return {"first_s": first, "median_s": statistics.median(times)}
 
 
-def layer_split(keep_window_sums: bool) -> dict:
-    compile_kernels_as_trainers_do()
+def layer_split(keep_window_sums: bool, mode: str) -> dict:
+    use_kernels(mode)
     if not keep_window_sums:
         ka._KEEP_WINDOW_SUMS_MAX_FRACTION = 0.0
     torch.manual_seed(0)
@@ -81,15 +89,15 @@ def main() -> int:
     a = p.parse_args()
     if a.child is not None:  # fresh process for one forward measurement, or one layer split
         kind, arg = a.child
-        res = forward_child(ROWS[arg.split(":")[0]], arg.split(":")[1]) if kind == "forward" else \
-            layer_split(arg == "keep")
+        first, mode = arg.split(":")
+        res = forward_child(ROWS[first], mode) if kind == "forward" else layer_split(first == "keep", mode)
         print(json.dumps(res))
         return 0
     out: dict = {}
     if a.part in ("forward", "both"):
         print("batch-1 forward, 256x256, no gradients (fresh process each):")
         for name in ROWS:
-            for mode in ("compiled", "eager"):
+            for mode in ("native", "compiled", "eager"):
                 res = run_in_fresh_process(__file__, ["--child", "forward", f"{name}:{mode}"], for_memory=False)
                 out[f"forward {name} {mode}"] = res
                 if "error" in res:
@@ -98,15 +106,15 @@ def main() -> int:
                 print(f"  {name}, {mode} kernels: first call {res['first_s']:.2f} s, then {res['median_s'] * 1e3:.1f} ms")
     if a.part in ("layer", "both"):
         print("KAConv2d 32->32, 128x128, batch 2 vs nn.Conv2d (fresh process each):")
-        for keep in ("keep", "recompute"):
-            res = run_in_fresh_process(__file__, ["--child", "layer", keep], for_memory=False)
-            out[f"layer window sums {keep}"] = res
+        for keep, mode in (("keep", "native"), ("recompute", "native"), ("keep", "compiled")):
+            res = run_in_fresh_process(__file__, ["--child", "layer", f"{keep}:{mode}"], for_memory=False)
+            out[f"layer window sums {keep}, {mode} kernels"] = res
             if "error" in res:
-                print(f"  window sums {keep}: failed ({res['error']})")
+                print(f"  window sums {keep}, {mode} kernels: failed ({res['error']})")
                 continue
             k, c = res["KAConv2d"], res["nn.Conv2d"]
             ratio = (k["forward_s"] + k["backward_s"]) / (c["forward_s"] + c["backward_s"])
-            print(f"  window sums {keep}: KAConv2d forward {k['forward_s'] * 1e3:.2f} ms, backward "
+            print(f"  window sums {keep}, {mode} kernels: KAConv2d forward {k['forward_s'] * 1e3:.2f} ms, backward "
                   f"{k['backward_s'] * 1e3:.2f} ms; nn.Conv2d {c['forward_s'] * 1e3:.2f} / "
                   f"{c['backward_s'] * 1e3:.2f} ms; ratio {ratio:.2f}")
     if a.json:

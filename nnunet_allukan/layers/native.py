@@ -90,8 +90,18 @@ def _cpu_signature() -> str:
 
 
 def _cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/nnunet_allukan`` (default ``~/.cache``); a per-user temporary folder if that is not
+    writable (a read-only home on a cluster node)."""
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "nnunet_allukan"
+    cache = Path(root) / "nnunet_allukan"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if os.access(cache, os.W_OK | os.X_OK):
+            return cache
+    except OSError:
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"nnunet_allukan-{uid}"
 
 
 def _run(cmd: Sequence[str]) -> None:
@@ -126,11 +136,12 @@ def _load() -> Optional[ctypes.CDLL]:
         _FAILURE = "no C compiler found (set CC)"
         return None
     source = _SOURCE.read_bytes()
+    cache = _cache_dir()
     errors = []
     for arch in _ARCH_FLAGS:
         key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(_COMPILE_FLAGS + arch).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:16]
-        target = _cache_dir() / f"ka_kernels_{key}.so"
+        target = cache / f"ka_kernels_{key}.so"
         try:
             if not target.exists():
                 _build(cc, arch, target)

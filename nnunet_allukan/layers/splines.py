@@ -20,7 +20,8 @@ The hot spots of the KA/KAonv layers are reductions over inputs, provided here a
 - ``basis_derivative_dot``: ``D[b, g, c, ...] = sum_k h[b, g, k, ...] * B'_k(x[b, g, c, ...])``  (the
   spline-path input gradient, used only with ``grad_free=False``).
 
-They are written as plain vectorised tensor code (the eager fallback) and are compiled with
+On CPU, in float32/float64 and for cubic grids, they run as native code (native.py: one pass each, no
+compiler in the process). Otherwise they are plain vectorised tensor code (the eager fallback), compiled with
 ``torch.compile`` when possible, which fuses the per-basis arithmetic into one pass over the input (on CPU
 once a kernel has spent a few seconds in eager calls: short jobs skip the compilation); inside a
 whole-network ``torch.compile`` they are traced into the network's graph instead.
