@@ -10,7 +10,7 @@ is written, then the project's and nnU-Net's own console commands run in order:
 5. IoU / F1 (per image and the reference code's batch-pooled protocol) and an overlay PNG.
 
 Everything lands in one output folder (default ``./allukan_demo``), printed at the end. The defaults
-(120 images of 64 x 64, 100 short epochs = 1200 steps of ALL U-KAN, ~6.5 min) are sized for a 2-core CPU; the scores of
+(120 images of 64 x 64, 100 short epochs = 1200 steps of ALL U-KAN, 6.5-13.5 min measured) are sized for a 2-core CPU; the scores of
 such a short run say that the pipeline works, not what ALL U-KAN reaches with the paper's 400 epochs.
 """
 from __future__ import annotations
