@@ -208,3 +208,22 @@ def test_loading_changes_no_process_wide_state():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_build_without_openmp_uses_posix_threads_and_agrees(native_state, monkeypatch, tmp_path):
+    """The last-resort flags (no OpenMP, no -march=native): the POSIX-threads build gives the same results."""
+    x = torch.randn(2, 1, 16, 70, 90, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    call = lambda: splines.silu_and_window_sums(x, GRID, (3, 3), (1, 2), (1, 1), (1, 1))  # noqa: E731
+    with_openmp = _both(call)[0]
+    _fresh(monkeypatch, tmp_path)
+    monkeypatch.setattr(native, "_ARCH_FLAGS", ((),))
+    assert native.available(), native.unavailable_reason()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # two threads of its own
+        portable, slow = _both(call)
+    finally:
+        torch.set_num_threads(before)
+    for a, b, c in zip(portable, slow, with_openmp):
+        _assert_close(a, b, "portable build vs tensor kernels")
+        _assert_close(a, c, "portable build vs OpenMP build")

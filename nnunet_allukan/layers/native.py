@@ -42,7 +42,7 @@ _ARCH_FLAGS = (("-fopenmp", "-march=native", "-mprefer-vector-width=256"), ("-fo
                ("-march=native",), ())
 _DTYPES = {torch.float32: "f", torch.float64: "d"}
 MAX_BASES = 32  # MAX_BASES in native_kernels.c
-_BLOCK = 128  # BLOCK in native_kernels.c
+_BLOCK = 512  # BLOCK in native_kernels.c
 # Below this many input values a kernel runs on one thread: starting threads costs more than it saves.
 _VALUES_PER_THREAD = 1 << 15
 
