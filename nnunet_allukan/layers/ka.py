@@ -383,7 +383,6 @@ class _KAConvFunction(torch.autograd.Function):
             del silu
             if need_x:
                 gin = torch.ops.aten.convolution_backward(gy, x, u, None, *conv_args, [True, False, False])[0]
-            if need_x:
                 grad_x = torch.ops.aten.silu_backward.grad_input(gin, x, grad_input=gin)  # G_L (Eq. 11), in place
                 if not geo.grad_free:  # spline path: adjoint window sums of dL/dP = v^T dL/dy, then B'
                     v_g = v.to(gy.dtype).reshape(1, g, geo.cout_g, nb).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, nb)

@@ -190,9 +190,9 @@ def covers(order: int, n_bases: int) -> bool:
 
 
 def supports(x: torch.Tensor) -> bool:
-    """Whether a kernel call on ``x`` can run natively: CPU, float32/float64, not being traced (the kernels
-    themselves cover cubic grids of at most 32 bases)."""
-    return x.device.type == "cpu" and x.dtype in _DTYPES and not torch.compiler.is_compiling() and available()
+    """Whether a kernel call on ``x`` can run natively: CPU, float32/float64 (the kernels themselves cover cubic
+    grids of at most 32 bases; the caller keeps traced code, a whole-network torch.compile, on tensor kernels)."""
+    return x.device.type == "cpu" and x.dtype in _DTYPES and available()
 
 
 def _fn(name: str, dtype: torch.dtype):
@@ -207,10 +207,6 @@ def _doubles(values: Sequence[float]) -> ctypes.Array:
     return (ctypes.c_double * len(values))(*values)
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
-
-
 def basis_sums(x: torch.Tensor, t0: float, h: float, n_bases: int, shift: Optional[Sequence[float]],
                with_silu: bool, out: Optional[torch.Tensor] = None) -> tuple[Optional[torch.Tensor], torch.Tensor]:
     """x ``[N, C, P]`` (contiguous) -> (``silu(x)`` or None, ``S_k - shift_k`` ``[N, n_bases, P]``).
@@ -221,7 +217,7 @@ def basis_sums(x: torch.Tensor, t0: float, h: float, n_bases: int, shift: Option
         silu = torch.empty_like(x) if with_silu else None
         sums = x.new_empty((n, n_bases, p))
         silu_stride, sums_stride = c * p, n_bases * p
-        silu_ptr, sums_ptr = _ptr(silu), sums.data_ptr()
+        silu_ptr, sums_ptr = None if silu is None else silu.data_ptr(), sums.data_ptr()
     else:
         silu, sums = out[:, :c], out[:, c:]
         silu_stride = sums_stride = (c + n_bases) * p

@@ -191,6 +191,11 @@ def _shift(c: int, b0: tuple[float, ...] | None, k: int) -> float:
     return 0.0 if b0 is None else c * b0[k]
 
 
+def _shifts(c: int, b0: tuple[float, ...] | None) -> list[float] | None:
+    """``C B_k(0)`` for every k (what C zero-padded inputs add to the channel sums), None without padding."""
+    return None if b0 is None else [c * b for b in b0]
+
+
 def _augmented_input_eager(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
                            b0: tuple[float, ...] | None) -> torch.Tensor:
     """x [N, C, P] -> [N, C + n_bases, P]: ``silu(x)`` and the channel sums ``S_k - C * B_k(0)``.
@@ -239,8 +244,9 @@ def _add_padded_taps(p: torch.Tensor, b0: tuple[float, ...] | None, c: int, kern
     """Window sums of the shifted channel sums -> window sums of the channel sums (see above)."""
     if b0 is None:
         return p
-    taps = math.prod(kernel) * c
-    return p + torch.tensor([taps * b for b in b0], dtype=p.dtype, device=p.device).reshape(1, -1, *([1] * (p.dim() - 2)))
+    taps = math.prod(kernel)
+    return p + torch.tensor([taps * value for value in _shifts(c, b0)], dtype=p.dtype,
+                            device=p.device).reshape(1, -1, *([1] * (p.dim() - 2)))
 
 
 def _shifted_basis_sums(x: torch.Tensor, t0: float, h: float, n_bases: int, order: int,
@@ -373,7 +379,7 @@ def _augmented_input_native(x: torch.Tensor, t0: float, h: float, n_bases: int, 
         return _EAGER_KERNELS["augmented_input"](x, t0, h, n_bases, order, b0)
     n, c, p = x.shape
     out = x.new_empty((n, c + n_bases, p))
-    native.basis_sums(x, t0, h, n_bases, None if b0 is None else [c * b for b in b0], with_silu=True, out=out)
+    native.basis_sums(x, t0, h, n_bases, _shifts(c, b0), with_silu=True, out=out)
     return out
 
 
@@ -384,7 +390,7 @@ def _silu_and_window_sums_native(x: torch.Tensor, t0: float, h: float, n_bases: 
     if not native.covers(order, n_bases):
         return _EAGER_KERNELS["silu_and_window_sums"](x, t0, h, n_bases, order, b0, kernel, stride, padding, dilation)
     n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
-    shift = None if b0 is None else [c * b for b in b0]
+    shift = _shifts(c, b0)
     silu, s = native.basis_sums(x.reshape(n, c, -1), t0, h, n_bases, shift, with_silu=True)
     s = s.reshape(n, n_bases, *sp)
     if all(k == 1 for k in kernel) and all(st == 1 for st in stride) and not any(padding):
@@ -397,7 +403,7 @@ def _activation_input_native(x: torch.Tensor, v: torch.Tensor, t0: float, h: flo
                              b0: tuple[float, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
     if not native.covers(order, n_bases):
         return _EAGER_KERNELS["activation_input"](x, v, t0, h, n_bases, order, b0)
-    return native.activation_sums(x, v, t0, h, None if b0 is None else [x.shape[2] * b for b in b0])
+    return native.activation_sums(x, v, t0, h, _shifts(x.shape[2], b0))
 
 
 def _activation_input_backward_native(x: torch.Tensor, g_silu: torch.Tensor, g_phi: torch.Tensor, v: torch.Tensor,
@@ -406,7 +412,7 @@ def _activation_input_backward_native(x: torch.Tensor, g_silu: torch.Tensor, g_p
     if not native.covers(order, n_bases) or full_grad or g_silu.dtype != x.dtype or g_phi.dtype != x.dtype:
         return _EAGER_KERNELS["activation_input_backward"](x, g_silu, g_phi, v, t0, h, n_bases, order, b0, full_grad)
     gx, gv = native.activation_sums_backward(x, g_silu.contiguous(), g_phi.contiguous(), n_bases, t0, h,
-                                             None if b0 is None else [x.shape[2] * b for b in b0])
+                                             _shifts(x.shape[2], b0))
     return gx, gv.to(x.dtype)
 
 
