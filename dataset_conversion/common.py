@@ -9,6 +9,7 @@ collected over all cases and raised together (:class:`ConversionProblems`), so o
 
 from __future__ import annotations
 
+import csv
 import errno
 import logging
 import multiprocessing
@@ -40,24 +41,30 @@ try:
 except ImportError:  # Windows: no advisory locks; stale temporary folders are then only named
     fcntl = None
 
-# Soft-edged 0/255 masks (CVC-ClinicDB) are thresholded here: the reference code's 127/128 cut.
+# Masks that are not exactly two-valued are thresholded here: the object is >= 128, the dataset authors' and
+# the reference code's cut.
 SOFT_MASK_THRESHOLD = 128
 # A mask (binary or instance map) is piecewise constant: few neighbouring pixels differ (< 1 % on the
 # real CVC/BUSI masks). A photograph or ultrasound frame passed by mistake has 50-80 % differing
 # neighbours (measured on the BUSI and CVC samples). 15 % separates the two with a wide margin.
 MAX_MASK_NEIGHBOUR_CHANGE = 0.15
-# Soft edges: anti-aliasing gives intermediate values only to pixels the object's border crosses (in the
-# real CVC samples all lie within 1 pixel of both levels), so they must lie within EDGE_WIDTH pixels of
-# both background and object ...
-EDGE_WIDTH = 2
-# ... and be a thin band: at most this fraction of the pixels (0.02 % in the CVC samples).
-MAX_EDGE_FRACTION = 0.05
-# Values within this fraction of the value range of a level are noise of that level (compression): the
-# real CVC masks hold a faint halo of 5-16 reaching 65 pixels away from the polyp.
+# Compression noise makes more neighbours differ (up to 26 % in a JPEG of a mask shrunk 4x), but keeps the
+# values near the two levels: at most 5 % of such masks' pixels lie between them, 40-99 % of the sample
+# images' pixels (within LEVEL_TOLERANCE of neither the lowest nor the highest value).
+MAX_MASK_INTERMEDIATE_FRACTION = 0.2
+# Values within this fraction of the value range of a level are noise of that level ("faint"); the rest are
+# intermediate (soft edges, resampling, compression ringing). Only counted, for the record.
 LEVEL_TOLERANCE = 1 / 8
-# Faint values that thresholding drops are noise only in a continuous-tone mask (44-50 distinct values in
-# each CVC sample); a handful of exact levels (0/1/2/255) is a label map whose labels would vanish.
+# Thresholding loses labelled objects only where values below the threshold fill a solid region: a square
+# of this side. What resampling, compression and CVC-ClinicDB's own masks add is thinner: soft edges and
+# ringing 1-4 pixels wide, single stray pixels, faint strips up to 4 rows high (CVC's official masks).
+SOLID_REGION_SIDE = 8
+# A solid region of one exact faint level is a label (0/1/2/255) only in a mask of few tones; in a
+# continuous-tone mask (44-50 distinct values in each CVC sample, whose faint halo holds a 44x44 block of
+# the value 11) it is the halo of the mask's drawing tool.
 MIN_TONES_FOR_NOISE = 16
+# Next to dataset.json: the masks that were thresholded, with what it changed.
+MASK_REPORT_NAME = "thresholded_masks.csv"
 IGNORED_FILE_NAMES = {"Thumbs.db", "desktop.ini"}
 # At most this many problems are listed; the rest are counted.
 MAX_PROBLEMS_SHOWN = 20
@@ -327,12 +334,20 @@ def _check_piecewise_constant(mask: np.ndarray, path: Path) -> None:
     if mask.shape[0] < 2 or mask.shape[1] < 2:
         return
     changes = np.count_nonzero(mask[:, 1:] != mask[:, :-1]) + np.count_nonzero(mask[1:] != mask[:-1])
-    pairs = mask[:, 1:].size + mask[1:].size
-    if changes / pairs > MAX_MASK_NEIGHBOUR_CHANGE:
+    change = changes / (mask[:, 1:].size + mask[1:].size)
+    if change <= MAX_MASK_NEIGHBOUR_CHANGE:
+        return
+    # compression noise also makes neighbours differ, but leaves the values near the two levels
+    low, high = int(mask.min()), int(mask.max())
+    tolerance = (high - low) * LEVEL_TOLERANCE
+    between = np.count_nonzero((mask > low + tolerance) & (mask < high - tolerance)) / mask.size
+    if between > MAX_MASK_INTERMEDIATE_FRACTION:
         raise ConversionError(
-            f"{path} does not look like a mask: {100 * changes / pairs:.0f} % of neighbouring pixels differ "
-            f"(masks are piecewise constant, < {100 * MAX_MASK_NEIGHBOUR_CHANGE:.0f} %). Is it an image stored "
-            "under a mask's name? Replace it with the mask from the dataset archive"
+            f"{path} does not look like a mask: {100 * change:.0f} % of neighbouring pixels differ and "
+            f"{100 * between:.0f} % of the pixels lie between its lowest and highest values (masks are piecewise "
+            f"constant, < {100 * MAX_MASK_NEIGHBOUR_CHANGE:.0f} %, or near two levels, < "
+            f"{100 * MAX_MASK_INTERMEDIATE_FRACTION:.0f} % between them). Is it an image stored under a mask's name? "
+            "Replace it with the mask from the dataset archive"
         )
 
 
@@ -348,104 +363,127 @@ def _shown_values(values: np.ndarray, limit: int = 8) -> list:
     return values.tolist() if values.size <= limit else values[:limit].tolist() + ["..."]
 
 
-def _dilate(region: np.ndarray, steps: int) -> np.ndarray:
-    """``region`` grown by ``steps`` pixels in the 8-neighbourhood (numpy only: no scipy dependency)."""
-    grown = region.copy()
-    for _ in range(steps):
-        rows = grown.copy()
-        rows[1:] |= grown[:-1]
-        rows[:-1] |= grown[1:]
-        grown = rows.copy()
-        grown[:, 1:] |= rows[:, :-1]
-        grown[:, :-1] |= rows[:, 1:]
-    return grown
+def _window_extremes(mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum and maximum of every ``side`` x ``side`` window of ``mask`` (indexed by its top-left pixel).
+
+    Windows of width w give those of width 2w (or ``side``) from two overlapping ones: log2(side) array
+    operations per axis."""
+    extremes = []
+    for reduce in (np.minimum, np.maximum):
+        values = mask
+        for _ in range(2):  # rows, then (transposed) columns
+            width = 1
+            while width < side:
+                step = min(width, side - width)
+                values = reduce(values[:-step], values[step:])
+                width += step
+            values = values.T
+        extremes.append(values)
+    return extremes[0], extremes[1]
 
 
 @dataclass(frozen=True)
 class BinarisedMask:
     """A mask file read as a foreground, with what it took (summarised per dataset).
 
-    kind: "empty" (all 0), "binary" (two values), "soft" (soft edges thresholded) or "instance".
-    edge_pixels: pixels of intermediate value at the object's border (anti-aliasing).
-    faint_pixels: pixels within LEVEL_TOLERANCE of 0 or 255 but not equal to it (compression noise, halos).
+    kind: "empty" (all 0), "binary" (two values), "soft" (not exactly two-valued: thresholded) or "instance".
+    values: distinct values in the file.
+    edge_pixels: pixels of intermediate value (soft edges, resampling, compression ringing, stray pixels).
+    faint_pixels: pixels within LEVEL_TOLERANCE of the lowest or highest value but not equal to it
+        (compression noise, halos, faint strips).
+    changed_pixels: pixels that changed class: not background (above the lowest value) in the file, but
+        below SOFT_MASK_THRESHOLD and so background in the label.
     """
 
     foreground: np.ndarray
     kind: str
+    values: int = 0
     edge_pixels: int = 0
     faint_pixels: int = 0
+    changed_pixels: int = 0
     instances: int = 0
 
 
-def binarize_binary_mask(mask: np.ndarray, path: Path) -> BinarisedMask:
-    """A 0/255 (or 0/1) mask, possibly with soft edges, as a foreground; anything else is refused.
+def _check_no_solid_region_dropped(mask: np.ndarray, values: np.ndarray, path: Path) -> None:
+    """Refuse a mask in which values below the threshold fill a solid region (SOLID_REGION_SIDE square):
+    mid-grey values anywhere (a grey-level image, a gradient, a mid-grey label), or, in a mask of few tones,
+    one exact faint level (a label map such as 0/1/2/255)."""
+    low, high = int(values[0]), int(values[-1])
+    candidates = (mask > low) & (mask < SOFT_MASK_THRESHOLD)
+    side = SOLID_REGION_SIDE
+    if min(mask.shape) < side or np.count_nonzero(candidates) < side * side:
+        return
+    lowest, highest = _window_extremes(mask, side)
+    dropped = highest < SOFT_MASK_THRESHOLD
+    grey_floor = low + (high - low) * LEVEL_TOLERANCE
+    grey = dropped & (lowest > grey_floor)
+    if grey.any():
+        row, col = (int(i[0]) for i in np.nonzero(grey))
+        raise ConversionError(
+            f"mask {path} is not binary: intermediate values away from the object's border fill a solid region "
+            f"(a {side}x{side} block of values between {int(lowest[row, col])} and {int(highest[row, col])} at row "
+            f"{row}, column {col}; values {_shown_values(values)}) that thresholding at {SOFT_MASK_THRESHOLD} would "
+            "drop. Soft edges, compression noise and stray pixels are thin; this is a grey-level image, gradient "
+            "or label map, not a binary mask. Replace it with the binary mask from the dataset archive"
+        )
+    if values.size >= MIN_TONES_FOR_NOISE:
+        return
+    labels = dropped & (lowest == highest) & (lowest > low)
+    if labels.any():
+        row, col = (int(i[0]) for i in np.nonzero(labels))
+        levels = np.unique(lowest[labels])
+        raise ConversionError(
+            f"mask {path} has the values {_shown_values(values)}: besides {low} and {high}, the levels "
+            f"{_shown_values(levels)} each cover a solid region of their own (at least {side}x{side} pixels, e.g. "
+            f"{int(lowest[row, col])} at row {row}, column {col}), not a thin strip or halo. That is a label map, "
+            f"not a binary mask, and thresholding at {SOFT_MASK_THRESHOLD} would drop them. Replace it with the "
+            "binary mask from the dataset archive (or merge the labels into 0/255 yourself)"
+        )
 
-    Two values: the larger one is the object. More values (8-bit only): a soft-edged mask is thresholded
-    at SOFT_MASK_THRESHOLD when its extra values are what anti-aliasing and compression produce:
 
-    - intermediate values (more than LEVEL_TOLERANCE of the range away from both levels) only at the
-      border between background and object: within EDGE_WIDTH pixels of both (of one, along the image
-      frame), and a small fraction
-      (MAX_EDGE_FRACTION) of the pixels. A grey-level gradient or image has them everywhere;
-    - faint values near a level (the CVC halos of 5-16) anywhere, but values near 0 that would vanish
-      only in a continuous-tone mask (>= MIN_TONES_FOR_NOISE distinct values): a few exact levels such as
-      0/1/2/255 are a label map whose labels 1 and 2 would be lost.
+def binarize_binary_mask(mask: np.ndarray, path: Path, strict: bool = False) -> BinarisedMask:
+    """A 0/255 (or 0/1) mask as a foreground; a mask that is not exactly two-valued is thresholded at
+    SOFT_MASK_THRESHOLD unless thresholding would lose labelled objects.
 
-    The whole frame as object (e.g. all 255) is refused.
+    Two values: the larger one is the object. More values (8-bit, the largest >= SOFT_MASK_THRESHOLD): the
+    object is ``>= SOFT_MASK_THRESHOLD``, whatever soft edges, resampling, compression noise, faint strips,
+    halos or stray pixels the file holds. Refused: more values none of which reaches the threshold (0/1/2),
+    and values below the threshold filling a solid region (see :func:`_check_no_solid_region_dropped`).
+    ``strict`` refuses every mask with more than two values. The whole frame as object is refused.
     """
     _check_piecewise_constant(mask, path)
     values = np.unique(mask)
     if values.size == 1 and values[0] == 0:
-        return BinarisedMask(np.zeros(mask.shape, dtype=bool), "empty")
+        return BinarisedMask(np.zeros(mask.shape, dtype=bool), "empty", values=1)
     if values.size <= 2:
         foreground = mask == values[-1]
         _check_not_whole_frame(foreground, mask, path)
-        return BinarisedMask(foreground, "binary")
+        return BinarisedMask(foreground, "binary", values=int(values.size))
+    if strict:
+        extra = np.count_nonzero((mask != values[0]) & (mask != values[-1]))
+        raise ConversionError(
+            f"mask {path} is not exactly binary: it has the values {_shown_values(values)} ({extra} pixels are "
+            f"neither {int(values[0])} nor {int(values[-1])}), and --strict-masks refuses such masks. Replace it "
+            f"with a two-valued mask, or convert without --strict-masks to threshold it at {SOFT_MASK_THRESHOLD}"
+        )
     if mask.dtype != np.uint8 or values[-1] < SOFT_MASK_THRESHOLD:
         raise ConversionError(
-            f"mask {path} has the values {_shown_values(values)}: neither a 0/255 mask nor a soft-edged one (whose "
-            f"object is >= {SOFT_MASK_THRESHOLD}); a multi-class label map or the wrong file. Replace it with the "
-            "binary mask from the dataset archive"
+            f"mask {path} has the values {_shown_values(values)}: neither a 0/255 mask nor one to threshold (whose "
+            f"object is >= {SOFT_MASK_THRESHOLD}); a multi-class label map or the wrong file, whose labels "
+            f"thresholding would drop. Replace it with the binary mask from the dataset archive"
         )
+    _check_no_solid_region_dropped(mask, values, path)
     low, high = int(values[0]), int(values[-1])
     tolerance = (high - low) * LEVEL_TOLERANCE
     near_low, near_high = mask <= low + tolerance, mask >= high - tolerance
-    intermediate = ~(near_low | near_high)
-    near_low_zone, near_high_zone = _dilate(near_low, EDGE_WIDTH), _dilate(near_high, EDGE_WIDTH)
-    # along the image frame the other level may lie outside the image (an object cut by the frame)
-    frame = np.ones(mask.shape, dtype=bool)
-    frame[EDGE_WIDTH:-EDGE_WIDTH, EDGE_WIDTH:-EDGE_WIDTH] = False
-    at_border = (near_low_zone & near_high_zone) | (frame & (near_low_zone | near_high_zone))
-    stray = intermediate & ~at_border
-    if stray.any():
-        row, col = (int(i[0]) for i in np.nonzero(stray))
-        raise ConversionError(
-            f"mask {path} is not binary: {np.count_nonzero(stray)} pixels have intermediate values away from the "
-            f"object's border (e.g. {int(mask[row, col])} at row {row}, column {col}; values "
-            f"{_shown_values(values)}). Soft edges only occur within {EDGE_WIDTH} pixels of the border; this is a "
-            "grey-level image or gradient, not a mask. Replace it with the binary mask from the dataset archive"
-        )
-    n_intermediate = np.count_nonzero(intermediate)
-    if n_intermediate > MAX_EDGE_FRACTION * mask.size:
-        raise ConversionError(
-            f"mask {path} is not binary: {100 * n_intermediate / mask.size:.1f} % of its pixels have intermediate "
-            f"values (soft edges are a thin border, < {100 * MAX_EDGE_FRACTION:.0f} %). Replace it with the binary "
-            "mask from the dataset archive"
-        )
     foreground = mask >= SOFT_MASK_THRESHOLD
-    faint = (near_low & (mask != low)) | (near_high & (mask != high))
-    faint_lost = near_low & (mask != low) & ~at_border
-    if faint_lost.any() and values.size < MIN_TONES_FOR_NOISE:
-        extra = values[(values != low) & (values != high)]
-        raise ConversionError(
-            f"mask {path} has the values {_shown_values(values)}: besides {low} and {high} a few exact levels "
-            f"({_shown_values(extra)}) cover regions away from the object's border. That is a label map, not a "
-            f"soft-edged mask, and thresholding at {SOFT_MASK_THRESHOLD} would drop them. Replace it with the "
-            "binary mask from the dataset archive (or merge the labels into 0/255 yourself)"
-        )
     _check_not_whole_frame(foreground, mask, path)
-    return BinarisedMask(foreground, "soft", edge_pixels=int(n_intermediate),
-                         faint_pixels=int(np.count_nonzero(faint)))
+    return BinarisedMask(
+        foreground, "soft", values=int(values.size),
+        edge_pixels=int(np.count_nonzero(~(near_low | near_high))),
+        faint_pixels=int(np.count_nonzero(near_low & (mask != low)) + np.count_nonzero(near_high & (mask != high))),
+        changed_pixels=int(np.count_nonzero((mask > low) & ~foreground)),
+    )
 
 
 def binarize_instance_map(label_map: np.ndarray, path: Path) -> BinarisedMask:
@@ -498,12 +536,13 @@ def _captured_read_warnings(sink: list[str]):
 
 
 def convert_case(case: CaseSource, target_hw: tuple[int, int] | None, output_folder: Path,
-                 source_root: Path) -> dict:
+                 source_root: Path, strict_masks: bool = False) -> dict:
     """Read, binarise, unite, resize and write one case; return its record for ``conversion_record.json``.
 
     Writes ``imagesTr/<case>_0000.png`` (RGB uint8) and ``labelsTr/<case>.png`` (uint8 0/1).
     Images are resized bilinearly (Pillow's antialiased filter), masks with nearest neighbour after
-    binarisation, so labels stay exactly 0/1. Every problem of the case (image and each mask) is checked
+    binarisation, so labels stay exactly 0/1. ``strict_masks`` refuses binary masks that are not exactly
+    two-valued instead of thresholding them. Every problem of the case (image and each mask) is checked
     and raised together as :class:`ConversionProblems`; nothing is written for such a case.
     """
     problems: list[str] = []
@@ -535,8 +574,10 @@ def convert_case(case: CaseSource, target_hw: tuple[int, int] | None, output_fol
             )
             continue
         try:
-            binarise = binarize_instance_map if case.mask_kind == "instance" else binarize_binary_mask
-            mask_readings.append((mask_path, binarise(raw_mask, mask_path)))
+            if case.mask_kind == "instance":
+                mask_readings.append((mask_path, binarize_instance_map(raw_mask, mask_path)))
+            else:
+                mask_readings.append((mask_path, binarize_binary_mask(raw_mask, mask_path, strict=strict_masks)))
         except ConversionError as err:
             problems.append(str(err))
     raise_problems(problems)
@@ -547,13 +588,15 @@ def convert_case(case: CaseSource, target_hw: tuple[int, int] | None, output_fol
     mask_kinds: list[dict] = []
     for mask_path, reading in mask_readings:
         foreground |= reading.foreground
-        mask_kinds.append({"file": _relative(mask_path, source_root), "kind": reading.kind,
-                           "edge_pixels": reading.edge_pixels, "faint_pixels": reading.faint_pixels})
+        mask_kinds.append({"file": _relative(mask_path, source_root), "kind": reading.kind, "values": reading.values,
+                           "edge_pixels": reading.edge_pixels, "faint_pixels": reading.faint_pixels,
+                           "changed_pixels": reading.changed_pixels})
         if reading.kind == "instance":
             steps.append(f"binarised instance map ({reading.instances} objects) at > 0")
         elif reading.kind == "soft":
-            steps.append(f"thresholded soft-edged mask {mask_path.name} at >= {SOFT_MASK_THRESHOLD} "
-                         f"({reading.edge_pixels} edge pixels, {reading.faint_pixels} faint pixels)")
+            steps.append(f"thresholded mask {mask_path.name} ({reading.values} values) at >= {SOFT_MASK_THRESHOLD} "
+                         f"({reading.edge_pixels} intermediate pixels, {reading.faint_pixels} faint pixels; "
+                         f"{reading.changed_pixels} pixels changed class)")
     if len(case.masks) > 1:
         steps.append(f"united {len(case.masks)} masks")
     label = foreground.astype(np.uint8)
@@ -587,7 +630,7 @@ def convert_case(case: CaseSource, target_hw: tuple[int, int] | None, output_fol
     return record
 
 
-def _convert_case_job(job: tuple[CaseSource, tuple[int, int] | None, Path, Path]) -> tuple[str, object]:
+def _convert_case_job(job: tuple[CaseSource, tuple[int, int] | None, Path, Path, bool]) -> tuple[str, object]:
     """("ok", record) or ("problems", [messages]): a bad case does not stop the others from being checked.
     File-system errors (a full or read-only disk) are raised: no later case could be written either."""
     try:
@@ -750,8 +793,21 @@ def _summarise(records: dict[str, dict], excluded: Sequence[dict]) -> dict[str, 
         "masks_empty": kinds["empty"],
         "masks_soft_edged": kinds["soft"],
         "masks_with_faint_values": sum(m["faint_pixels"] > 0 for r in records.values() for m in r["mask_kinds"]),
+        "pixels_changed_class": sum(m["changed_pixels"] for r in records.values() for m in r["mask_kinds"]),
         "files_with_read_warnings": sum(len(r.get("read_warnings", {})) for r in records.values()),
     }
+
+
+def write_mask_report(records: dict[str, dict], path: Path) -> None:
+    """One CSV row per mask that was not exactly two-valued and was thresholded (header only if none)."""
+    with open(path, "w", newline="") as report:
+        writer = csv.writer(report)
+        writer.writerow(["case", "mask", "values", "intermediate_pixels", "faint_pixels", "pixels_changed_class"])
+        for case_id, record in records.items():
+            for mask in record["mask_kinds"]:
+                if mask["kind"] == "soft":
+                    writer.writerow([case_id, mask["file"], mask["values"], mask["edge_pixels"],
+                                     mask["faint_pixels"], mask["changed_pixels"]])
 
 
 def write_nnunet_dataset(
@@ -766,6 +822,7 @@ def write_nnunet_dataset(
     excluded: Sequence[dict] = (),
     arguments: dict | None = None,
     problems: Sequence[str] = (),
+    strict_masks: bool = False,
 ) -> ConversionResult:
     """Write ``raw_folder/DatasetXXX_NAME`` atomically, or nothing.
 
@@ -775,6 +832,8 @@ def write_nnunet_dataset(
     after the new one is complete. Every case is checked even after a bad one: all problems (``problems``
     found earlier, e.g. unpaired files, plus those of the cases) are raised together as
     :class:`ConversionProblems`. File-system errors become a :class:`ConversionError` naming the path.
+    ``strict_masks`` refuses binary masks that are not exactly two-valued instead of thresholding them; the
+    thresholded ones are listed in ``MASK_REPORT_NAME`` next to dataset.json.
     """
     # imported here, not at module level: scikit-learn takes seconds to import in every spawned worker
     from dataset_conversion.splits import paper_splits
@@ -802,7 +861,7 @@ def write_nnunet_dataset(
         (temporary / "imagesTr").mkdir()
         (temporary / "labelsTr").mkdir()
         keep = [case for case in sorted(cases, key=lambda c: c.case_id)]
-        jobs = [(case, target_hw, temporary, source_root) for case in keep]
+        jobs = [(case, target_hw, temporary, source_root, strict_masks) for case in keep]
         records: dict[str, dict] = {}
         for case, (status, outcome) in zip(keep, _run_jobs(jobs, num_processes)):
             if status == "ok":
@@ -837,6 +896,7 @@ def write_nnunet_dataset(
             str(temporary / "conversion_record.json"),
         )
         save_json(paper_splits(original_ids), str(temporary / "paper_splits.json"))
+        write_mask_report(records, temporary / MASK_REPORT_NAME)
         _move_into_place(temporary, target)
     except OSError as err:
         shutil.rmtree(temporary, ignore_errors=True)
