@@ -16,8 +16,9 @@ from types import ModuleType
 from nnunetv2 import paths as nnunet_paths
 
 from dataset_conversion import busi, cvc, glas
-from dataset_conversion.common import MASK_REPORT_NAME, SOFT_MASK_THRESHOLD, ConversionError, ConversionResult, \
-    filesystem_error, write_nnunet_dataset
+from dataset_conversion.errors import ConversionError, filesystem_error
+from dataset_conversion.masks import SOFT_MASK_THRESHOLD
+from dataset_conversion.writer import MASK_REPORT_NAME, ConversionResult, write_nnunet_dataset
 
 DATASETS: dict[str, ModuleType] = {"busi": busi, "glas": glas, "cvc": cvc}
 MAX_SIZE = 4096
