@@ -43,7 +43,8 @@ def make_sources(work: Path, artifacts: bool) -> dict[str, Path]:
     for image_format in (("tif", "png") if artifacts else ("tif",)):
         folder = work / kind / f"cvc_{image_format}"
         if not folder.is_dir():
-            make_synthetic_cvc(folder, n_cases=612, image_format=image_format, size=(384, 288), mask_artifacts=artifacts)
+            make_synthetic_cvc(folder, n_cases=612, image_format=image_format, size=(384, 288),
+                               mask_artifacts=artifacts)
         sources[f"cvc_{image_format}"] = folder
     folder = work / kind / "busi"
     if not folder.is_dir():

@@ -13,16 +13,16 @@ from dataset_conversion.errors import ConversionError
 # Masks that are not exactly two-valued are thresholded here: the object is >= 128, the dataset authors' and
 # the reference code's cut.
 SOFT_MASK_THRESHOLD = 128
-# A mask (binary or instance map) is piecewise constant: few neighbouring pixels differ (< 1 % on the
-# real CVC/BUSI masks, up to 7 % in re-encoded copies). A photograph or ultrasound frame passed by mistake has 50-80 % differing
-# neighbours (measured on the BUSI and CVC samples). 15 % separates the two with a wide margin.
+# A mask (binary or instance map) is piecewise constant: few neighbouring pixels differ (< 1 % on the real
+# CVC/BUSI masks, up to 7 % in re-encoded copies). A photograph or ultrasound frame passed by mistake has
+# 55-85 % differing neighbours (measured on the BUSI and CVC samples).
 MAX_MASK_NEIGHBOUR_CHANGE = 0.15
 # Compression noise makes more neighbours differ (up to 26 % in a JPEG of a mask shrunk 4x), but keeps the
 # values near the two levels: at most 5 % of such masks' pixels lie between them, 40-99 % of the sample
 # images' pixels (within LEVEL_TOLERANCE of neither the lowest nor the highest value).
 MAX_MASK_INTERMEDIATE_FRACTION = 0.2
 # Values within this fraction of the value range of a level are noise of that level ("faint"); the rest are
-# intermediate (soft edges, resampling, compression ringing). Only counted, for the record.
+# intermediate (soft edges, resampling, compression ringing, stray pixels; or a grey-level image).
 LEVEL_TOLERANCE = 1 / 8
 # Thresholding loses labelled objects only where values below the threshold fill a solid region: a square
 # of this side. What resampling, compression and CVC-ClinicDB's own masks add is thinner: soft edges and
@@ -196,4 +196,5 @@ def binarize_instance_map(label_map: np.ndarray, path: Path) -> BinarisedMask:
     _check_piecewise_constant(label_map, path)
     foreground = label_map > 0
     _check_not_whole_frame(foreground, label_map, path)
-    return BinarisedMask(foreground, "instance", instances=int(np.unique(label_map[foreground]).size))
+    instances = int(np.unique(label_map[foreground]).size)
+    return BinarisedMask(foreground, "instance", values=instances + int(not foreground.all()), instances=instances)

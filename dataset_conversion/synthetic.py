@@ -13,6 +13,11 @@ iterations:
   (images as 3-sample min-is-black TIFFs that Pillow cannot read, like the real ones) or PNG layout
   (3-channel masks); every other mask has soft edges.
 
+With ``mask_artifacts=True`` (BUSI, CVC) the masks hold what real copies hold (compression noise, stray
+mid-grey pixels, faint strips and halos), made by the helpers that turn any 0/255 mask into one as users
+meet it: :func:`resample_mask`, :func:`jpeg_round_trip`, :func:`add_faint_strip`, :func:`add_faint_halo`,
+:func:`add_stray_pixels`.
+
 All are deterministic for a given ``seed``.
 """
 

@@ -3,6 +3,7 @@
 thresholded. The real examples are in ../shared/samples/mask-artifacts (skipped where it is absent)."""
 
 import csv
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import dataset_conversion.writer as writer
 from dataset_conversion.cli import convert_dataset, main
 from dataset_conversion.errors import ConversionError
 from dataset_conversion.masks import binarize_binary_mask
@@ -30,7 +32,8 @@ def _nnunet_env(tmp_path, monkeypatch):
 def lesion(height: int = 180, width: int = 220) -> np.ndarray:
     """A 0/255 mask: a tilted ellipse and a small second object."""
     yy, xx = np.mgrid[:height, :width]
-    u, v = (xx - 0.45 * width) * 0.92 + (yy - 0.5 * height) * 0.39, -(xx - 0.45 * width) * 0.39 + (yy - 0.5 * height) * 0.92
+    dx, dy = xx - 0.45 * width, yy - 0.5 * height
+    u, v = dx * 0.92 + dy * 0.39, -dx * 0.39 + dy * 0.92
     big = (u / (0.32 * width)) ** 2 + (v / (0.28 * height)) ** 2 < 1
     small = ((xx - 0.82 * width) / 20) ** 2 + ((yy - 0.22 * height) / 15) ** 2 < 1
     return (big | small).astype(np.uint8) * 255
@@ -190,3 +193,16 @@ def test_busi_reencoded_masks_convert(tmp_path):
         masks = [read_mask_array(source / m) >= 128 for m in record["masks"]]
         label = np.asarray(Image.open(result.dataset_folder / "labelsTr" / f"{case}.png"))
         np.testing.assert_array_equal(label, np.logical_or.reduce(masks).astype(np.uint8))
+
+
+def test_full_disk_while_writing_the_report(tmp_path, monkeypatch, capsys):
+    source = make_synthetic_cvc(tmp_path / "cvc", n_cases=3, image_format="png", seed=1)
+
+    def full(records, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(writer, "write_mask_report", full)
+    assert main(["cvc", str(source), "--size", "32", "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{MASK_REPORT_NAME}: No space left on device" in err and "Nothing was written." in err
+    assert list((tmp_path / "raw").iterdir()) == []

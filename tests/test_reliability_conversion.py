@@ -71,7 +71,8 @@ def test_dataset_modes_follow_the_umask(raw, busi, mask, folder_mode, file_mode)
     dataset = raw / "Dataset601_BUSI"
     for folder in (dataset, dataset / "imagesTr", dataset / "labelsTr"):
         assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
-    for file in (dataset / "dataset.json", dataset / "paper_splits.json", dataset / "labelsTr" / "benign_0001.png"):
+    for file in (dataset / "dataset.json", dataset / "paper_splits.json", dataset / "labelsTr" / "benign_0001.png",
+                 dataset / "thresholded_masks.csv"):
         assert stat.S_IMODE(file.stat().st_mode) == file_mode, file
 
 
