@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--include-normal", action="store_true",
                         help="busi only: keep the normal (lesion-free) images, which the paper excludes")
     parser.add_argument("--strict-masks", action="store_true",
-                        help="busi/cvc: refuse any mask that is not exactly two-valued (soft edges, compression noise, ...) "
-                             f"instead of thresholding it at {SOFT_MASK_THRESHOLD}")
+                        help="busi/cvc: refuse any mask that is not exactly two-valued (soft edges, compression "
+                             f"noise, ...) instead of thresholding it at {SOFT_MASK_THRESHOLD}")
     parser.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
                         help="number of worker processes (default: nnUNet_def_n_proc or 8, at most the CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same id and name")
