@@ -1,5 +1,5 @@
 """``nnUNetv2_convert_allukan_dataset {busi,glas,cvc} SOURCE_FOLDER [-d ID] [--size N | --native]
-[--include-normal] [-np N] [--overwrite]``: a distributed dataset -> ``$nnUNet_raw/DatasetID_NAME``.
+[--include-normal] [--strict-masks] [-np N] [--overwrite]``: a distributed dataset -> ``$nnUNet_raw/DatasetID_NAME``.
 
 :func:`convert_dataset` is the same thing as a Python function.
 """
@@ -16,7 +16,9 @@ from types import ModuleType
 from nnunetv2 import paths as nnunet_paths
 
 from dataset_conversion import busi, cvc, glas
-from dataset_conversion.common import ConversionError, ConversionResult, filesystem_error, write_nnunet_dataset
+from dataset_conversion.errors import ConversionError, filesystem_error
+from dataset_conversion.masks import SOFT_MASK_THRESHOLD
+from dataset_conversion.writer import MASK_REPORT_NAME, ConversionResult, write_nnunet_dataset
 
 DATASETS: dict[str, ModuleType] = {"busi": busi, "glas": glas, "cvc": cvc}
 MAX_SIZE = 4096
@@ -55,6 +57,7 @@ def convert_dataset(
     num_processes: int = 1,
     overwrite: bool = False,
     raw_folder: Path | str | None = None,
+    strict_masks: bool = False,
 ) -> ConversionResult:
     """Convert one distributed dataset into an nnU-Net raw dataset.
 
@@ -68,6 +71,7 @@ def convert_dataset(
         num_processes: worker processes (<= 1: in this process).
         overwrite: replace an existing ``DatasetID_NAME``.
         raw_folder: default ``$nnUNet_raw``.
+        strict_masks: refuse binary masks that are not exactly two-valued instead of thresholding them at 128.
 
     Returns:
         where it wrote, the per-case records and the summary counts.
@@ -111,6 +115,7 @@ def convert_dataset(
         "dataset_id": int(dataset_id),
         "size": side if side is not None else "native",
         "include_normal": include_normal,
+        "strict_masks": strict_masks,
     }
     return write_nnunet_dataset(
         info=info,
@@ -124,6 +129,7 @@ def convert_dataset(
         excluded=excluded,
         arguments=arguments,
         problems=problems,
+        strict_masks=strict_masks,
     )
 
 
@@ -148,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the native resolution (nnU-Net's usual practice) instead of resizing")
     parser.add_argument("--include-normal", action="store_true",
                         help="busi only: keep the normal (lesion-free) images, which the paper excludes")
+    parser.add_argument("--strict-masks", action="store_true",
+                        help="busi/cvc: refuse any mask that is not exactly two-valued (soft edges, compression "
+                             f"noise, ...) instead of thresholding it at {SOFT_MASK_THRESHOLD}")
     parser.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
                         help="number of worker processes (default: nnUNet_def_n_proc or 8, at most the CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same id and name")
@@ -171,9 +180,10 @@ def _print_summary(result: ConversionResult) -> None:
     )
     print(
         f"Masks: {s['masks_read']} read: {s['masks_binary']} binary (two values), {s['masks_empty']} empty, "
-        f"{s['masks_soft_edged']} soft-edged (thresholded at >= 128; {s['masks_with_faint_values']} of them with "
-        f"faint values near 0/255), {s['instance_maps_binarised']} instance maps (> 0). Per mask: "
-        "conversion_record.json, \"mask_kinds\"."
+        f"{s['masks_soft_edged']} soft-edged or noisy (not exactly binary: thresholded at >= {SOFT_MASK_THRESHOLD}, "
+        f"{s['pixels_changed_class']} pixels changed class; {s['masks_with_faint_values']} of them with faint values "
+        f"near 0/255), {s['instance_maps_binarised']} instance maps (> 0). Thresholded masks: "
+        f"{result.dataset_folder / MASK_REPORT_NAME}; every mask: conversion_record.json, \"mask_kinds\"."
     )
     warned = [(f, m) for r in result.records.values() for f, m in sorted(r.get("read_warnings", {}).items())]
     if warned:
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             include_normal=args.include_normal,
             num_processes=args.num_processes,
             overwrite=args.overwrite,
+            strict_masks=args.strict_masks,
         )
     except ConversionError as err:
         print(f"ERROR: {err}", file=sys.stderr)
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite and preprocessed is not None and (preprocessed / result.dataset_folder.name).is_dir():
         print(f"Note: {preprocessed / result.dataset_folder.name} holds data of the replaced dataset; "
               f"re-run nnUNetv2_plan_and_preprocess -d {result.dataset_id}")
-    print("  imagesTr/, labelsTr/, dataset.json, conversion_record.json (per-case provenance), "
+    print(f"  imagesTr/, labelsTr/, dataset.json, conversion_record.json (per-case provenance), {MASK_REPORT_NAME}, "
           "paper_splits.json (the paper's 3 seeded 80/20 splits as splits_final.json)")
     return 0
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.common import CaseSource, DatasetInfo, locate_source_folder, raise_problems, sanitize_id, \
-    visible_entries
+from dataset_conversion.errors import raise_problems
+from dataset_conversion.sources import CaseSource, DatasetInfo, locate_source_folder, sanitize_id, visible_entries
 from nnunet_allukan.paper import INPUT_SIZES
 
 INFO = DatasetInfo(

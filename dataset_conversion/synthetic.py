@@ -13,11 +13,17 @@ iterations:
   (images as 3-sample min-is-black TIFFs that Pillow cannot read, like the real ones) or PNG layout
   (3-channel masks); every other mask has soft edges.
 
+With ``mask_artifacts=True`` (BUSI, CVC) the masks hold what real copies hold (compression noise, stray
+mid-grey pixels, faint strips and halos), made by the helpers that turn any 0/255 mask into one as users
+meet it: :func:`resample_mask`, :func:`jpeg_round_trip`, :func:`add_faint_strip`, :func:`add_faint_halo`,
+:func:`add_stray_pixels`.
+
 All are deterministic for a given ``seed``.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,6 +62,7 @@ def make_synthetic_busi(
     n_normal: int = 2,
     seed: int = 0,
     sizes: Sequence[tuple[int, int]] = ((96, 80), (80, 96), (104, 88), (64, 64)),
+    mask_artifacts: bool = False,
 ) -> Path:
     """Write ``folder/Dataset_BUSI_with_GT/{benign,malignant,normal}/`` and return that folder.
 
@@ -64,6 +71,9 @@ def make_synthetic_busi(
         n_benign, n_malignant, n_normal: images per class (numbered ``(1)`` .. ``(n)``).
         seed: random seed.
         sizes: (width, height) cycled over the images.
+        mask_artifacts: masks as in re-encoded copies of BUSI: every mask a 3-channel JPEG round trip
+            (compression noise), and images numbered 3, 7, 11, ... with two stray mid-grey pixels (210, 78)
+            3 and 5 pixels from the lesion in their first mask.
 
     Case ``benign (2)`` (if present) has two lesions in ``_mask.png`` and ``_mask_1.png``; ``benign (3)``
     three (up to ``_mask_2.png``, stored as RGB); ``malignant (2)`` two.
@@ -94,7 +104,11 @@ def make_synthetic_busi(
             for k, mask in enumerate(masks):
                 suffix = "_mask" if k == 0 else f"_mask_{k}"
                 mask_u8 = mask.astype(np.uint8) * 255
-                if k == 2:  # the real BUSI holds the occasional 3-channel mask
+                if mask_artifacts:
+                    if k == 0 and n_lesions and number % 4 == 3:
+                        mask_u8 = add_stray_pixels(mask_u8, (210, 78), 3)
+                    mask_u8 = jpeg_round_trip(mask_u8, quality=75, rgb=True)
+                elif k == 2:  # the real BUSI holds the occasional 3-channel mask
                     mask_u8 = np.repeat(mask_u8[..., None], 3, axis=-1)
                 Image.fromarray(mask_u8).save(class_folder / f"{stem}{suffix}.png")
     return root
@@ -145,13 +159,17 @@ def make_synthetic_cvc(
     image_format: str = "tif",
     seed: int = 0,
     size: tuple[int, int] = (96, 72),
+    mask_artifacts: bool = False,
 ) -> Path:
     """Write ``folder/{Original,Ground Truth}/{1..n}.<tif|png>`` and return ``folder``.
 
     ``image_format="tif"``: images as 3-sample min-is-black TIFFs (Pillow cannot read them; tifffile
     can), masks as 8-bit grey TIFFs. ``"png"``: RGB images and 3-channel masks (the PNG
     redistribution). Odd-numbered cases have soft mask edges (a ramp of values across the border; the
-    object is the pixels >= 128). ``size`` is (width, height).
+    object is the pixels >= 128). ``size`` is (width, height). ``mask_artifacts`` adds what CVC-ClinicDB's
+    official masks hold: cases numbered 4, 24, 44, ... (about 30 of 612) a strip of one faint level (6-23,
+    1-4 rows high, up to 200 pixels long, 1-10 pixels from the polyp), cases 14, 34, ... a continuous-tone faint
+    halo (values 2-20, 6 pixels wide) around the polyp.
     """
     if image_format not in ("tif", "png"):
         raise ValueError(f"image_format must be 'tif' or 'png', got {image_format!r}")
@@ -176,6 +194,11 @@ def make_synthetic_cvc(
             mask = _to_uint8(np.clip(0.5 - (radius - 1.0) / gradient / 2.0, 0.0, 1.0) * 255.0)
         else:
             mask = (radius < 1).astype(np.uint8) * 255
+            if mask_artifacts and number % 20 == 4:
+                mask = add_faint_strip(mask, level=6 + number % 18, rows=1 + number % 4, length=10 + number % 191,
+                                       gap=1 + number % 10)
+            elif mask_artifacts and number % 20 == 14:
+                mask = add_faint_halo(mask, width=6, levels=(2, 20), seed=number)
         rgb = _to_uint8(image)
         if image_format == "tif":
             tifffile.imwrite(root / "Original" / f"{number}.tif", rgb, photometric="minisblack",
@@ -185,3 +208,71 @@ def make_synthetic_cvc(
             Image.fromarray(rgb).save(root / "Original" / f"{number}.png")
             Image.fromarray(np.repeat(mask[..., None], 3, axis=-1)).save(root / "Ground Truth" / f"{number}.png")
     return root
+
+
+# ----------------------------------------------------------------------------------------------------
+# Masks as users meet them: what resampling, compression and the datasets' own tools do to 0/255 masks
+# ----------------------------------------------------------------------------------------------------
+
+RESAMPLING_METHODS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                      "area": Image.Resampling.BOX}
+
+
+def resample_mask(mask: np.ndarray, factor: float, method: str) -> np.ndarray:
+    """A 0/255 ``uint8`` mask resized by ``factor`` (< 1 shrinks) with Pillow's ``method`` ("bilinear",
+    "bicubic" or "area"), as image tools resize masks: soft edges, ringing near the outline."""
+    height, width = mask.shape
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return np.asarray(Image.fromarray(mask).resize(size, RESAMPLING_METHODS[method]))
+
+
+def jpeg_round_trip(mask: np.ndarray, quality: int, rgb: bool = False) -> np.ndarray:
+    """``mask`` saved as a JPEG of ``quality`` and read back (grey, or RGB with chroma subsampling as
+    re-encoded copies of BUSI hold): compression noise near the outline."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(mask).convert("RGB" if rgb else "L")
+    image.save(buffer, format="JPEG", quality=quality)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB" if rgb else "L"))
+
+
+def add_faint_strip(mask: np.ndarray, level: int, rows: int, length: int, gap: int) -> np.ndarray:
+    """Copy of ``mask`` with a strip of one faint ``level`` (CVC-ClinicDB's official masks hold 6-23),
+    ``rows`` high and ``length`` wide, ``gap`` rows above the object's top (below its bottom where the
+    frame leaves no room), starting at the object's top-left column."""
+    out = mask.copy()
+    object_rows, object_cols = np.nonzero(mask >= 128)
+    top, bottom, left = object_rows.min(), object_rows.max(), object_cols.min()
+    start = top - gap - rows if top - gap - rows >= 0 else bottom + gap + 1
+    region = out[start:start + rows, left:left + length]
+    region[region == 0] = level
+    return out
+
+
+def add_faint_halo(mask: np.ndarray, width: int, levels: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Copy of ``mask`` with background pixels within ``width`` pixels (8-neighbourhood) of the object set
+    to random faint values in ``levels`` (inclusive), a continuous-tone halo like CVC-ClinicDB's."""
+    out = mask.copy()
+    obj = mask >= 128
+    grown = obj.copy()
+    for _ in range(width):  # one 8-neighbourhood step each
+        rows = grown.copy()
+        rows[1:] |= grown[:-1]
+        rows[:-1] |= grown[1:]
+        grown = rows.copy()
+        grown[:, 1:] |= rows[:, :-1]
+        grown[:, :-1] |= rows[:, 1:]
+    halo = grown & ~obj
+    out[halo] = np.random.default_rng(seed).integers(levels[0], levels[1] + 1, size=int(halo.sum()))
+    return out
+
+
+def add_stray_pixels(mask: np.ndarray, values: Sequence[int], distance: int) -> np.ndarray:
+    """Copy of ``mask`` with single pixels of ``values`` (mid-grey, as in re-encoded BUSI masks) in the
+    background, ``distance``, ``distance + 2``, ... pixels left of the object's leftmost pixel."""
+    out = mask.copy()
+    object_rows, object_cols = np.nonzero(mask >= 128)
+    first = int(np.argmin(object_cols))
+    for k, value in enumerate(values):
+        out[object_rows[first], object_cols[first] - distance - 2 * k] = value
+    return out

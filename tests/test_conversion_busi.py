@@ -62,7 +62,8 @@ def test_default_conversion_counts_sizes_and_json(busi_source, tmp_path, capsys)
         values = set(np.unique(np.asarray(label)).tolist())
         assert values == {0, 1}
     record = json.loads((folder / "conversion_record.json").read_text())
-    assert record["arguments"] == {"dataset": "busi", "dataset_id": 601, "size": 256, "include_normal": False}
+    assert record["arguments"] == {"dataset": "busi", "dataset_id": 601, "size": 256, "include_normal": False,
+                                   "strict_masks": False}
     merged = sorted(c for c, r in record["cases"].items() if r["merged_masks"])
     assert merged == ["benign_0002", "benign_0003", "malignant_0002"]
     assert record["cases"]["benign_0003"]["masks"] == [
@@ -125,6 +126,6 @@ def test_conversion_is_byte_identical_and_parallel_equals_serial(busi_source, tm
     second = convert_dataset("busi", busi_source, size=48, raw_folder=tmp_path / "raw_b", num_processes=2)
     files_a = sorted(p.relative_to(first.dataset_folder) for p in first.dataset_folder.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(second.dataset_folder) for p in second.dataset_folder.rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 7 * 2 + 3
+    assert files_a == files_b and len(files_a) == 7 * 2 + 4
     for rel in files_a:
         assert (first.dataset_folder / rel).read_bytes() == (second.dataset_folder / rel).read_bytes(), rel

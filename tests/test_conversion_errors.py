@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataset_conversion.common as common
+import dataset_conversion.writer as writer
 from dataset_conversion.cli import main
 from dataset_conversion.synthetic import make_synthetic_busi, make_synthetic_cvc, make_synthetic_glas
 
@@ -217,7 +217,7 @@ def test_id_used_by_another_dataset(raw, busi, tmp_path, monkeypatch, capsys):
 
 
 def test_interrupted_conversion_leaves_nothing(raw, busi, monkeypatch, capsys):
-    real_convert_case = common.convert_case
+    real_convert_case = writer.convert_case
     calls = []
 
     def interrupted_after_two(*args, **kwargs):
@@ -226,7 +226,7 @@ def test_interrupted_conversion_leaves_nothing(raw, busi, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real_convert_case(*args, **kwargs)
 
-    monkeypatch.setattr(common, "convert_case", interrupted_after_two)
+    monkeypatch.setattr(writer, "convert_case", interrupted_after_two)
     assert main(["busi", str(busi), "-np", "1"]) == 130
     assert "Interrupted" in capsys.readouterr().err
     assert len(calls) == 3

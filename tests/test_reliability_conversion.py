@@ -19,10 +19,13 @@ from PIL import Image
 import nnunetv2.dataset_conversion.generate_dataset_json as nnunet_generate_dataset_json
 
 import dataset_conversion.cli as cli
-import dataset_conversion.common as common
+import dataset_conversion.writer as writer
 from dataset_conversion.cli import main
-from dataset_conversion.common import ConversionError, binarize_binary_mask
+from dataset_conversion.errors import MAX_PROBLEMS_SHOWN, ConversionError
+from dataset_conversion.masks import binarize_binary_mask
+from dataset_conversion.reading import read_mask_array
 from dataset_conversion.synthetic import make_synthetic_busi, make_synthetic_cvc
+from nnunet_allukan.filesystem import try_lock
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -68,7 +71,8 @@ def test_dataset_modes_follow_the_umask(raw, busi, mask, folder_mode, file_mode)
     dataset = raw / "Dataset601_BUSI"
     for folder in (dataset, dataset / "imagesTr", dataset / "labelsTr"):
         assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
-    for file in (dataset / "dataset.json", dataset / "paper_splits.json", dataset / "labelsTr" / "benign_0001.png"):
+    for file in (dataset / "dataset.json", dataset / "paper_splits.json", dataset / "labelsTr" / "benign_0001.png",
+                 dataset / "thresholded_masks.csv"):
         assert stat.S_IMODE(file.stat().st_mode) == file_mode, file
 
 
@@ -91,7 +95,7 @@ def test_soft_anti_aliased_edges_are_thresholded():
 
 def test_real_soft_masks_pass(shared_dir):
     for path in sorted((shared_dir / "samples" / "CVC-ClinicDB" / "Ground Truth").glob("*.tif")):
-        reading = binarize_binary_mask(common.read_mask_array(path), path)
+        reading = binarize_binary_mask(read_mask_array(path), path)
         assert reading.kind == "soft" and reading.faint_pixels > 0, path  # the faint halo is kept as noise
 
 
@@ -271,7 +275,7 @@ def test_sigkill_leaves_no_orphans_and_rerun_cleans_up(tmp_path, capsys, monkeyp
 def test_temporary_folder_of_a_running_conversion_is_left_alone(raw, busi, capsys):
     running = raw / ".tmp_Dataset601_BUSI_1234abcd"
     (running / "labelsTr").mkdir(parents=True)
-    lock = common._try_lock(running)  # as the running conversion holds it
+    lock = try_lock(running)  # as the running conversion holds it
     try:
         fails(capsys, ["busi", str(busi)], f"{running} is being written by another conversion", "wait for it")
     finally:
@@ -310,7 +314,7 @@ def test_long_problem_lists_are_capped(raw, tmp_path, capsys):
     for number in range(1, 26):
         (source / "benign" / f"benign ({number})_mask.png").unlink()
     err = fails(capsys, ["busi", str(source)], "25 problems", "... and 5 more problems")
-    assert err.count("\n  - ") == common.MAX_PROBLEMS_SHOWN
+    assert err.count("\n  - ") == MAX_PROBLEMS_SHOWN
     assert leftovers(raw) == []
 
 
@@ -347,9 +351,9 @@ def test_read_warnings_become_one_line_per_file(tmp_path, cvc_tif):
 
 def test_process_count_capped_at_the_cpus(raw, busi, monkeypatch, capsys):
     used = []
-    real_run_jobs = common._run_jobs
+    real_run_jobs = writer.run_jobs
     monkeypatch.setattr(cli, "available_cpus", lambda: 1)
-    monkeypatch.setattr(common, "_run_jobs", lambda jobs, n: used.append(n) or real_run_jobs(jobs, n))
+    monkeypatch.setattr(writer, "run_jobs", lambda jobs, n: used.append(n) or real_run_jobs(jobs, n))
     assert main(["busi", str(busi), "--size", "32", "-np", "64"]) == 0
     assert "-np 64 capped at 1, the number of CPUs available" in capsys.readouterr().out
     assert used == [1]

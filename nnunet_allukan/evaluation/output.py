@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
-from dataset_conversion.common import make_fresh_folder as _fresh_folder  # umask modes, as the converter's
+from nnunet_allukan.filesystem import make_fresh_folder as _fresh_folder  # umask modes, as the converter's
 from nnunet_allukan.evaluation.collect import EvaluationError
 
 

@@ -1,0 +1,208 @@
+"""Masks as users meet them: resampled, compressed, with faint strips, halos and stray pixels, thresholded at
+128; label maps, whose labels thresholding would drop, refused; --strict-masks; the report of what was
+thresholded. The real examples are in ../shared/samples/mask-artifacts (skipped where it is absent)."""
+
+import csv
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dataset_conversion.writer as writer
+from dataset_conversion.cli import convert_dataset, main
+from dataset_conversion.errors import ConversionError
+from dataset_conversion.masks import binarize_binary_mask
+from dataset_conversion.reading import read_mask_array
+from dataset_conversion.synthetic import add_faint_halo, add_faint_strip, add_stray_pixels, jpeg_round_trip, \
+    make_synthetic_busi, make_synthetic_cvc, resample_mask
+from dataset_conversion.writer import MASK_REPORT_NAME
+
+
+@pytest.fixture(autouse=True)
+def _nnunet_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    monkeypatch.delenv("nnUNet_results", raising=False)
+
+
+def lesion(height: int = 180, width: int = 220) -> np.ndarray:
+    """A 0/255 mask: a tilted ellipse and a small second object."""
+    yy, xx = np.mgrid[:height, :width]
+    dx, dy = xx - 0.45 * width, yy - 0.5 * height
+    u, v = dx * 0.92 + dy * 0.39, -dx * 0.39 + dy * 0.92
+    big = (u / (0.32 * width)) ** 2 + (v / (0.28 * height)) ** 2 < 1
+    small = ((xx - 0.82 * width) / 20) ** 2 + ((yy - 0.22 * height) / 15) ** 2 < 1
+    return (big | small).astype(np.uint8) * 255
+
+
+def accepted(mask: np.ndarray, name: str = "mask.png"):
+    reading = binarize_binary_mask(mask, Path(name))
+    np.testing.assert_array_equal(reading.foreground, mask >= 128)
+    return reading
+
+
+# --- what resampling and compression make of a 0/255 mask ------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic", "area"])
+@pytest.mark.parametrize("factor", [1 / 4, 1 / 3, 1 / 2, 2, 3, 4])
+def test_resampled_masks_are_thresholded(method, factor):
+    mask = resample_mask(lesion(), factor, method)
+    reading = accepted(mask)
+    assert reading.kind in ("soft", "binary")
+
+
+@pytest.mark.parametrize("quality", [50, 75, 90, 95])
+@pytest.mark.parametrize("rgb", [False, True])
+@pytest.mark.parametrize("factor, method", [(1, None), (1 / 4, "bilinear"), (1 / 2, "area"), (4, "bicubic")])
+def test_jpeg_compressed_masks_are_thresholded(tmp_path, quality, rgb, factor, method):
+    mask = lesion() if method is None else resample_mask(lesion(), factor, method)
+    compressed = jpeg_round_trip(mask, quality, rgb=rgb)
+    path = tmp_path / "mask.png"  # a PNG copy of the JPEG, as redistributions hold them
+    Image.fromarray(compressed).save(path)
+    read = read_mask_array(path)
+    reading = accepted(read)
+    assert reading.kind == "soft" and reading.values > 2
+
+
+@pytest.mark.parametrize("level, rows, length, gap", [(11, 4, 40, 4), (6, 1, 1, 1), (23, 2, 400, 10), (21, 4, 200, 1)])
+def test_cvc_like_faint_strips_are_thresholded(level, rows, length, gap):
+    mask = add_faint_strip(lesion(288, 384), level, rows, length, gap)
+    reading = accepted(mask)
+    assert reading.values == 3 and reading.changed_pixels == np.count_nonzero(mask == level) > 0
+
+
+@pytest.mark.parametrize("width, levels", [(6, (2, 20)), (40, (5, 16)), (4, (11, 11))])
+def test_faint_halos_are_thresholded(width, levels):
+    mask = add_faint_halo(lesion(), width, levels)
+    reading = accepted(mask)
+    assert reading.changed_pixels == np.count_nonzero((mask > 0) & (mask < 128))
+
+
+@pytest.mark.parametrize("distance", [3, 5, 9])
+def test_stray_mid_grey_pixels_are_thresholded(distance):
+    mask = jpeg_round_trip(add_stray_pixels(lesion(224, 224), (210, 78), distance), 75, rgb=True)[..., 0]
+    accepted(mask)
+
+
+# --- what thresholding would lose: refused -----------------------------------------------------------------
+
+
+def quarters(*levels: int) -> np.ndarray:
+    mask = np.zeros((64, 64), np.uint8)
+    for (rows, cols), level in zip(((slice(0, 32), slice(32, 64)), (slice(32, 64), slice(0, 32)),
+                                    (slice(32, 64), slice(32, 64))), levels):
+        mask[rows, cols] = level
+    return mask
+
+
+@pytest.mark.parametrize("make_mask, fragments", [
+    (lambda: quarters(1, 2, 255), ("[0, 1, 2, 255]", "the levels [1, 2] each cover a solid region", "label map",
+                                   "would drop them", "merge the labels")),
+    (lambda: quarters(1, 2, 3), ("[0, 1, 2, 3]", "multi-class label map", "would drop")),
+    (lambda: add_faint_strip(lesion(), 3, 12, 60, 4), ("[0, 3, 255]", "the levels [3]", "label map")),
+    (lambda: quarters(100, 255), ("intermediate values away from the object's border", "8x8 pixels of the value 100",
+                                  "label map")),
+])
+def test_label_maps_are_refused(make_mask, fragments):
+    with pytest.raises(ConversionError) as error:
+        binarize_binary_mask(make_mask(), Path("labels/case_mask.png"))
+    message = str(error.value)
+    for fragment in fragments + ("labels/case_mask.png", "Replace it with the binary mask from the dataset archive"):
+        assert fragment in message, message
+
+
+def test_two_valued_masks_keep_their_larger_value_as_object():
+    for mask in (quarters(0, 0, 1), quarters(0, 0, 255)):
+        reading = binarize_binary_mask(mask, Path("m.png"))
+        assert reading.kind == "binary" and reading.changed_pixels == 0
+        np.testing.assert_array_equal(reading.foreground, mask == mask.max())
+
+
+# --- the real examples ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset, folder, cases", [("cvc", "CVC-ClinicDB", 3), ("cvc", "CVC-ClinicDB-png", 3),
+                                                    ("busi", "BUSI", 2)])
+def test_real_masks_with_artifacts_convert(shared_dir, tmp_path, dataset, folder, cases):
+    source = shared_dir / "samples" / "mask-artifacts" / folder
+    if dataset == "busi":  # the examples are malignant cases only: an empty benign/ completes the layout
+        source = Path(shutil.copytree(source, tmp_path / "BUSI"))
+        (source / "Dataset_BUSI_with_GT" / "benign").mkdir()
+    result = convert_dataset(dataset, source, native=True, raw_folder=tmp_path / "raw", num_processes=1)
+    assert result.summary["cases_written"] == cases == result.summary["masks_soft_edged"]
+    with open(result.dataset_folder / MASK_REPORT_NAME, newline="") as report:
+        rows = list(csv.DictReader(report))
+    assert len(rows) == cases
+    source_root = Path(json.loads((result.dataset_folder / "conversion_record.json").read_text())["source_folder"])
+    changed = 0
+    for row in rows:
+        mask = read_mask_array(source_root / row["mask"])
+        label = np.asarray(Image.open(result.dataset_folder / "labelsTr" / f"{row['case']}.png"))
+        np.testing.assert_array_equal(label, (mask >= 128).astype(np.uint8))
+        assert int(row["values"]) == np.unique(mask).size > 2
+        assert int(row["pixels_changed_class"]) == np.count_nonzero((mask > 0) & (mask < 128)) > 0
+        changed += int(row["pixels_changed_class"])
+    assert result.summary["pixels_changed_class"] == changed
+
+
+# --- the command: summary line, report file, --strict-masks -------------------------------------------------
+
+
+def test_summary_line_and_report_of_thresholded_masks(tmp_path, capsys):
+    source = make_synthetic_cvc(tmp_path / "cvc", n_cases=24, image_format="png", seed=2, size=(128, 96),
+                                mask_artifacts=True)
+    assert main(["cvc", str(source), "--native", "-np", "1"]) == 0
+    out = capsys.readouterr().out
+    dataset = tmp_path / "raw" / "Dataset603_CVCClinicDB"
+    with open(dataset / MASK_REPORT_NAME, newline="") as report:
+        rows = list(csv.DictReader(report))
+    # 12 soft-edged (odd cases), the strips of cases 4 and 24, the halo of case 14
+    assert sorted(int(r["case"][4:]) for r in rows) == sorted([*range(1, 24, 2), 4, 14, 24])
+    changed = sum(int(r["pixels_changed_class"]) for r in rows)
+    assert changed == sum(np.count_nonzero((m > 0) & (m < 128)) for m in (
+        np.asarray(Image.open(p))[..., 0] for p in (source / "Ground Truth").glob("*.png")))
+    assert f"15 soft-edged or noisy (not exactly binary: thresholded at >= 128, {changed} pixels changed class" in out
+    assert f"Thresholded masks: {dataset / MASK_REPORT_NAME}" in out
+    record = json.loads((dataset / "conversion_record.json").read_text())
+    assert record["summary"]["pixels_changed_class"] == changed
+
+
+def test_strict_masks_refuses_masks_that_are_not_exactly_binary(tmp_path, capsys):
+    source = make_synthetic_cvc(tmp_path / "cvc", n_cases=4, image_format="tif", seed=1, mask_artifacts=True)
+    assert main(["cvc", str(source), "--strict-masks", "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "3 problems in the source data" in err  # soft edges of cases 1 and 3, the strip of case 4
+    for number in (1, 3, 4):
+        assert f"Ground Truth/{number}.tif is not exactly binary" in err
+    assert "--strict-masks refuses such masks" in err and "Nothing was written." in err
+    assert not (tmp_path / "raw").exists() or not list((tmp_path / "raw").iterdir())
+    assert main(["cvc", str(source), "-np", "1"]) == 0
+
+
+def test_busi_reencoded_masks_convert(tmp_path):
+    source = make_synthetic_busi(tmp_path / "busi", n_benign=4, n_malignant=3, n_normal=1, seed=3, mask_artifacts=True)
+    assert np.asarray(Image.open(source / "benign" / "benign (3)_mask.png")).ndim == 3
+    result = convert_dataset("busi", source, native=True, raw_folder=tmp_path / "raw", num_processes=1)
+    assert result.summary["cases_written"] == 7
+    for case, record in result.records.items():
+        masks = [read_mask_array(source / m) >= 128 for m in record["masks"]]
+        label = np.asarray(Image.open(result.dataset_folder / "labelsTr" / f"{case}.png"))
+        np.testing.assert_array_equal(label, np.logical_or.reduce(masks).astype(np.uint8))
+
+
+def test_full_disk_while_writing_the_report(tmp_path, monkeypatch, capsys):
+    source = make_synthetic_cvc(tmp_path / "cvc", n_cases=3, image_format="png", seed=1)
+
+    def full(records, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(writer, "write_mask_report", full)
+    assert main(["cvc", str(source), "--size", "32", "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{MASK_REPORT_NAME}: No space left on device" in err and "Nothing was written." in err
+    assert list((tmp_path / "raw").iterdir()) == []
