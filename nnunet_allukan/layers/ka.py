@@ -166,7 +166,8 @@ class KALinear(SplineGridAttributes, nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"grid_size={self.grid_size}, spline_order={self.spline_order}, grid_range={self.grid_range}, "
-                f"grad_free={self.grad_free}, use_lambda={self.lam is not None}, chunk_size={self.chunk_size}")
+                f"grad_free={self.grad_free}, use_lambda={self.lam is not None}"
+                + (f", chunk_size={self.chunk_size}" if self.lam is not None else ""))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -548,7 +549,9 @@ class _KAConvNd(SplineGridAttributes, nn.Module):
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
                 f"bias={self.bias is not None}, grid_size={self.grid_size}, spline_order={self.spline_order}, "
                 f"grid_range={self.grid_range}, grad_free={self.grad_free}, use_lambda={self.lam is not None}, "
-                f"chunk_size={self.chunk_size}, implementation={self.implementation!r}")
+                f"implementation={self.implementation!r}"
+                + (f", chunk_size={self.chunk_size}" if self.implementation == "reference" or self.lam is not None
+                   else ""))
 
 
 class KAConv2d(_KAConvNd):
@@ -560,7 +563,8 @@ class KAConv2d(_KAConvNd):
 
     Shapes: ``[B, C_in, H, W] -> [B, C_out, H_out, W_out]`` with nn.Conv2d's H_out/W_out.
     ``implementation``: ``"fast"`` (closed form, default) or ``"reference"`` (explicit unfold).
-    ``chunk_size``: input channels per chunk when building the bases (bounds their transient memory).
+    ``chunk_size``: input channels per chunk where bases are built per input (``implementation="reference"``,
+    ``use_lambda``): bounds their transient memory. The fast path builds none and ignores it.
     """
 
     nd = 2
