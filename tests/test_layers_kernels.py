@@ -221,6 +221,37 @@ def test_native_kernels_stay_in_a_whole_network_compile_and_it_is_quiet(policy):
     assert used >= {"silu_and_window_sums", "activation_sums", "basis_sums"}, targets
 
 
+def test_compiled_torch_passes_match_the_reference(policy, monkeypatch):
+    """The torch backend as it runs on CUDA, compiled (here on CPU): the same results, one compiled copy per pass
+    and dtype, no dynamo setting changed."""
+    import torch._dynamo
+
+    monkeypatch.setattr(kernels, "_COMPILED_ON", ("cpu",))
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    monkeypatch.setattr(kernels, "_COMPILE_FAILED", set())
+    config = {k: getattr(torch._dynamo.config, k) for k in ("recompile_limit", "cache_size_limit")
+              if hasattr(torch._dynamo.config, k)}
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 5, 9, 9, generator=gen) * 1.5
+    v, g_silu, g_phi = torch.randn(3, 8, generator=gen), torch.randn_like(x), torch.randn(2, 3, 9, 9, generator=gen)
+    calls = {
+        "silu_and_window_sums": lambda: kernels.silu_and_window_sums(x, GRID, (3, 3), (2, 1), (1, 1), (1, 2)),
+        "activation_sums_backward": lambda: kernels.silu_and_activation_sums_backward(
+            x, g_silu, g_phi, v, GRID, True, True),
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = {name: _with("torch", call, policy) for name, call in calls.items()}
+    if kernels._COMPILE_FAILED:
+        pytest.skip(f"torch.compile unavailable here: {[str(w.message) for w in caught]}")
+    assert {key[0] for key in kernels._COMPILED} == set(calls)
+    for name, call in calls.items():
+        for a, b in zip(compiled[name], _with("reference", call, policy)):
+            _assert_close(a, b, f"compiled {name}")
+    assert {k: getattr(torch._dynamo.config, k) for k in config} == config
+    torch._dynamo.reset()
+
+
 # ---- policy -----------------------------------------------------------------------------------------------------
 def test_policy_is_explicit_and_reported(policy):
     with pytest.raises(ValueError, match="NNUNET_ALLUKAN_KERNELS"):

@@ -292,8 +292,8 @@ class _KAConvFunction(torch.autograd.Function):
                 grad_v = torch.bmm(gy_g.to(cdt), p.transpose(1, 2)).reshape(b, g * geo.cout_g, nb).sum(0)
             del p
             # u's gradient, then x's, in two calls: silu(x) is freed before the input gradient is allocated, so
-            # backward holds no more than a plain convolution's backward (the higher peak of one combined call
-            # made glibc hand memory back and re-fault ~15 MB per step in the layer benchmark).
+            # backward holds no more than a plain convolution's backward (a higher peak makes the allocator hand
+            # memory back and fault it in again at every step).
             conv_args = (list(geo.stride), list(geo.padding), list(geo.dilation), False, [0] * nd, g)
             if need_u:
                 silu = F.silu(x) if silu is None else silu.reshape(x.shape)

@@ -79,7 +79,7 @@ def _choose(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = F
         return Choice(kernel, "native", f"policy {_POLICY}: CPU, cubic grid, library built")
     if _POLICY == "native" and not native.available():
         raise RuntimeError(f"{ENVIRONMENT_VARIABLE}=native, but the native kernels are unavailable: {why_not}")
-    compiled = ", compiled" if device_type == "cuda" else ""
+    compiled = ", compiled" if device_type in _COMPILED_ON else ""
     return Choice(kernel, "torch", f"policy {_POLICY}; not native: {why_not}{compiled}")
 
 
@@ -96,19 +96,21 @@ def describe(device_type: str = "cpu", grid: SplineGrid = SplineGrid()) -> str:
     return "\n".join(lines)
 
 
-# Compiled torch-backend passes on CUDA, one per (pass, dtype): each gets a code object of its own, so dynamo's
-# per-code-object recompile limit is never reached and its process-wide configuration stays untouched.
+# Compiled torch-backend passes, one per (pass, device type, dtype): each gets a code object of its own, so dynamo's
+# per-code-object recompile limit is never reached and its process-wide configuration stays untouched. Only on
+# CUDA: on CPU compiling costs seconds per pass for what the native backend already does in one pass.
+_COMPILED_ON = ("cuda",)
 _COMPILED: dict = {}
 _COMPILE_FAILED: set = set()
 
 
 def _torch_pass(kernel: str, x: torch.Tensor):
     fn = getattr(tensor, kernel)
-    key = (kernel, x.dtype)
-    if x.device.type != "cuda" or torch.compiler.is_compiling() or key in _COMPILE_FAILED:
+    key = (kernel, x.device.type, x.dtype)
+    if x.device.type not in _COMPILED_ON or torch.compiler.is_compiling() or key in _COMPILE_FAILED:
         return fn
     if key not in _COMPILED:
-        code = fn.__code__.replace(co_name=f"{kernel}__{str(x.dtype).replace('torch.', '')}")
+        code = fn.__code__.replace(co_name=f"{kernel}__{x.device.type}_{str(x.dtype).replace('torch.', '')}")
         _COMPILED[key] = torch.compile(types.FunctionType(code, fn.__globals__, code.co_name), dynamic=True)
     compiled = _COMPILED[key]
 

@@ -251,18 +251,16 @@ def _basis_sums_into(x, silu: Optional[torch.Tensor], sums: torch.Tensor, silu_s
 
 @torch.library.custom_op("nnunet_allukan::basis_sums", mutates_args=())
 def _basis_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int, zero: Optional[list[float]],
-               with_silu: bool) -> torch.Tensor:
+                   with_silu: bool) -> torch.Tensor:
     """x [N, C, P] -> ``S_k = sum_c B_k(x_c) (- C B_k(0))`` [N, n_bases, P], or with ``with_silu``
     ``[silu(x), S]`` [N, C + n_bases, P] (KALinear's augmented input)."""
     _check("x", x, 3)
     _library()
     n, c, p = x.shape
-    if not with_silu:
-        out = x.new_empty((n, n_bases, p))
-        _basis_sums_into(x, None, out, 0, n_bases * p, t0, h, n_bases, zero)
-        return out
-    out = x.new_empty((n, c + n_bases, p))
-    _basis_sums_into(x, out, out[:, c:], (c + n_bases) * p, (c + n_bases) * p, t0, h, n_bases, zero)
+    c_out = c * int(with_silu)  # silu(x) in the first C channels, then S
+    out = x.new_empty((n, c_out + n_bases, p))
+    stride = (c_out + n_bases) * p
+    _basis_sums_into(x, out if with_silu else None, out[:, c_out:], stride, stride, t0, h, n_bases, zero)
     return out
 
 
@@ -277,8 +275,8 @@ def _window_output(size: Sequence[int], kernel, stride, padding, dilation) -> li
 
 @torch.library.custom_op("nnunet_allukan::silu_and_window_sums", mutates_args=())
 def _silu_and_window_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int, zero: Optional[list[float]],
-                         kernel: list[int], stride: list[int], padding: list[int],
-                         dilation: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+                             kernel: list[int], stride: list[int], padding: list[int],
+                             dilation: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, C, *sp] (2D or 3D) -> (silu(x), window sums P [N, n_bases, *sp_out] of a convolution with that
     geometry; with ``zero`` every padded tap adds its C B(0))."""
     nd = len(kernel)
@@ -313,7 +311,7 @@ def _(x, t0, h, n_bases, zero, kernel, stride, padding, dilation):
 
 @torch.library.custom_op("nnunet_allukan::activation_sums", mutates_args=())
 def _activation_sums_op(x: torch.Tensor, v: torch.Tensor, t0: float, h: float,
-                    zero: Optional[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+                        zero: Optional[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, G, C, P], v [G, n_bases] -> (silu(x), ``sum_c phi_g(x_c) (- C phi_g(0))`` [B, G, 1, P]) with
     ``phi_g = sum_k v[g, k] B_k``. Autograd: bases constant (grad-free), see :func:`_activation_sums_backward_op`."""
     _check("x", x, 4)
@@ -324,8 +322,8 @@ def _activation_sums_op(x: torch.Tensor, v: torch.Tensor, t0: float, h: float,
     lib = _library()
     shift = _shift(v.shape[1], zero, c)
     silu, phi = torch.empty_like(x), x.new_empty((b, g, 1, p))
-    lib.functions["ka_activation_sums", x.dtype](x.data_ptr(), v.data_ptr(), silu.data_ptr(), phi.data_ptr(),
-                                                        b, g, c, p, v.shape[1], t0, h, shift, _threads(x.numel()))
+    lib.functions["ka_activation_sums", x.dtype](x.data_ptr(), v.data_ptr(), silu.data_ptr(), phi.data_ptr(), b, g, c,
+                                                 p, v.shape[1], t0, h, shift, _threads(x.numel()))
     return silu, phi
 
 
@@ -335,8 +333,9 @@ def _(x, v, t0, h, zero):
 
 
 @torch.library.custom_op("nnunet_allukan::activation_sums_backward", mutates_args=())
-def _activation_sums_backward_op(x: torch.Tensor, grad_silu: torch.Tensor, grad_phi: torch.Tensor, t0: float, h: float,
-                             n_bases: int, zero: Optional[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _activation_sums_backward_op(x: torch.Tensor, grad_silu: torch.Tensor, grad_phi: torch.Tensor, t0: float,
+                                 h: float, n_bases: int,
+                                 zero: Optional[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of :func:`activation_sums` with constant bases: (``grad_silu * silu'(x)``, dL/dv [G, n_bases])."""
     _check("x", x, 4)
     _check("grad_silu", grad_silu, 4, x.dtype)
