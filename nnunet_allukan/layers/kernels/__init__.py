@@ -93,6 +93,8 @@ def describe(device_type: str = "cpu", grid: SplineGrid = SplineGrid()) -> str:
     """:func:`active` as a few lines for a log."""
     lines = [f"nnunet_allukan kernels on {device_type} ({ENVIRONMENT_VARIABLE}={_POLICY}):"]
     lines += [f"  {c.kernel:<26} {c.backend:<9} {c.reason}" for c in active(device_type, grid)]
+    if native.library_path() is not None:
+        lines.append(f"  native library: {native.library_path()}")
     return "\n".join(lines)
 
 

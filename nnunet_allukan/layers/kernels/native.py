@@ -33,7 +33,7 @@ import torch
 
 from ..splines import SplineGrid
 
-__all__ = ["available", "unavailable_reason", "covers", "cache_dir"]
+__all__ = ["available", "unavailable_reason", "library_path", "covers", "cache_dir"]
 
 ABI = 2  # KA_ABI in native_kernels.c
 _SOURCE = Path(__file__).with_name("native_kernels.c")
@@ -190,6 +190,11 @@ def _load() -> Optional[_Library]:
 def available() -> bool:
     """Whether the library is built and loaded (builds it at the first call)."""
     return _load() is not None
+
+
+def library_path() -> Optional[str]:
+    """The loaded library's file (None before a successful build)."""
+    return None if _LIBRARY is None else _LIBRARY.lib._name
 
 
 def unavailable_reason() -> Optional[str]:
