@@ -79,7 +79,7 @@ def network_times(a: argparse.Namespace) -> dict:
 def network_memory(a: argparse.Namespace, nnunet_imports: bool) -> dict:
     out = {}
     script = str(Path(benchmark_networks.__file__))
-        for name in NETWORKS:
+    for name in NETWORKS:
         args = ["--child", name, "--child-batch", str(a.batch_size), "--device", a.device, "--size", str(a.size),
                 "--steps", "0", "--warmup", "0"] + (["--amp"] if a.amp else []) + \
             (["--nnunet-imports"] if nnunet_imports else [])
