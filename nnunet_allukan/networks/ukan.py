@@ -139,8 +139,9 @@ class ALLUKAN(UKAN):
 
     Defaults are the paper's: Grad-Free Spline on, fast closed-form KAonv, no lambda_j. ``chunk_size`` (the paper's
     chunk-wise computation: 32 at 256x256, 16 at 512x512, ``paper.CHUNK_SIZE``) bounds the per-input bases of
-    ``implementation="reference"`` and ``use_lambda``; the fast path builds none and ignores it. BatchNorm/ReLU/LayerNorm and skips as in U-KAN. ``dim=3`` builds it from
-    ``KAConv3d`` / ``BatchNorm3d``. The KA options go to every KA layer; ``implementation`` to the KAonv layers.
+    ``implementation="reference"`` and ``use_lambda``; the fast path builds none and ignores it.
+    BatchNorm/ReLU/LayerNorm and skips as in U-KAN. ``dim=3`` builds it from ``KAConv3d`` / ``BatchNorm3d``. The KA
+    options go to every KA layer; ``implementation`` to the KAonv layers.
     """
 
     def __init__(self, input_channels: int, num_classes: int, embed_dims: Sequence[int] = EMBED_DIMS, *,
