@@ -306,28 +306,27 @@ def test_library_is_built_once_into_a_private_cache(fresh_native):
     assert [p.stat().st_mtime_ns for p in sorted(fresh_native.iterdir())] == stamps
 
 
-def _plant(folder):
-    """A library with a matching checksum under every name the loader could look for, in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    assert native.available()
-    source = native.library_path()
-    planted = folder / os.path.basename(source)
-    planted.write_bytes(open(source, "rb").read())
-    planted.with_suffix(".sha256").write_text(native._sha256(planted))
-    return planted
+@pytest.fixture
+def process_library():
+    """The library this process loaded (taken before ``fresh_native`` forgets it: list this fixture first)."""
+    assert native.available(), native.unavailable_reason()
+    return native.library_path()
 
 
 @needs_native
 @pytest.mark.parametrize("how", ["mode 0777", "owned by someone else"])
-def test_a_library_in_a_folder_others_can_write_is_not_loaded(fresh_native, how):
-    planted = _plant(fresh_native)
+def test_a_library_in_a_folder_others_can_write_is_not_loaded(process_library, fresh_native, how):
+    """A library with a matching checksum, under the name the loader looks for, in a folder others can write."""
+    fresh_native.mkdir(parents=True)
+    planted = fresh_native / os.path.basename(process_library)
+    planted.write_bytes(open(process_library, "rb").read())
+    planted.with_suffix(".sha256").write_text(native._sha256(planted))
     if how == "mode 0777":
         os.chmod(fresh_native, 0o777)
     else:
         if os.getuid() != 0:
             pytest.skip("changing a folder's owner needs root")
         os.chown(fresh_native, 12345, 12345)
-    native._LIBRARY, native._TRIED = None, False
     assert native.cache_dir() != fresh_native
     assert native.available(), native.unavailable_reason()
     loaded = native.library_path()
@@ -336,19 +335,24 @@ def test_a_library_in_a_folder_others_can_write_is_not_loaded(fresh_native, how)
 
 
 @needs_native
-def test_a_cached_library_cut_short_is_rebuilt_not_loaded(fresh_native):
+def test_a_cached_library_cut_short_is_rebuilt_not_loaded(tmp_path):
     """A library cut to its first 1,000 bytes (a partial copy, a full disk) would kill the process with a bus
-    error when loaded; its checksum no longer matches, so the next process rebuilds it."""
-    assert native.available()
-    library = next(fresh_native.glob("*.so"))
+    error when loaded; its checksum no longer matches, so the next process rebuilds it. (Child processes: a
+    library this process has mapped must not be cut.)"""
+    code = ("from nnunet_allukan.layers import KAConv2d, kernels; import torch; "
+            "print(kernels.active()[2].backend); KAConv2d(2, 2, 3, padding=1)(torch.randn(1, 2, 5, 5))")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), NNUNET_ALLUKAN_KERNELS="auto")
+
+    def child():
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0 and out.stdout.strip() == "native", out.stderr
+
+    child()
+    library = next((tmp_path / "nnunet_allukan").glob("*.so"))
     size = library.stat().st_size
     with open(library, "r+b") as f:
         f.truncate(1000)
-    code = ("from nnunet_allukan.layers import KAConv2d, kernels; import torch; "
-            "print(kernels.active()[2].backend); KAConv2d(2, 2, 3, padding=1)(torch.randn(1, 2, 5, 5))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, XDG_CACHE_HOME=str(fresh_native.parent), NNUNET_ALLUKAN_KERNELS="auto"))
-    assert out.returncode == 0 and out.stdout.strip() == "native", out.stderr
+    child()
     assert library.stat().st_size == size
 
 
