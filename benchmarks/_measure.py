@@ -13,14 +13,6 @@ from typing import Callable
 import torch
 
 
-def compile_kernels_as_trainers_do() -> None:
-    """Training steps are timed as the project's trainers run them: basis kernels compiled at their first call
-    (not after the seconds of eager calls that ``auto`` gives short jobs), so that warm-up covers compilation."""
-    from nnunet_allukan.layers import splines
-
-    splines.compile_kernels_at_first_call()
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,15 +1,14 @@
-"""Where the time of issue 11's remaining gaps goes: the figures behind docs/performance.md's second pass.
+"""Where the time of an ALL U-KAN forward and of one KAonv layer goes, per kernel backend.
 
     python benchmarks/benchmark_breakdown.py            # both parts, ~2 min on 2 idle cores
     python benchmarks/benchmark_breakdown.py --part forward
 
 - ``forward``: one ALL U-KAN / U-KAN_MLP forward at batch 1, 256x256, no gradients (what nnUNetv2_predict runs per
-  mirror), each kernel mode in a fresh process: the first call, then the median of 10 calls. Modes: ``native``
-  (the default on CPU), ``compiled`` (native kernels off, tensor kernels compiled at their first call: compilation,
-  or loading from inductor's disk cache, included in the first call), ``eager`` (native off, eager tensor kernels).
+  mirror), each kernel policy in a fresh process: the first call, then the median of 10 calls. Policies
+  (``nnunet_allukan.layers.kernels.use``): ``native`` (the default on CPU) and ``torch`` (the tensor backend).
 - ``layer``: KAConv2d 32 -> 32, 128x128, batch 2 against nn.Conv2d, forward and backward timed apart (median of
-  20 interleaved steps), with the window sums kept for backward (default) and recomputed, native kernels and
-  compiled tensor kernels.
+  20 interleaved steps), with the window sums kept for backward (default) and recomputed, native and torch
+  kernels.
 """
 from __future__ import annotations
 
@@ -24,25 +23,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from _measure import compile_kernels_as_trainers_do, run_in_fresh_process  # noqa: E402
+from _measure import run_in_fresh_process  # noqa: E402
 
-from nnunet_allukan.layers import KAConv2d, ka, native, splines  # noqa: E402
+from nnunet_allukan.layers import KAConv2d, ka, kernels  # noqa: E402
 from nnunet_allukan.networks import build_table2_network  # noqa: E402
 
 ROWS = {"U-KAN_MLP": 4, "ALL U-KAN": 13}
 
 
-def use_kernels(mode: str) -> None:
-    """``native`` (default on CPU), ``compiled`` or ``eager`` tensor kernels, for this process."""
-    native.set_native_kernels(mode == "native")
-    if mode == "eager":
-        splines.set_kernel_compilation("0")
-    else:
-        compile_kernels_as_trainers_do()
-
-
 def forward_child(row: int, mode: str) -> dict:
-    use_kernels(mode)
+    kernels.use(mode)
     net = build_table2_network(row, 3, 1).eval()
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
@@ -58,7 +48,7 @@ def forward_child(row: int, mode: str) -> dict:
 
 
 def layer_split(keep_window_sums: bool, mode: str) -> dict:
-    use_kernels(mode)
+    kernels.use(mode)
     if not keep_window_sums:
         ka._KEEP_WINDOW_SUMS_MAX_FRACTION = 0.0
     torch.manual_seed(0)
@@ -74,7 +64,7 @@ def layer_split(keep_window_sums: bool, mode: str) -> dict:
             t1 = time.perf_counter()
             loss.backward()
             t2 = time.perf_counter()
-            if step >= 5:  # warm-up: compilation, oneDNN primitives
+            if step >= 5:  # warm-up: oneDNN primitives, allocator
                 times[name][0].append(t1 - t0)
                 times[name][1].append(t2 - t1)
     return {name: {"forward_s": statistics.median(f), "backward_s": statistics.median(b)}
@@ -97,7 +87,7 @@ def main() -> int:
     if a.part in ("forward", "both"):
         print("batch-1 forward, 256x256, no gradients (fresh process each):")
         for name in ROWS:
-            for mode in ("native", "compiled", "eager"):
+            for mode in ("native", "torch"):
                 res = run_in_fresh_process(__file__, ["--child", "forward", f"{name}:{mode}"], for_memory=False)
                 out[f"forward {name} {mode}"] = res
                 if "error" in res:
@@ -106,7 +96,7 @@ def main() -> int:
                 print(f"  {name}, {mode} kernels: first call {res['first_s']:.2f} s, then {res['median_s'] * 1e3:.1f} ms")
     if a.part in ("layer", "both"):
         print("KAConv2d 32->32, 128x128, batch 2 vs nn.Conv2d (fresh process each):")
-        for keep, mode in (("keep", "native"), ("recompute", "native"), ("keep", "compiled")):
+        for keep, mode in (("keep", "native"), ("recompute", "native"), ("keep", "torch")):
             res = run_in_fresh_process(__file__, ["--child", "layer", f"{keep}:{mode}"], for_memory=False)
             out[f"layer window sums {keep}, {mode} kernels"] = res
             if "error" in res:

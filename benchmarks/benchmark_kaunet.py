@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from _measure import compile_kernels_as_trainers_do, fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
+from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
 
 
 def _plain_unet_kwargs(dim: int) -> dict:
@@ -119,7 +119,6 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=Path("benchmark_results/benchmark_kaunet.json"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
-    compile_kernels_as_trainers_do()
     if a.child:
         print(json.dumps(child(a.child, a.steps)))
         return 0

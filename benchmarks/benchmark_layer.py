@@ -21,10 +21,9 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from _measure import compile_kernels_as_trainers_do, fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
+from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
 
-from nnunet_allukan.layers import KAConv2d, KAConv3d, KANConv2d  # noqa: E402
-from nnunet_allukan.layers.splines import compiled_kernels_enabled  # noqa: E402
+from nnunet_allukan.layers import KAConv2d, KAConv3d, KANConv2d, kernels  # noqa: E402
 
 # name -> builder(channels, kernel, dims, groups); "nn.Conv" is the baseline every ratio refers to.
 VARIANTS = {
@@ -44,7 +43,7 @@ VARIANTS = {
 def make_step(name: str, a: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
     layer = VARIANTS[name](a.channels, a.kernel, a.dims, a.channels if a.depthwise else 1).to(device)
-    if "KAConv" in name:
+    if "KAConv reference" in name:  # only the reference path builds bases per input, in chunks
         layer.chunk_size = a.chunk_size
     x = torch.randn(a.batch, a.channels, *([a.size] * a.dims), device=device, requires_grad=True)
 
@@ -94,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kernel", type=int, default=3)
     p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: KAConv2d vs nn.Conv2d, 3: KAConv3d vs nn.Conv3d")
     p.add_argument("--depthwise", action="store_true", help="groups = channels")
-    p.add_argument("--chunk-size", type=int, default=None, help="KAConv2d chunk_size (default: all channels)")
+    p.add_argument("--chunk-size", type=int, default=None, help="chunk_size of the reference variants (default: all channels; the fast path has none)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
@@ -112,18 +111,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> int:
     a = parse_args()
-    compile_kernels_as_trainers_do()
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    if a.child is not None:  # fresh process: one warm-up step (compilation, lazy init), then the measured one
+    if a.child is not None:  # fresh process: one warm-up step (lazy initialisation), then the measured one
         step = make_step(a.child, a, device)
         step()
         print(json.dumps({"peak_bytes": peak_memory_of(step, device)}))
         return 0
 
-    print(f"shape {describe(a)}, device {device}, threads {torch.get_num_threads()}, "
-          f"compiled basis kernels: {compiled_kernels_enabled(device.type)}")
+    print(f"shape {describe(a)}, device {device}, threads {torch.get_num_threads()}")
+    print(kernels.describe(device.type))
     res = measure(a)
     times, mems = res["time_s"], res["peak_bytes"]
     t0, m0 = times.get("nn.Conv"), mems.get("nn.Conv")
@@ -141,7 +139,7 @@ def main() -> int:
         out = Path(a.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "time_s": times,
-                                      "peak_bytes": mems, "compiled": compiled_kernels_enabled(device.type),
+                                      "peak_bytes": mems, "kernels": [vars(c) for c in kernels.active(device.type)],
                                       "pid": os.getpid()}, indent=2))
         print(f"written to {out.resolve()}")
     return 0

@@ -4,13 +4,14 @@ memory comparison of ALL U-KAN with the deep full-gradient stacks of Table 2 row
     python benchmarks/benchmark_networks.py                      # batch 8, 256x256, 3 channels, 1 class
     python benchmarks/benchmark_networks.py --batch-size 2 --size 128 --steps 3   # quick
     python benchmarks/benchmark_networks.py --device cuda --json out.json
-    python benchmarks/benchmark_networks.py --dims 3 --size 64 --batch-size 2 --configs U-KAN_MLP "ALL U-KAN chunk 32"
+    python benchmarks/benchmark_networks.py --dims 3 --size 64 --batch-size 2 --configs U-KAN_MLP "ALL U-KAN"
 
 A step is forward + loss (0.5 BCE + Dice) + backward + Adam step. Every configuration runs in a fresh
 process (so that peak memory is its own): peak memory (CUDA: max_memory_allocated; CPU: peak RSS growth) of
 building the network and running its first two steps, so parameters, gradients, Adam state, activations and
-the compilation of the basis kernels (as in a real training process; ``--precompile`` moves it out, onto a small
-copy) are included; then the median step time after warm-up.
+on CUDA the compilation of the basis kernels (as in a real training process; ``--precompile`` moves it out, onto a
+small copy) are included; then the median step time after warm-up. ``chunk_size`` appears only on the reference
+row: the fast path never builds bases per input and has nothing to chunk.
 """
 from __future__ import annotations
 
@@ -25,22 +26,20 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from _measure import compile_kernels_as_trainers_do, fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
+from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
 
-from nnunet_allukan.layers.splines import compiled_kernels_enabled  # noqa: E402
+from nnunet_allukan.layers import kernels  # noqa: E402
 from nnunet_allukan.networks import build_table2_network, network_summary  # noqa: E402
 
 # name -> (Table 2 row, overrides)
 CONFIGS = {
     "U-KAN_MLP": (4, {}),
     "U-KAN": (5, {}),
-    "ALL U-KAN chunk 8": (13, dict(chunk_size=8)),
-    "ALL U-KAN chunk 32": (13, dict(chunk_size=32)),
-    "ALL U-KAN chunk 512": (13, dict(chunk_size=512)),
+    "ALL U-KAN": (13, {}),
     "ALL U-KAN reference (unfold), chunk 32": (13, dict(chunk_size=32, implementation="reference")),
 }
 BATCH1_CONFIGS = {
-    "ALL U-KAN (row 13), batch 1": (13, dict(chunk_size=32)),
+    "ALL U-KAN (row 13), batch 1": (13, {}),
     "row 11 SaKAN KAonv full-grad, unfold, batch 1": (11, dict(implementation="reference")),
     "row 11 SaKAN KAonv full-grad, fast, batch 1": (11, dict()),
     "row 9 vanilla KAonv full-grad, batch 1": (9, dict()),
@@ -153,7 +152,6 @@ def main() -> int:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-batch", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
-    compile_kernels_as_trainers_do()
     if a.size % 32:
         p.error(f"--size must be a multiple of 32, got {a.size}")
     if a.threads:
@@ -164,7 +162,8 @@ def main() -> int:
 
     shape = "x".join([str(a.size)] * a.dims)
     print(f"batch {a.batch_size}, {shape}, {a.channels} ch, {a.classes} class(es), device {a.device}, "
-          f"threads {torch.get_num_threads()}, compiled basis kernels: {compiled_kernels_enabled(a.device)}")
+          f"threads {torch.get_num_threads()}")
+    print(kernels.describe(torch.device(a.device).type))
     main_res = run_all(a, {k: CONFIGS[k] for k in a.configs}, a.batch_size)
     base = main_res.get("U-KAN_MLP", {})
     lines = [f"### Training step, batch {a.batch_size}, {shape}, {a.device}", "",

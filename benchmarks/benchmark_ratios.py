@@ -1,4 +1,4 @@
-"""Issue 11's speed and memory ratios in one run, each against its plain-network or plain-layer baseline.
+"""The project's speed and memory ratios in one run, each against its plain-network or plain-layer baseline.
 
     python benchmarks/benchmark_ratios.py                      # everything below (~15 min on 2 quiet cores)
     python benchmarks/benchmark_ratios.py --skip network       # layers only
@@ -6,11 +6,11 @@
 
 - network time: ALL U-KAN vs U-KAN_MLP train step (forward + 0.5 BCE + Dice + backward + Adam), batch 8,
   256x256, both networks in this one process, interleaved rounds (one step of each per round; the median over
-  rounds), so that a shared machine's drifting load hits both alike; the basis kernels are compiled first.
+  rounds), so that a shared machine's drifting load hits both alike.
 - network memory: each network in a fresh process, growth of peak RSS (CUDA: max_memory_allocated) over
-  building it and two steps, compilation of the basis kernels included (benchmark_networks.py's child).
+  building it and two steps (benchmark_networks.py's child; on CUDA the basis kernels' compilation included).
 - layers: forward + backward against nn.Conv2d / nn.Conv3d, interleaved rounds; peak memory in fresh processes
-  (benchmark_layer.py): the layer benchmark's shape, a depthwise layer, and the 3D shape of issue 9.
+  (benchmark_layer.py): the layer benchmark's shape, a depthwise layer, and a 3D shape.
 
 Prints a table of ratio, target and verdict and writes everything as JSON (``--json``).
 """
@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
 import benchmark_layer  # noqa: E402
 import benchmark_networks  # noqa: E402
-from _measure import compile_kernels_as_trainers_do, run_in_fresh_process, sync  # noqa: E402
+from _measure import run_in_fresh_process, sync  # noqa: E402
 
+from nnunet_allukan.layers import kernels  # noqa: E402
 from nnunet_allukan.networks import build_table2_network  # noqa: E402
 
 NETWORKS = {"U-KAN_MLP": 4, "ALL U-KAN": 13}
@@ -39,7 +40,7 @@ LAYER_CASES = {  # name -> (benchmark_layer arguments, time target, memory targe
     "depthwise KAConv2d, B=2 C=128 64x64 3x3": (["--depthwise", "--channels", "128", "--size", "64"], 6.0, None),
     "KAConv3d, B=2 C=32 48^3 3x3x3": (["--dims", "3", "--channels", "32", "--size", "48"], 2.0, 1.2),
 }
-NETWORK_TIME_TARGET, NETWORK_MEMORY_TARGET = 1.8, 1.2
+NETWORK_TIME_TARGET, NETWORK_MEMORY_TARGET = 1.5, 1.15
 
 
 def load_average() -> str:
@@ -78,9 +79,8 @@ def network_times(a: argparse.Namespace) -> dict:
 def network_memory(a: argparse.Namespace, nnunet_imports: bool) -> dict:
     out = {}
     script = str(Path(benchmark_networks.__file__))
-    names = {"U-KAN_MLP": "U-KAN_MLP", "ALL U-KAN": "ALL U-KAN chunk 32"}
-    for name, config in names.items():
-        args = ["--child", config, "--child-batch", str(a.batch_size), "--device", a.device, "--size", str(a.size),
+    for name in NETWORKS:
+        args = ["--child", name, "--child-batch", str(a.batch_size), "--device", a.device, "--size", str(a.size),
                 "--steps", "0", "--warmup", "0"] + (["--amp"] if a.amp else []) + \
             (["--nnunet-imports"] if nnunet_imports else [])
         out[name] = run_in_fresh_process(script, args)
@@ -121,11 +121,11 @@ def main() -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=["network", "memory", "layers"])
     p.add_argument("--json", type=Path, default=Path("benchmark_results/ratios.json"))
     a = p.parse_args()
-    compile_kernels_as_trainers_do()
     result = {"load_before": load_average(), "threads": torch.get_num_threads(), "device": a.device,
               "torch": torch.__version__}
     print(f"device {a.device}, threads {torch.get_num_threads()}, load average before: {result['load_before']}",
           flush=True)
+    print(kernels.describe(torch.device(a.device).type), flush=True)
     rows = []
     if "layers" not in a.skip:
         print("layers ...", flush=True)

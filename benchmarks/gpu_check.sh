@@ -4,7 +4,7 @@
 # and a markdown summary.
 #
 #   bash benchmarks/gpu_check.sh              # on a CUDA GPU
-#   bash benchmarks/gpu_check.sh --dry-run    # the same stages on CPU at tiny sizes, eager basis kernels, no
+#   bash benchmarks/gpu_check.sh --dry-run    # the same stages on CPU at tiny sizes, native basis kernels, no
 #                                             # whole-network compile: checks that the script runs (~20 min)
 #   bash benchmarks/gpu_check.sh --only network_3d,train_3d [--dry-run]   # some stages only (names below)
 #
@@ -56,7 +56,6 @@ if [ "$DRY" = 1 ]; then
     CASES=12; IMAGE_SIZE=64; T_LAYERS=300; T_LBENCH=600; T_NET=600; T_RATIO=600; T_TRAIN=900
     T_NET3D=600; T_TRAIN3D=900
     export nnUNet_compile=f  # whole-network compile on CPU takes many minutes (docs/performance.md)
-    export NNUNET_ALLUKAN_COMPILE=0  # eager basis kernels: compiling them for every dtype takes minutes on CPU
 else
     DEVICE=cuda
     LAYER_ARGS="--layer-repeats 20"
@@ -109,7 +108,7 @@ stage layer_bench "$T_LBENCH" "$PYTHON" "$ROOT/benchmarks/benchmark_ratios.py" -
     $LAYER_ARGS --json "$OUT_DIR/layer_bench.json"
 # shellcheck disable=SC2086
 stage network "$T_NET" "$PYTHON" "$ROOT/benchmarks/benchmark_networks.py" --device "$DEVICE" --amp $NET_ARGS \
-    --configs U-KAN_MLP U-KAN "ALL U-KAN chunk 32" --skip-batch1 --json "$OUT_DIR/network.json"
+    --configs U-KAN_MLP U-KAN "ALL U-KAN" --skip-batch1 --json "$OUT_DIR/network.json"
 # shellcheck disable=SC2086
 stage ratios "$T_RATIO" "$PYTHON" "$ROOT/benchmarks/benchmark_ratios.py" --device "$DEVICE" --amp --skip layers memory \
     --time-target 1.5 --memory-target 1.3 $RATIO_ARGS --json "$OUT_DIR/ratios.json"
@@ -151,7 +150,7 @@ stage train "$T_TRAIN" bash -c "$(declare -f train_and_predict); train_and_predi
 # ---- 3D: the 3D ALL U-KAN network, nnU-Net's 3D U-Net fully KA through nnU-Net's commands ---------------------
 # shellcheck disable=SC2086
 stage network_3d "$T_NET3D" "$PYTHON" "$ROOT/benchmarks/benchmark_networks.py" --device "$DEVICE" --amp --dims 3 \
-    $NET3D_ARGS --channels 1 --configs U-KAN_MLP "ALL U-KAN chunk 32" --skip-batch1 --json "$OUT_DIR/network_3d.json"
+    $NET3D_ARGS --channels 1 --configs U-KAN_MLP "ALL U-KAN" --skip-batch1 --json "$OUT_DIR/network_3d.json"
 
 train_3d() {
     set -e

@@ -1,11 +1,6 @@
-import os
 from pathlib import Path
 
 import pytest
-
-# Tests use the eager basis kernels (no torch.compile start-up cost); test_layers_compile.py checks the
-# compiled kernels against them explicitly.
-os.environ.setdefault("NNUNET_ALLUKAN_COMPILE", "0")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -45,22 +45,16 @@ class KALayerWeights:
 
 def bspline_bases(x: np.ndarray, grid_size: int = 5, spline_order: int = 3,
                   grid_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    """B-spline bases on a uniform grid extended by ``spline_order`` knots each side (Cox-de Boor).
+    """The layers' B-spline bases (:func:`nnunet_allukan.layers.bspline_bases`) of ``x``, in float64 numpy.
 
-    x: any shape; returns x.shape + (grid_size + spline_order,). Same convention as the layers (and
-    efficient-kan): knots t = lo + h * (-order .. grid_size + order), h = (hi - lo) / grid_size; zero outside
-    [t_0, t_last). Numpy twin of nnunet_allukan.layers.bspline_bases for plotting without torch.
+    x: any shape; returns x.shape + (grid_size + spline_order,).
     """
-    low, high = grid_range
-    h = (high - low) / grid_size
-    knots = low + h * np.arange(-spline_order, grid_size + spline_order + 1, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)[..., None]
-    bases = ((x >= knots[:-1]) & (x < knots[1:])).astype(np.float64)
-    for order in range(1, spline_order + 1):
-        left = (x - knots[: -(order + 1)]) / (knots[order:-1] - knots[: -(order + 1)]) * bases[..., :-1]
-        right = (knots[order + 1:] - x) / (knots[order + 1:] - knots[1:-order]) * bases[..., 1:]
-        bases = left + right
-    return bases
+    import torch
+
+    from nnunet_allukan.layers import bspline_bases as layer_bases
+
+    values = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    return layer_bases(values, grid_size, spline_order, grid_range).numpy()
 
 
 def silu(x: np.ndarray) -> np.ndarray:

@@ -4,7 +4,10 @@
 - :class:`KAConvTranspose2d`, :class:`KAConvTranspose3d`: the KA version of nnU-Net's stride = kernel upsampling.
 - :class:`KANLinear`, :class:`KANConv2d`: vanilla KAN layers (U-KAN baseline, ablation rows 9/10).
 - :func:`bspline_bases`: the spline bases (closed form); :func:`bspline_bases_cox_de_boor`: the textbook recursion.
+- :mod:`kernels`: the one seam through which the layers run their basis passes (backends ``reference``, ``torch``,
+  ``native``); ``kernels.describe()`` says which serves what, ``kernels.use()`` / ``NNUNET_ALLUKAN_KERNELS`` choose.
 """
+from . import kernels
 from .ka import KAConv2d, KAConv3d, KALinear
 from .ka_transpose import KAConvTranspose2d, KAConvTranspose3d
 from .kan import KANConv2d, KANLinear

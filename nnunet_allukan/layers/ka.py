@@ -24,20 +24,19 @@ Two implementations with identical parameters and state_dict:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .splines import (SplineGrid, basis_derivative_dot, basis_sum, bspline_bases, differentiable_basis_sum,
-                      silu_and_activation_sums, silu_and_activation_sums_backward, silu_and_basis_sums,
-                      silu_and_window_sums, zero_bases)
+from .common import (ConvGeometry, IntOrTuple, SplineGridAttributes, init_ka_parameters, ntuple,
+                     unfold_fields)
+from .kernels import (basis_derivative_dot, basis_sum, differentiable_basis_sum, silu_and_activation_sums,
+                      silu_and_activation_sums_backward, silu_and_basis_sums, silu_and_window_sums)
+from .splines import SplineGrid, bspline_bases
 
 __all__ = ["KALinear", "KAConv2d", "KAConv3d", "ka_grouped"]
-
-IntOrTuple = Union[int, Sequence[int]]
 
 
 def _check_chunk(chunk_size: Optional[int]) -> Optional[int]:
@@ -46,14 +45,6 @@ def _check_chunk(chunk_size: Optional[int]) -> Optional[int]:
     if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     return int(chunk_size)
-
-
-def _init_ka_parameters(u: torch.Tensor, v: torch.Tensor, fan_in: int) -> None:
-    """u as PyTorch's Linear/Conv default (kaiming-uniform, a=sqrt(5)): the silu path starts as a standard layer
-    on silu(x). v ~ U(-1/fan_in, 1/fan_in): the spline path sums over fan_in inputs (S_k grows like fan_in),
-    so this keeps its contribution O(1) at any width and depth."""
-    nn.init.kaiming_uniform_(u, a=math.sqrt(5))
-    nn.init.uniform_(v, -1.0 / fan_in, 1.0 / fan_in)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -130,25 +121,7 @@ class _KALinearFunction(torch.autograd.Function):
         return grad_x, grad_u, grad_bias, grad_v, None, None
 
 
-class _SplineGridAttributes:
-    """``grid_size`` / ``spline_order`` / ``grid_range`` read from the layer's :class:`SplineGrid` ``grid``."""
-
-    grid: SplineGrid
-
-    @property
-    def grid_size(self) -> int:
-        return self.grid.grid_size
-
-    @property
-    def spline_order(self) -> int:
-        return self.grid.spline_order
-
-    @property
-    def grid_range(self) -> tuple[float, float]:
-        return (self.grid.lo, self.grid.hi)
-
-
-class KALinear(_SplineGridAttributes, nn.Module):
+class KALinear(SplineGridAttributes, nn.Module):
     """KA layer: SaKAN with Grad-Free Spline, a drop-in for ``nn.Linear`` (paper Eq. 7).
 
     Parameters: ``u`` [out, in] (linear residual on silu), ``v`` [out, n_bases] (one shared activation per
@@ -175,7 +148,7 @@ class KALinear(_SplineGridAttributes, nn.Module):
         self.v = nn.Parameter(torch.empty(out_features, self.grid.n_bases))
         self.lam = nn.Parameter(torch.ones(in_features)) if use_lambda else None
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        _init_ka_parameters(self.u, self.v, in_features)
+        init_ka_parameters(self.u, self.v, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -193,89 +166,34 @@ class KALinear(_SplineGridAttributes, nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"grid_size={self.grid_size}, spline_order={self.spline_order}, grid_range={self.grid_range}, "
-                f"grad_free={self.grad_free}, use_lambda={self.lam is not None}, chunk_size={self.chunk_size}")
+                f"grad_free={self.grad_free}, use_lambda={self.lam is not None}"
+                + (f", chunk_size={self.chunk_size}" if self.lam is not None else ""))
 
 
 # ----------------------------------------------------------------------------------------------------
 # KAonv: shared geometry helpers
 # ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _ConvGeometry:
-    nd: int
-    in_channels: int
-    out_channels: int
-    groups: int
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    grid: SplineGrid
-    grad_free: bool
-    chunk_size: Optional[int]
+def _blocks(geo: ConvGeometry) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
+    """Chunk plan over input channels, never crossing a group boundary inside one piece.
 
-    @property
-    def cin_g(self) -> int:
-        return self.in_channels // self.groups
-
-    @property
-    def cout_g(self) -> int:
-        return self.out_channels // self.groups
-
-    @property
-    def one_output_per_group(self) -> bool:
-        """Depthwise and alike: each group's KA layer has one output (one learned activation)."""
-        return self.cout_g == 1
-
-    @property
-    def no_padding(self) -> tuple[int, ...]:
-        return (0,) * self.nd
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        if not any(self.padding):
-            return x
-        pads: list[int] = []
-        for p in reversed(self.padding):
-            pads += [p, p]
-        return F.pad(x, pads)
-
-    def crop(self, x_pad: torch.Tensor) -> torch.Tensor:
-        return x_pad[(slice(None), slice(None)) + tuple(slice(p, s - p) for p, s in zip(self.padding, x_pad.shape[2:]))]
-
-    def conv(self, x: torch.Tensor, w: torch.Tensor, groups: int, padding: Sequence[int]) -> torch.Tensor:
-        conv = F.conv2d if self.nd == 2 else F.conv3d
-        return conv(x, w, None, self.stride, tuple(padding), self.dilation, groups)
-
-    def conv_input_grad(self, in_shape: Sequence[int], w: torch.Tensor, gy: torch.Tensor, groups: int,
-                        padding: Sequence[int]) -> torch.Tensor:
-        fn = torch.nn.grad.conv2d_input if self.nd == 2 else torch.nn.grad.conv3d_input
-        return fn(list(in_shape), w, gy, self.stride, tuple(padding), self.dilation, groups)
-
-    def conv_weight_grad(self, x: torch.Tensor, w_shape: Sequence[int], gy: torch.Tensor, groups: int,
-                         padding: Sequence[int]) -> torch.Tensor:
-        fn = torch.nn.grad.conv2d_weight if self.nd == 2 else torch.nn.grad.conv3d_weight
-        return fn(x, list(w_shape), gy, self.stride, tuple(padding), self.dilation, groups)
-
-    def blocks(self) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
-        """Chunk plan over input channels, never crossing a group boundary inside one piece.
-
-        Yields ``(g0, g1, pieces)``: groups g0..g1-1 handled together, ``pieces`` = absolute channel ranges.
-        Several whole groups share one piece when they fit into chunk_size; a group wider than chunk_size is
-        split into several pieces of that one group.
-        """
-        cg, chunk = self.cin_g, self.chunk_size
-        if chunk is None or chunk >= self.in_channels:
-            yield 0, self.groups, [(0, self.in_channels)]
-        elif chunk >= cg:
-            ng = chunk // cg
-            for g0 in range(0, self.groups, ng):
-                g1 = min(g0 + ng, self.groups)
-                yield g0, g1, [(g0 * cg, g1 * cg)]
-        else:
-            for g in range(self.groups):
-                yield g, g + 1, [(c0, min(c0 + chunk, (g + 1) * cg)) for c0 in range(g * cg, (g + 1) * cg, chunk)]
+    Yields ``(g0, g1, pieces)``: groups g0..g1-1 handled together, ``pieces`` = absolute channel ranges.
+    Several whole groups share one piece when they fit into chunk_size; a group wider than chunk_size is
+    split into several pieces of that one group.
+    """
+    cg, chunk = geo.cin_g, geo.chunk_size
+    if chunk is None or chunk >= geo.in_channels:
+        yield 0, geo.groups, [(0, geo.in_channels)]
+    elif chunk >= cg:
+        ng = chunk // cg
+        for g0 in range(0, geo.groups, ng):
+            g1 = min(g0 + ng, geo.groups)
+            yield g0, g1, [(g0 * cg, g1 * cg)]
+    else:
+        for g in range(geo.groups):
+            yield g, g + 1, [(c0, min(c0 + chunk, (g + 1) * cg)) for c0 in range(g * cg, (g + 1) * cg, chunk)]
 
 
-def _piece_lambda_window_sums(geo: _ConvGeometry, x_pad: torch.Tensor, lam: torch.Tensor, c0: int, c1: int,
+def _piece_lambda_window_sums(geo: ConvGeometry, x_pad: torch.Tensor, lam: torch.Tensor, c0: int, c1: int,
                               ng: int) -> tuple[torch.Tensor, torch.Tensor]:
     """lambda-weighted window sums (Eq. 6's lambda_j) of channels c0..c1 (``ng`` partial groups), padded input.
 
@@ -307,7 +225,7 @@ class _KAConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, u, bias, v, geo: _ConvGeometry):
+    def forward(ctx, x, u, bias, v, geo: ConvGeometry):
         b, sp, g, cg = x.shape[0], x.shape[2:], geo.groups, geo.cin_g
         kept_p = None
         if geo.one_output_per_group:
@@ -339,7 +257,7 @@ class _KAConvFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, u, v, *kept = ctx.saved_tensors  # kept: [P] when forward kept the window sums
-        geo: _ConvGeometry = ctx.geo
+        geo: ConvGeometry = ctx.geo
         need_x, need_u, need_bias, need_v, _ = ctx.needs_input_grad
         cdt = torch.promote_types(gy.dtype, torch.float32)  # v's gradient sums everything: float32 at least
         nd, nb, cg, g, grid = geo.nd, geo.grid.n_bases, geo.cin_g, geo.groups, geo.grid
@@ -374,8 +292,8 @@ class _KAConvFunction(torch.autograd.Function):
                 grad_v = torch.bmm(gy_g.to(cdt), p.transpose(1, 2)).reshape(b, g * geo.cout_g, nb).sum(0)
             del p
             # u's gradient, then x's, in two calls: silu(x) is freed before the input gradient is allocated, so
-            # backward holds no more than a plain convolution's backward (the higher peak of one combined call
-            # made glibc hand memory back and re-fault ~15 MB per step in the layer benchmark).
+            # backward holds no more than a plain convolution's backward (a higher peak makes the allocator hand
+            # memory back and fault it in again at every step).
             conv_args = (list(geo.stride), list(geo.padding), list(geo.dilation), False, [0] * nd, g)
             if need_u:
                 silu = F.silu(x) if silu is None else silu.reshape(x.shape)
@@ -411,34 +329,34 @@ def _keeps_window_sums(p: torch.Tensor, x: torch.Tensor) -> bool:
     return p.numel() * p.element_size() <= _KEEP_WINDOW_SUMS_MAX_FRACTION * x.numel() * x.element_size()
 
 
-def _is_pointwise(geo: _ConvGeometry) -> bool:
+def _is_pointwise(geo: ConvGeometry) -> bool:
     return all(k == 1 for k in geo.kernel) and all(s == 1 for s in geo.stride) and not any(geo.padding)
 
 
-def _window_sums(geo: _ConvGeometry, phi: torch.Tensor) -> torch.Tensor:
+def _window_sums(geo: ConvGeometry, phi: torch.Tensor) -> torch.Tensor:
     """Sums of the activation map over every receptive field: ``[B, G, *sp] -> [B, G, *sp_out]``."""
     if _is_pointwise(geo):
         return phi
     return geo.conv(phi, phi.new_ones((phi.shape[1], 1) + geo.kernel), phi.shape[1], geo.padding)
 
 
-def _window_sums_adjoint(geo: _ConvGeometry, gy: torch.Tensor, sp_in: Sequence[int]) -> torch.Tensor:
+def _window_sums_adjoint(geo: ConvGeometry, gy: torch.Tensor, sp_in: Sequence[int]) -> torch.Tensor:
     if _is_pointwise(geo):
         return gy
     ones = gy.new_ones((gy.shape[1], 1) + geo.kernel)
     return geo.conv_input_grad((gy.shape[0], gy.shape[1]) + tuple(sp_in), ones, gy, gy.shape[1], geo.padding)
 
 
-def _padding_offset(geo: _ConvGeometry, v: torch.Tensor) -> Optional[torch.Tensor]:
+def _padding_offset(geo: ConvGeometry, v: torch.Tensor) -> Optional[torch.Tensor]:
     """``n_taps * C_g * sum_k v[o, k] B_k(0)`` per output: what the augmented input's shift by C_g B(0) removed."""
     if not any(geo.padding):
         return None
-    b0 = torch.tensor(zero_bases(geo.grid), dtype=v.dtype, device=v.device)
+    b0 = torch.tensor(geo.grid.zero_bases, dtype=v.dtype, device=v.device)
     return (math.prod(geo.kernel) * geo.cin_g) * (v @ b0)
 
 
-def _padding_offset_grad(geo: _ConvGeometry, gy_sum: torch.Tensor) -> torch.Tensor:
-    b0 = torch.tensor(zero_bases(geo.grid), dtype=gy_sum.dtype, device=gy_sum.device)
+def _padding_offset_grad(geo: ConvGeometry, gy_sum: torch.Tensor) -> torch.Tensor:
+    b0 = torch.tensor(geo.grid.zero_bases, dtype=gy_sum.dtype, device=gy_sum.device)
     return (math.prod(geo.kernel) * geo.cin_g) * gy_sum[:, None] * b0
 
 
@@ -448,13 +366,13 @@ class _KAConvLambdaFunction(torch.autograd.Function):
     block by block (``chunk_size`` channels). Saves only (x, u, v, lam)."""
 
     @staticmethod
-    def forward(ctx, x, u, bias, v, lam, geo: _ConvGeometry):
+    def forward(ctx, x, u, bias, v, lam, geo: ConvGeometry):
         nd, nb = geo.nd, geo.grid.n_bases
         x_pad = geo.pad(x)
         y = geo.conv(F.silu(x_pad), u, geo.groups, geo.no_padding).contiguous()
         v_g = v.to(y.dtype).reshape(geo.groups, geo.cout_g, nb)
         y_g = y.view(y.shape[0], geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
-        for g0, g1, pieces in geo.blocks():
+        for g0, g1, pieces in _blocks(geo):
             p = sum(_piece_lambda_window_sums(geo, x_pad, lam, c0, c1, g1 - g0)[0] for c0, c1 in pieces)
             p = p.to(y.dtype).reshape(y.shape[0], g1 - g0, nb, -1)
             y_g[:, g0:g1] += torch.matmul(v_g[g0:g1], p)  # y += v @ P: one GEMM broadcast over samples/groups
@@ -468,7 +386,7 @@ class _KAConvLambdaFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, u, v, lam = ctx.saved_tensors
-        geo: _ConvGeometry = ctx.geo
+        geo: ConvGeometry = ctx.geo
         need_x, need_u, need_bias, need_v, need_lam, _ = ctx.needs_input_grad
         cdt = torch.promote_types(gy.dtype, torch.float32)  # v's and lambda's gradients sum everything
         nd, nb = geo.nd, geo.grid.n_bases
@@ -499,7 +417,7 @@ class _KAConvLambdaFunction(torch.autograd.Function):
             gy_g = gy.view(b, geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
             grad_v = torch.empty(v_g.shape, dtype=cdt, device=v.device) if need_v else None
             grad_lam = torch.empty_like(lam) if need_lam else None
-            for g0, g1, pieces in geo.blocks():
+            for g0, g1, pieces in _blocks(geo):
                 ng = g1 - g0
                 ngp = ng if len(pieces) == 1 else 1
                 g_s = torch.matmul(v_g[g0:g1].transpose(1, 2).to(gy.dtype), gy_g[:, g0:g1])  # dL/dP = v^T dL/dy
@@ -552,29 +470,7 @@ def _apply_in_amp_dtype(function, tensors: tuple, spline_weights: tuple, *consta
     return function.apply(*(None if t is None else t.to(x.dtype) for t in tensors), *spline_weights, *constants)
 
 
-def _unfold_fields(x_pad: torch.Tensor, geo: _ConvGeometry) -> torch.Tensor:
-    """Every receptive field, explicitly: ``[B, C, *sp_pad] -> [B, *sp_out, C, *kernel]``."""
-    for d in range(geo.nd):
-        span = geo.dilation[d] * (geo.kernel[d] - 1) + 1
-        x_pad = x_pad.unfold(2 + d, span, geo.stride[d])
-        if geo.dilation[d] > 1:
-            x_pad = x_pad[..., :: geo.dilation[d]]
-    nd = geo.nd
-    perm = [0] + list(range(2, 2 + nd)) + [1] + list(range(2 + nd, 2 + 2 * nd))
-    return x_pad.permute(perm)
-
-
-def _ntuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        out = (value,) * n
-    else:
-        out = tuple(int(v) for v in value)
-        if len(out) != n:
-            raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
-    return out
-
-
-class _KAConvNd(_SplineGridAttributes, nn.Module):
+class _KAConvNd(SplineGridAttributes, nn.Module):
     nd: int = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple, stride: IntOrTuple = 1,
@@ -589,9 +485,9 @@ class _KAConvNd(_SplineGridAttributes, nn.Module):
                              f"groups ({groups})")
         if implementation not in ("fast", "reference"):
             raise ValueError(f"implementation must be 'fast' or 'reference', got {implementation!r}")
-        kernel = _ntuple(kernel_size, nd, "kernel_size")
-        stride_t = _ntuple(stride, nd, "stride")
-        dil = _ntuple(dilation, nd, "dilation")
+        kernel = ntuple(kernel_size, nd, "kernel_size")
+        stride_t = ntuple(stride, nd, "stride")
+        dil = ntuple(dilation, nd, "dilation")
         if min(kernel) < 1 or min(stride_t) < 1 or min(dil) < 1:
             raise ValueError("kernel_size, stride and dilation must be >= 1")
         if isinstance(padding, str):
@@ -604,7 +500,7 @@ class _KAConvNd(_SplineGridAttributes, nn.Module):
             else:
                 raise ValueError(f"padding must be an int, a tuple, 'valid' or 'same', got {padding!r}")
         else:
-            pad = _ntuple(padding, nd, "padding")
+            pad = ntuple(padding, nd, "padding")
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size, self.stride, self.padding, self.dilation = kernel, stride_t, pad, dil
         self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range)
@@ -615,10 +511,10 @@ class _KAConvNd(_SplineGridAttributes, nn.Module):
         self.v = nn.Parameter(torch.empty(out_channels, self.grid.n_bases))
         self.lam = nn.Parameter(torch.ones(in_channels, *kernel)) if use_lambda else None
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        _init_ka_parameters(self.u, self.v, (in_channels // groups) * math.prod(kernel))
+        init_ka_parameters(self.u, self.v, (in_channels // groups) * math.prod(kernel))
 
-    def _geometry(self) -> _ConvGeometry:
-        return _ConvGeometry(self.nd, self.in_channels, self.out_channels, self.groups, self.kernel_size,
+    def _geometry(self) -> ConvGeometry:
+        return ConvGeometry(self.nd, self.in_channels, self.out_channels, self.groups, self.kernel_size,
                              self.stride, self.padding, self.dilation, self.grid, self.grad_free, self.chunk_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -632,10 +528,10 @@ class _KAConvNd(_SplineGridAttributes, nn.Module):
             return _apply_in_amp_dtype(_KAConvFunction, (x, self.u, self.bias), (self.v,), geo)
         return _apply_in_amp_dtype(_KAConvLambdaFunction, (x, self.u, self.bias), (self.v, self.lam), geo)
 
-    def _forward_reference(self, x: torch.Tensor, geo: _ConvGeometry) -> torch.Tensor:
+    def _forward_reference(self, x: torch.Tensor, geo: ConvGeometry) -> torch.Tensor:
         """Paper's description: unfold each receptive field (zero padding included), apply the KA layer."""
         b = x.shape[0]
-        fields = _unfold_fields(geo.pad(x), geo)  # [B, *sp_out, C, *k]
+        fields = unfold_fields(geo.pad(x), geo)  # [B, *sp_out, C, *k]
         sp_out = fields.shape[1: 1 + geo.nd]
         n_in = geo.cin_g * math.prod(geo.kernel)
         cols = fields.reshape(-1, self.groups, n_in)  # one KA layer per group, n_in inputs each
@@ -653,7 +549,9 @@ class _KAConvNd(_SplineGridAttributes, nn.Module):
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
                 f"bias={self.bias is not None}, grid_size={self.grid_size}, spline_order={self.spline_order}, "
                 f"grid_range={self.grid_range}, grad_free={self.grad_free}, use_lambda={self.lam is not None}, "
-                f"chunk_size={self.chunk_size}, implementation={self.implementation!r}")
+                f"implementation={self.implementation!r}"
+                + (f", chunk_size={self.chunk_size}" if self.implementation == "reference" or self.lam is not None
+                   else ""))
 
 
 class KAConv2d(_KAConvNd):
@@ -665,7 +563,8 @@ class KAConv2d(_KAConvNd):
 
     Shapes: ``[B, C_in, H, W] -> [B, C_out, H_out, W_out]`` with nn.Conv2d's H_out/W_out.
     ``implementation``: ``"fast"`` (closed form, default) or ``"reference"`` (explicit unfold).
-    ``chunk_size``: input channels per chunk when building the bases (bounds their transient memory).
+    ``chunk_size``: input channels per chunk where bases are built per input (``implementation="reference"``,
+    ``use_lambda``): bounds their transient memory. The fast path builds none and ignores it.
     """
 
     nd = 2

@@ -25,13 +25,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ka import IntOrTuple, _init_ka_parameters, _ntuple, _SplineGridAttributes, ka_grouped
-from .splines import SplineGrid, basis_sum, differentiable_basis_sum
+from .common import IntOrTuple, SplineGridAttributes, init_ka_parameters, ntuple
+from .ka import ka_grouped
+from .kernels import basis_sum, differentiable_basis_sum
+from .splines import SplineGrid
 
 __all__ = ["KAConvTranspose2d", "KAConvTranspose3d"]
 
 
-class _KAConvTransposeNd(_SplineGridAttributes, nn.Module):
+class _KAConvTransposeNd(SplineGridAttributes, nn.Module):
     nd: int = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
@@ -43,13 +45,13 @@ class _KAConvTransposeNd(_SplineGridAttributes, nn.Module):
         nd, name = self.nd, type(self).__name__
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
-        kernel = _ntuple(kernel_size, nd, "kernel_size")
-        stride_t = kernel if stride is None else _ntuple(stride, nd, "stride")
+        kernel = ntuple(kernel_size, nd, "kernel_size")
+        stride_t = kernel if stride is None else ntuple(stride, nd, "stride")
         if min(kernel) < 1:
             raise ValueError("kernel_size must be >= 1")
         # The closed form rests on each output voxel seeing exactly one input voxel.
-        if (stride_t != kernel or any(_ntuple(padding, nd, "padding")) or any(_ntuple(output_padding, nd, "output_padding"))
-                or _ntuple(dilation, nd, "dilation") != (1,) * nd or groups != 1):
+        if (stride_t != kernel or any(ntuple(padding, nd, "padding")) or any(ntuple(output_padding, nd, "output_padding"))
+                or ntuple(dilation, nd, "dilation") != (1,) * nd or groups != 1):
             raise ValueError(f"{name} supports only stride == kernel_size, padding 0, output_padding 0, dilation 1 "
                              f"and groups 1 (nnU-Net's upsampling); got kernel_size={kernel}, stride={stride_t}, "
                              f"padding={padding}, output_padding={output_padding}, dilation={dilation}, groups={groups}")
@@ -70,7 +72,7 @@ class _KAConvTransposeNd(_SplineGridAttributes, nn.Module):
         # u's fan-in is C_in; kaiming on the [C_out*K, C_in] view of the KA layer's u gives exactly that.
         u_view = torch.empty(self.out_channels * math.prod(self.kernel_size), self.in_channels)
         v_view = torch.empty(self.out_channels * math.prod(self.kernel_size), self.grid.n_bases)
-        _init_ka_parameters(u_view, v_view, self.in_channels)
+        init_ka_parameters(u_view, v_view, self.in_channels)
         with torch.no_grad():
             self.u.copy_(self._u_from_layer(u_view))
             self.v.copy_(v_view.reshape(self.v.shape))

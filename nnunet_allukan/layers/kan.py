@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ka import IntOrTuple, _ConvGeometry, _ntuple, _unfold_fields
-from .splines import SplineGrid, basis_sum, differentiable_basis_sum
+from .common import ConvGeometry, IntOrTuple, ntuple, unfold_fields
+from .kernels import basis_sum, differentiable_basis_sum
+from .splines import SplineGrid
 
 __all__ = ["KANLinear", "KANConv2d"]
 
@@ -93,10 +94,10 @@ class KANConv2d(nn.Module):
         if implementation not in ("fast", "reference"):
             raise ValueError(f"implementation must be 'fast' or 'reference', got {implementation!r}")
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size = _ntuple(kernel_size, 2, "kernel_size")
-        self.stride = _ntuple(stride, 2, "stride")
-        self.padding = _ntuple(padding, 2, "padding")
-        self.dilation = _ntuple(dilation, 2, "dilation")
+        self.kernel_size = ntuple(kernel_size, 2, "kernel_size")
+        self.stride = ntuple(stride, 2, "stride")
+        self.padding = ntuple(padding, 2, "padding")
+        self.dilation = ntuple(dilation, 2, "dilation")
         self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range)
         self.grad_free = bool(grad_free)
         self.implementation = implementation
@@ -106,8 +107,8 @@ class KANConv2d(nn.Module):
         self.spline_scaler = nn.Parameter(torch.empty(out_channels, cg, *self.kernel_size))
         _init_kan_parameters(self.base_weight, self.spline_weight, self.spline_scaler, self.grid.grid_size)
 
-    def _geometry(self) -> _ConvGeometry:
-        return _ConvGeometry(2, self.in_channels, self.out_channels, self.groups, self.kernel_size, self.stride,
+    def _geometry(self) -> ConvGeometry:
+        return ConvGeometry(2, self.in_channels, self.out_channels, self.groups, self.kernel_size, self.stride,
                              self.padding, self.dilation, self.grid, self.grad_free, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,7 @@ class KANConv2d(nn.Module):
         x_pad = geo.pad(x)
         w_s = self.spline_weight * self.spline_scaler.unsqueeze(-1)  # [C_out, C_in/g, kh, kw, nb]
         if self.implementation == "reference":
-            cols = _unfold_fields(x_pad, geo)  # [B, Ho, Wo, C_in, kh, kw]
+            cols = unfold_fields(x_pad, geo)  # [B, Ho, Wo, C_in, kh, kw]
             b, ho, wo = cols.shape[:3]
             cols = cols.reshape(b, ho, wo, self.groups, -1)  # [..., G, n_in]
             og = self.out_channels // self.groups

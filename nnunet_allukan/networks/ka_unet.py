@@ -95,7 +95,8 @@ class KAPlainConvUNet(_KANetwork, PlainConvUNet):
 
     Arguments: those of ``PlainConvUNet`` as recorded in nnU-Net's plans, with ``conv_op`` = ``KAConv2d`` /
     ``KAConv3d``; ``transpconv_op`` (default: the KAConvTranspose of that dimension); ``ka_kwargs``: options of the
-    KA layers (``grad_free``, ``chunk_size``, ``implementation``, grid), each given to the layer types that take it.
+    KA layers (``grad_free``, ``implementation``, grid; ``chunk_size`` only with the reference implementation), each
+    given to the layer types that take it.
     Shapes and outputs (deep supervision included) are ``PlainConvUNet``'s.
     """
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import KAConv2d, KAConv3d, KALinear, KANLinear
-from ..paper import CHUNK_SIZE, EMBED_DIMS, NUM_DOWNSAMPLINGS
+from ..paper import EMBED_DIMS, NUM_DOWNSAMPLINGS
 from .blocks import (ConvLayer, DConvLayer, LayerTypes, PatchEmbed, TokenKANBlock, conv_op_dim, default_norm_op,
                      optional_kwargs, tokens_to_map)
 from .reference_init import reference_initialisation
@@ -137,14 +137,16 @@ class UKAN(nn.Module):
 class ALLUKAN(UKAN):
     """ALL U-KAN: U-KAN with every convolution a KAonv (31) and every FC/KAN layer a KA layer (12).
 
-    Defaults are the paper's: Grad-Free Spline on, fast closed-form KAonv, chunk size 32 (its 256x256 setting; 16 is
-    its choice at 512x512), no lambda_j. BatchNorm/ReLU/LayerNorm and skips as in U-KAN. ``dim=3`` builds it from
-    ``KAConv3d`` / ``BatchNorm3d``. The KA options go to every KA layer; ``implementation`` to the KAonv layers.
+    Defaults are the paper's: Grad-Free Spline on, fast closed-form KAonv, no lambda_j. ``chunk_size`` (the paper's
+    chunk-wise computation: 32 at 256x256, 16 at 512x512, ``paper.CHUNK_SIZE``) bounds the per-input bases of
+    ``implementation="reference"`` and ``use_lambda``; the fast path builds none and ignores it.
+    BatchNorm/ReLU/LayerNorm and skips as in U-KAN. ``dim=3`` builds it from ``KAConv3d`` / ``BatchNorm3d``. The KA
+    options go to every KA layer; ``implementation`` to the KAonv layers.
     """
 
     def __init__(self, input_channels: int, num_classes: int, embed_dims: Sequence[int] = EMBED_DIMS, *,
                  dim: int = 2, grad_free: bool = True, implementation: str = "fast",
-                 chunk_size: Optional[int] = CHUNK_SIZE, use_lambda: bool = False, grid_size: int = 5,
+                 chunk_size: Optional[int] = None, use_lambda: bool = False, grid_size: int = 5,
                  spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0),
                  strides: Optional[Sequence] = None, deep_supervision: bool = False) -> None:
         if dim not in (2, 3):

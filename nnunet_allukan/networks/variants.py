@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 import torch.nn as nn
 
 from ..layers import (KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d, KALinear, KANConv2d, KANLinear)
-from ..paper import CHUNK_SIZE, EMBED_DIMS, TABLE2_PARAMS_MILLIONS
+from ..paper import EMBED_DIMS, TABLE2_PARAMS_MILLIONS
 from .ukan import UKAN
 
 __all__ = ["Table2Row", "TABLE2_ROWS", "table2_row", "build_table2_network", "network_summary", "layer_counts_text",
@@ -65,8 +65,8 @@ _KACONV = {2: KAConv2d, 3: KAConv3d}
 _KANCONV = {2: KANConv2d}
 _FULL = {"grad_free": False}
 _FREE = {"grad_free": True}
-_KA_FULL = {"grad_free": False, "chunk_size": CHUNK_SIZE}
-_KA_FREE = {"grad_free": True, "chunk_size": CHUNK_SIZE}
+_KA_FULL = {"grad_free": False}
+_KA_FREE = {"grad_free": True}
 
 TABLE2_ROWS: dict[str, Table2Row] = {r.name: r for r in [
     Table2Row(4, "ukan_mlp", "U-KAN_MLP: KAN fc -> nn.Linear", _CONV, nn.Linear),

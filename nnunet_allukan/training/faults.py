@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_allukan.layers.splines import compile_kernels_at_first_call
+from nnunet_allukan.layers import kernels
 
 __all__ = ["NonFiniteLossError", "TrainingFaultsMixin", "check_architecture_importable", "is_compile_failure",
            "unwrapped_network"]
@@ -139,9 +139,7 @@ class TrainingFaultsMixin:
 
     def initialize(self):
         super().initialize()
-        # A training run wins back a compilation of the basis kernels within a few steps: compile them at their
-        # first call, not after the seconds of eager calls that short jobs such as nnUNetv2_predict wait for.
-        compile_kernels_at_first_call()
+        self.print_to_log_file(kernels.describe(self.device.type))  # which kernel backend serves each basis pass
         if not isinstance(self.loss, _FiniteLossGuard):
             self.loss = _FiniteLossGuard(self.loss)
 

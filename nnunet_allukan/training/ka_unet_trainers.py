@@ -28,9 +28,8 @@ __all__ = ["nnUNetTrainerKAUNet"] + [f"nnUNetTrainerKAUNet_{n}" for n in
 class nnUNetTrainerKAUNet(TrainingFaultsMixin, nnUNetTrainer):
     """nnU-Net's planned U-Net with KA layers everywhere, trained exactly as ``nnUNetTrainer`` trains."""
 
-    # Options of every KA layer. chunk_size None: the fast KAonv keeps only 8 window-summed basis maps per group,
-    # so chunking would only add calls (docs/performance.md).
-    ka_kwargs: dict = {"grad_free": True, "implementation": "fast", "chunk_size": None}
+    # Options of every KA layer (the fast KAonv builds no per-input bases: no chunk_size to record).
+    ka_kwargs: dict = {"grad_free": True, "implementation": "fast"}
     epochs: Optional[int] = None  # None: nnUNetTrainer's default
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

@@ -1,8 +1,9 @@
 /* Native CPU kernels for the KA / KAonv layers' basis passes (cubic uniform grid), see native.py.
  *
  * Compiled twice into one shared library, once as is (float, names ending in _f) and once with -DKA_DOUBLE
- * (double, names ending in _d), and called through ctypes on contiguous tensors. Each kernel is one pass over its input; the inner loops run
- * over contiguous positions so the compiler vectorises them.
+ * (double, names ending in _d), and called through ctypes by the torch operators of native.py, which check
+ * shapes, dtypes and contiguity first. Each kernel is one pass over its input; the inner loops run over
+ * contiguous positions so the compiler vectorises them.
  *
  * Cubic B-spline basis k of the scaled input s = (x - t0) / h, centred form (splines.py):
  *     6 B_k = relu(2 - |s - k - 2|)^3 - 4 relu(1 - |s - k - 2|)^3
@@ -25,9 +26,15 @@
 #define FABS fabsf
 #endif
 
-#define BLOCK 512   /* positions per work item (_BLOCK in native.py): 8 x BLOCK accumulators stay in L1; 512 measured
-                       ~7 % faster than 128 */
+/* The constants native.py needs come from here (ka_constants); the loader refuses a library of another ABI. */
+#define KA_ABI 2
+#define BLOCK 512   /* positions per work item: the accumulators of 8 bases stay in L1 */
 #define MAX_BASES 32
+
+#ifndef KA_DOUBLE
+/* out = {ABI version, MAX_BASES, BLOCK} */
+void ka_constants(int64_t *out) { out[0] = KA_ABI; out[1] = MAX_BASES; out[2] = BLOCK; }
+#endif
 
 typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
 

@@ -1,0 +1,207 @@
+"""The kernel seam: the basis passes the KA layers need, served by one of three backends.
+
+Passes (no autograd unless said; x in the compute dtype, float32 for half precision):
+
+- ``basis_sums``: x [N, C, P] -> ``S_k = sum_c B_k(x_c)`` [N, n_bases, P] (minus ``C B_k(0)`` when padded);
+- ``silu_and_basis_sums``: x [N, C, P] -> ``[silu(x), S]`` [N, C + n_bases, P] (KALinear's augmented input);
+- ``silu_and_window_sums``: x [N, C, *sp] -> silu(x) and the window sums ``P_k`` of S over a convolution's
+  receptive fields [N, n_bases, *sp_out], padded taps counted (KAonv);
+- ``activation_sums`` (+ ``activation_sums_backward``): x [B, G, C, P], v [G, n_bases] -> silu(x) and
+  ``sum_c phi_g(x_c)`` [B, G, 1, P], ``phi_g = sum_k v[g, k] B_k`` (groups with one output: depthwise KAonv);
+- ``basis_derivative_dot``: x [N, C, P], g [N, n_bases, P] -> ``sum_k g_k B'_k(x)`` (only ``grad_free=False``).
+
+Backends, each a module with these functions and ``covers(kernel, device_type, grid, full_grad)``:
+``reference`` (the definitions: dense bases, unfold, autograd), ``torch`` (one vectorised tensor form per pass,
+compiled with ``torch.compile`` on CUDA), ``native`` (C kernels as torch operators, CPU, cubic grids).
+
+Policy: ``NNUNET_ALLUKAN_KERNELS`` (read once, at import) or :func:`use`: ``auto`` (default) and ``native``
+run every call the native backend covers natively and the rest on ``torch``; ``native`` raises where the library
+cannot be built instead of warning once and falling back; ``torch`` and ``reference`` run everything on that
+backend. Nothing else changes the choice. :func:`active` says which backend serves each pass and why,
+:func:`describe` says it in a few lines for a log.
+"""
+from __future__ import annotations
+
+import os
+import types
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..splines import SplineGrid, bspline_bases, compute_dtype
+from . import native, reference, tensor
+
+__all__ = ["KERNELS", "POLICIES", "Choice", "use", "policy", "active", "describe", "basis_sum",
+           "differentiable_basis_sum", "silu_and_basis_sums", "silu_and_window_sums", "silu_and_activation_sums",
+           "silu_and_activation_sums_backward", "basis_derivative_dot"]
+
+KERNELS = ("basis_sums", "silu_and_basis_sums", "silu_and_window_sums", "activation_sums",
+           "activation_sums_backward", "basis_derivative_dot")
+POLICIES = ("auto", "native", "torch", "reference")
+ENVIRONMENT_VARIABLE = "NNUNET_ALLUKAN_KERNELS"
+_BACKENDS = {"native": native, "torch": tensor, "reference": reference}
+
+
+def _parse(value: str) -> str:
+    policy_ = value.strip().lower()
+    if policy_ not in POLICIES:
+        raise ValueError(f"{ENVIRONMENT_VARIABLE} must be one of {', '.join(POLICIES)}; got {value!r}")
+    return policy_
+
+
+_POLICY = _parse(os.environ.get(ENVIRONMENT_VARIABLE, "auto"))
+
+
+def use(policy_: str) -> None:
+    """Set the kernel policy for this process: ``auto``, ``native``, ``torch`` or ``reference``."""
+    global _POLICY
+    _POLICY = _parse(policy_)
+
+
+def policy() -> str:
+    return _POLICY
+
+
+@dataclass(frozen=True)
+class Choice:
+    kernel: str
+    backend: str
+    reason: str
+
+
+def _choose(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = False) -> Choice:
+    if _POLICY in ("torch", "reference"):
+        return Choice(kernel, _POLICY, f"policy {_POLICY}")
+    why_not = native.covers(kernel, device_type, grid, full_grad)
+    if why_not is None:
+        return Choice(kernel, "native", f"policy {_POLICY}: CPU, cubic grid, library built")
+    if _POLICY == "native" and not native.available():
+        raise RuntimeError(f"{ENVIRONMENT_VARIABLE}=native, but the native kernels are unavailable: {why_not}")
+    compiled = ", compiled" if device_type in _COMPILED_ON else ""
+    return Choice(kernel, "torch", f"policy {_POLICY}; not native: {why_not}{compiled}")
+
+
+def active(device_type: str = "cpu", grid: SplineGrid = SplineGrid()) -> list[Choice]:
+    """Which backend serves each pass on ``device_type`` for ``grid`` under the current policy, and why (the
+    native library is built at this call if it was not yet)."""
+    return [_choose(kernel, device_type, grid, full_grad=kernel == "basis_derivative_dot") for kernel in KERNELS]
+
+
+def describe(device_type: str = "cpu", grid: SplineGrid = SplineGrid()) -> str:
+    """:func:`active` as a few lines for a log."""
+    lines = [f"nnunet_allukan kernels on {device_type} ({ENVIRONMENT_VARIABLE}={_POLICY}):"]
+    lines += [f"  {c.kernel:<26} {c.backend:<9} {c.reason}" for c in active(device_type, grid)]
+    if native.library_path() is not None:
+        lines.append(f"  native library: {native.library_path()}")
+    return "\n".join(lines)
+
+
+# Compiled torch-backend passes, one per (pass, device type, dtype): each gets a code object of its own, so dynamo's
+# per-code-object recompile limit is never reached and its process-wide configuration stays untouched. Only on
+# CUDA: on CPU compiling costs seconds per pass for what the native backend already does in one pass.
+_COMPILED_ON = ("cuda",)
+_COMPILED: dict = {}
+_COMPILE_FAILED: set = set()
+
+
+def _torch_pass(kernel: str, x: torch.Tensor):
+    fn = getattr(tensor, kernel)
+    key = (kernel, x.device.type, x.dtype)
+    if x.device.type not in _COMPILED_ON or torch.compiler.is_compiling() or key in _COMPILE_FAILED:
+        return fn
+    if key not in _COMPILED:
+        code = fn.__code__.replace(co_name=f"{kernel}__{x.device.type}_{str(x.dtype).replace('torch.', '')}")
+        _COMPILED[key] = torch.compile(types.FunctionType(code, fn.__globals__, code.co_name), dynamic=True)
+    compiled = _COMPILED[key]
+
+    def run(*args):
+        try:
+            return compiled(*args)
+        except Exception as e:  # no working inductor toolchain for this device
+            _COMPILE_FAILED.add(key)
+            warnings.warn(f"nnunet_allukan: torch.compile of the {kernel} kernel failed ({type(e).__name__}: {e}); "
+                          f"running it uncompiled.")
+            return fn(*args)
+    return run
+
+
+def _call(kernel: str, x: torch.Tensor, grid: SplineGrid, *args, full_grad: bool = False):
+    backend = _choose(kernel, x.device.type, grid, full_grad).backend
+    if kernel == "silu_and_basis_sums" and backend != "native":
+        return torch.cat([F.silu(x), _call("basis_sums", x, grid, *args)], dim=1)
+    fn = _torch_pass(kernel, x) if backend == "torch" else getattr(_BACKENDS[backend], kernel)
+    return fn(x, grid, *args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the layers call: grouped shapes [B, G, C, *sp] in, casts and reshapes to the passes' shapes, no autograd.
+# ---------------------------------------------------------------------------------------------------------------
+def _flat(x: torch.Tensor, *shape: int) -> torch.Tensor:
+    return x.to(compute_dtype(x)).reshape(*shape).contiguous()
+
+
+@torch.no_grad()
+def basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
+    """``[B, G, C, *sp] -> [B, G, n_bases, *sp]``: per-basis sums over dim 2, in the compute dtype."""
+    b, g, c = x.shape[:3]
+    return _call("basis_sums", _flat(x, b * g, c, -1), grid, False).reshape(b, g, grid.n_bases, *x.shape[3:])
+
+
+def differentiable_basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
+    """:func:`basis_sum` through autograd (full spline gradients: the paper's path without Grad-Free Spline)."""
+    return bspline_bases(x, grid.grid_size, grid.spline_order, (grid.lo, grid.hi)).sum(2).movedim(-1, 2)
+
+
+@torch.no_grad()
+def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, zero_padded: bool) -> torch.Tensor:
+    """``[B, G, C, *sp] -> [B, G, C + n_bases, *sp]``: ``silu(x)`` and the channel sums S (minus ``C B(0)`` when
+    ``zero_padded``), in x's dtype."""
+    b, g, c = x.shape[:3]
+    out = _call("silu_and_basis_sums", _flat(x, b * g, c, -1), grid, zero_padded)
+    return out.to(x.dtype).reshape(b, g, c + grid.n_bases, *x.shape[3:])
+
+
+@torch.no_grad()
+def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel: tuple[int, ...], stride: tuple[int, ...],
+                         padding: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """x ``[B, G, C, *sp]`` -> ``silu(x)`` (x's shape and dtype) and the window sums ``P_k(p) = sum_{taps} S_k``
+    ``[B, G, n_bases, *sp_out]`` (compute dtype) of a convolution of that geometry; a padded tap adds ``C B(0)``."""
+    b, g, c, sp = x.shape[0], x.shape[1], x.shape[2], x.shape[3:]
+    silu, p = _call("silu_and_window_sums", _flat(x, b * g, c, *sp), grid, tuple(kernel), tuple(stride),
+                    tuple(padding), tuple(dilation))
+    return silu.to(x.dtype).reshape(x.shape), p.reshape(b, g, grid.n_bases, *p.shape[2:])
+
+
+@torch.no_grad()
+def silu_and_activation_sums(x: torch.Tensor, v: torch.Tensor, grid: SplineGrid,
+                             zero_padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Groups with one output: x ``[B, G, C, *sp]`` -> ``silu(x)`` and ``sum_c phi_g(x_c)`` ``[B, G, *sp]`` (minus
+    ``C phi_g(0)`` when ``zero_padded``), both in x's dtype."""
+    b, g, c = x.shape[:3]
+    xc = _flat(x, b, g, c, -1)
+    silu, phi = _call("activation_sums", xc, grid, _flat(v, g, -1).to(xc.dtype), zero_padded)
+    return silu.to(x.dtype).reshape(x.shape), phi.to(x.dtype).reshape(b, g, *x.shape[3:])
+
+
+@torch.no_grad()
+def silu_and_activation_sums_backward(x: torch.Tensor, grad_silu: torch.Tensor, grad_phi: torch.Tensor,
+                                      v: torch.Tensor, grid: SplineGrid, zero_padded: bool,
+                                      full_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`silu_and_activation_sums` given those of its outputs: dL/dx (x's shape and dtype; the
+    silu path only unless ``full_grad``) and dL/dv ``[G, n_bases]`` (compute dtype)."""
+    b, g, c = x.shape[:3]
+    xc = _flat(x, b, g, c, -1)
+    gx, gv = _call("activation_sums_backward", xc, grid, _flat(grad_silu, b, g, c, -1).to(xc.dtype),
+                   _flat(grad_phi, b, g, 1, -1).to(xc.dtype), _flat(v, g, -1).to(xc.dtype), zero_padded,
+                   bool(full_grad), full_grad=bool(full_grad))
+    return gx.to(x.dtype).reshape(x.shape), gv
+
+
+@torch.no_grad()
+def basis_derivative_dot(x: torch.Tensor, g: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
+    """``sum_k g[:, :, k] * B'_k(x)``: x ``[B, G, C, *sp]``, g ``[B, G, n_bases, *sp]`` -> ``[B, G, C, *sp]``."""
+    b, gr, c = x.shape[:3]
+    xc = _flat(x, b * gr, c, -1)
+    return _call("basis_derivative_dot", xc, grid, _flat(g, b * gr, grid.n_bases, -1).to(xc.dtype)).reshape(x.shape)

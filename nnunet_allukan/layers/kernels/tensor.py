@@ -1,0 +1,100 @@
+"""The ``torch`` backend: each pass as one vectorised tensor form, no basis tensor per input.
+
+Used where the native kernels do not run (CUDA, other spline orders, ``grad_free=False``'s derivative pass) and
+compiled there by the seam on CUDA, where inductor fuses each pass into one kernel. The cubic bases use the
+centred form ``6 B_k = relu(2 - |t|)^3 - 4 relu(1 - |t|)^3``, ``t = s - k - 2``, in place on one scratch tensor
+per basis, the 1/6 applied after the reduction; other orders the truncated-power form of splines.py.
+Inputs arrive in the compute dtype (the seam casts); shapes are the seam's (see ``kernels/__init__.py``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..splines import SplineGrid, cardinal, cardinal_derivative
+
+
+def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = False) -> str | None:
+    return None  # every pass, device and grid
+
+
+def _scaled(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
+    return (x - grid.t0) * (1.0 / grid.h)
+
+
+def _basis(s: torch.Tensor, k: int, order: int) -> torch.Tensor:
+    """B_k of the scaled input s as a new tensor; times 6 for the cubic grid (see the module docstring)."""
+    if order != 3:
+        return cardinal(s - k, order)
+    t = (s - (k + 2.0)).abs_()
+    inner = torch.rsub(t, 1.0).clamp_min_(0.0).pow_(3).mul_(4.0)
+    return t.neg_().add_(2.0).clamp_min_(0.0).pow_(3).sub_(inner)
+
+
+def _scale(grid: SplineGrid) -> float:
+    return 1.0 / 6.0 if grid.spline_order == 3 else 1.0
+
+
+def _zero(grid: SplineGrid, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(grid.zero_bases, dtype=like.dtype, device=like.device)
+
+
+def basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
+    """x [N, C, P] -> ``sum_c B_k(x_c)``, minus ``C B_k(0)`` when ``padded`` [N, n_bases, P]."""
+    s = _scaled(x, grid)
+    out = torch.stack([_basis(s, k, grid.spline_order).sum(1) for k in range(grid.n_bases)], 1).mul_(_scale(grid))
+    return out.sub_(x.shape[1] * _zero(grid, out).reshape(-1, 1)) if padded else out
+
+
+def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel, stride, padding, dilation):
+    """x [N, C, *sp] -> (silu(x), window sums P [N, n_bases, *sp_out]). The channel sums are shifted by
+    ``C B(0)`` so that the convolution's zero padding is exact, and ``n_taps C B(0)`` is added back."""
+    n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
+    padded = any(padding)
+    s = basis_sums(x.reshape(n, c, -1), grid, padded).reshape(n, grid.n_bases, *sp)
+    conv = F.conv2d if len(kernel) == 2 else F.conv3d
+    p = conv(s, s.new_ones((grid.n_bases, 1, *kernel)), None, stride, padding, dilation, grid.n_bases)
+    if padded:
+        p += (math.prod(kernel) * c * _zero(grid, p)).reshape(1, -1, *([1] * len(kernel)))
+    return F.silu(x), p
+
+
+def activation_sums(x: torch.Tensor, grid: SplineGrid, v: torch.Tensor, padded: bool):
+    """x [B, G, C, P], v [G, n_bases] -> (silu(x), ``sum_c phi_g(x_c)``, minus ``C phi_g(0)`` when ``padded``
+    [B, G, 1, P]); ``phi_g = sum_k v[g, k] B_k``."""
+    s, w = _scaled(x, grid), v * _scale(grid)
+    phi = sum(_basis(s, k, grid.spline_order).sum(2, keepdim=True) * w[:, k].reshape(1, -1, 1, 1)
+              for k in range(grid.n_bases))
+    if padded:
+        phi = phi - x.shape[2] * (v @ _zero(grid, v)).reshape(1, -1, 1, 1)
+    return F.silu(x), phi
+
+
+def activation_sums_backward(x, grid: SplineGrid, grad_silu, grad_phi, v, padded: bool, full_grad: bool):
+    """Gradients of :func:`activation_sums` given those of its outputs: (dL/dx, dL/dv [G, n_bases]); dL/dx is
+    the silu path's, plus the spline path's through phi' with ``full_grad``."""
+    s, c, order = _scaled(x, grid), x.shape[2], grid.spline_order
+    grad_x = torch.ops.aten.silu_backward(grad_silu, x)
+    zero = grid.zero_bases if padded else (0.0,) * grid.n_bases
+    grad_v = torch.stack([((_basis(s, k, order).sum(2, keepdim=True) * _scale(grid) - c * zero[k]) * grad_phi)
+                          .sum((0, 2, 3)) for k in range(grid.n_bases)], 1)
+    if full_grad:
+        grad_x = grad_x + grad_phi * _derivative_dot(s, v, grid)
+    return grad_x, grad_v
+
+
+def _derivative_dot(s: torch.Tensor, w: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
+    """``sum_k w_k B'_k(x)`` for the scaled input s, w broadcastable to ``s[:, :, :1]`` per k (dim 1 or 2)."""
+    out = None
+    for k in range(grid.n_bases):
+        wk = w[:, k].reshape(1, -1, 1, 1) if w.dim() == 2 else w[:, k: k + 1]
+        term = cardinal_derivative(s - k, grid.spline_order) * wk
+        out = term if out is None else out + term
+    return out * (1.0 / grid.h)
+
+
+def basis_derivative_dot(x: torch.Tensor, grid: SplineGrid, g: torch.Tensor) -> torch.Tensor:
+    """x [N, C, P], g [N, n_bases, P] -> ``sum_k g_k B'_k(x)`` [N, C, P]."""
+    return _derivative_dot(_scaled(x, grid), g, grid)
