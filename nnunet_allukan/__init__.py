@@ -10,4 +10,4 @@ Sub-packages, in dependency order:
 - ``nnunet_allukan.evaluation``: the paper's metrics and figures.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -140,19 +140,10 @@ def test_auto_mode_compiles_a_cpu_kernel_only_after_its_eager_calls_took_long_en
 
 
 def test_training_processes_compile_the_kernels_at_their_first_call(monkeypatch):
-    """The trainers (TrainingFaultsMixin.initialize) ask for compilation at the first call: a training run wins
-    the compilation back; nnUNetv2_predict and other short jobs keep auto's eager start."""
-    from torch import nn
-
-    from nnunet_allukan.training.faults import TrainingFaultsMixin
-
-    class _NnUNetTrainerStandIn:
-        def initialize(self):
-            self.loss = nn.MSELoss()
-
-    class _Trainer(TrainingFaultsMixin, _NnUNetTrainerStandIn):
-        pass
+    """The trainers (KATrainerBase.set_kernel_policy, called in initialize) ask for compilation at the first call: a
+    training run wins the compilation back; nnUNetv2_predict and other short jobs keep auto's eager start."""
+    from nnunet_allukan.training.base import KATrainerBase
 
     monkeypatch.setattr(splines, "_EAGER_SECONDS_BEFORE_COMPILE", 10.0)
-    _Trainer().initialize()
+    KATrainerBase.set_kernel_policy(None)
     assert splines._EAGER_SECONDS_BEFORE_COMPILE == 0.0
