@@ -9,7 +9,7 @@ from PIL import Image
 
 from nnunet_allukan.evaluation.activations import (
     activation_curves, bspline_bases, default_layer_selection, find_ka_layers, load_state_dict, select_layers)
-from nnunet_allukan.evaluation.cli import plot_activations_main, plot_overlays_main
+from nnunet_allukan.commands.evaluation import plot_activations_main, plot_overlays_main
 from nnunet_allukan.evaluation.collect import EvaluationError
 
 

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from nnunet_allukan.evaluation.cli import plot_gradients_main
-from nnunet_allukan.evaluation.gradients import _path_input_gradient, spline_and_silu_gradients
+from nnunet_allukan.commands.evaluation import plot_gradients_main
+from nnunet_allukan.evaluation.gradients import path_input_gradient, spline_and_silu_gradients
 from nnunet_allukan.layers import KAConv2d, KALinear, KANLinear
 from nnunet_allukan.networks import network_summary
 
@@ -25,8 +25,8 @@ def test_the_two_paths_add_up_to_the_full_input_gradient(layer):
     full_layer.grad_free = False
     xf = x.clone().requires_grad_()
     (full,) = torch.autograd.grad((full_layer(xf) * grad_output).sum(), xf)
-    spline = _path_input_gradient(layer, x, grad_output, "spline")
-    silu = _path_input_gradient(layer, x, grad_output, "silu")
+    spline = path_input_gradient(layer, x, grad_output, "spline")
+    silu = path_input_gradient(layer, x, grad_output, "silu")
     torch.testing.assert_close(spline + silu, full)
     assert spline.abs().sum() > 0 and silu.abs().sum() > 0
 

@@ -43,7 +43,7 @@ def trained(tmp_path_factory):
 
 
 def test_evaluate_real_nnunet_results(trained, monkeypatch, capsys):
-    from nnunet_allukan.evaluation.cli import evaluate_main, plot_activations_main, plot_overlays_main
+    from nnunet_allukan.commands.evaluation import evaluate_main, plot_activations_main, plot_overlays_main
 
     root, env = trained
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):

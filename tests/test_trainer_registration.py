@@ -75,4 +75,4 @@ def test_wheel_installs_the_shim_into_nnunets_trainer_folder_and_declares_the_co
         f"nnunetv2/training/nnUNetTrainer/{registration.SHIM_MODULE_NAME}"
     scripts = config["project"]["scripts"]
     assert scripts["nnUNetv2_allukan_register"] == "nnunet_allukan.training.registration:main"
-    assert scripts["nnUNetv2_allukan_demo"] == "nnunet_allukan.training.demo:main"
+    assert scripts["nnUNetv2_allukan_demo"] == "nnunet_allukan.commands.demo:main"
