@@ -15,7 +15,7 @@
 #   3. network      benchmarks/benchmark_networks.py --amp: U-KAN_MLP, U-KAN, ALL U-KAN, batch 8, 256x256, time per
 #                   step and max_memory_allocated (paper Table 3), nnU-Net's default AMP (float16 + GradScaler)
 #   4. ratios       benchmarks/benchmark_ratios.py --amp --skip layers memory: ALL U-KAN vs U-KAN_MLP step time
-#                   interleaved in one process, target 1.5x (issue 10; the 1.3x memory target: stage 3's
+#                   interleaved in one process, target 1.5x (the 1.3x memory target: stage 3's
 #                   max_memory_allocated, each network in a fresh process)
 #   5. train        synthetic BUSI-like data -> convert -> plan/preprocess -> nnUNetv2_train nnUNetTrainerAllUKAN_2epochs
 #                   with nnU-Net's CUDA defaults (AMP, gradient clipping at 12, torch.compile unless nnUNet_compile

@@ -206,15 +206,15 @@ def test_allukan_state_dict_has_31_kaonv_and_12_ka_layers(tmp_path):
     assert (tmp_path / "a.png").stat().st_size > 10_000
 
 
-def test_gpu_short_run_script_is_valid_and_calls_declared_commands():
-    """benchmarks/gpu_short_run.sh: bash syntax, and every project console command it calls is declared."""
+def test_gpu_script_is_valid_and_calls_declared_commands():
+    """benchmarks/gpu_check.sh: bash syntax, and every project console command it calls is declared."""
     import re
     import subprocess
 
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     root = Path(__file__).resolve().parents[1]
-    script = root / "benchmarks" / "gpu_short_run.sh"
+    script = root / "benchmarks" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     declared = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"])
     called = set(re.findall(r"\b(nnUNetv2_allukan_\w+|nnUNetv2_convert_allukan_dataset)\b", script.read_text()))

@@ -1,4 +1,4 @@
-"""Issue 13 for the evaluation and plot commands: readable outputs, file-system errors as messages, split files
+"""Reliability of the evaluation and plot commands: readable outputs, file-system errors as messages, split files
 checked, clear messages for a folder as checkpoint / a missing dataset / a negative id / SIGTERM, checkpoints
 loaded with weights_only=True, read warnings as one line per file."""
 
