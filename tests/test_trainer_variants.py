@@ -10,7 +10,7 @@ from nnunet_allukan.training import trainers
 from nnunet_allukan.training.protocol import ClosedFormCosineLRScheduler, cosine_annealing_lr, is_kan_fc_parameter
 from plans_helpers import build_from_plans, minimal_plans
 
-# Parameter totals with 3 input channels and 1 output (docs/architecture.md's Table 2 column).
+# Parameter totals with 3 input channels and 1 output (docs/networks.md's Table 2 column).
 EXPECTED_PARAMETERS = {4: 2_764_561, 5: 6_356_689, 6: 2_779_345, 7: 6_356_689, 8: 2_779_345, 9: 27_492_064,
                        10: 27_492_064, 11: 2_806_120, 12: 2_842_547, 13: 2_806_120}
 

@@ -8,7 +8,7 @@ A subclass names its network (a row of the paper's Table 2, ``table2_row``) and 
 - network: recorded in the configuration's standard ``architecture`` entry (``nnunet_allukan.networks.UKAN`` with
   the row's layer types), so nnU-Net's own ``get_network_from_plans`` builds it in training and in
   ``nnUNetv2_predict``; no deep supervision. 2D: patch sides rounded up to multiples of 32; 3D: the U-KAN
-  down-sampling follows the configuration's planned strides (docs/architecture.md).
+  down-sampling follows the configuration's planned strides (docs/networks.md).
 - folds 0, 1, 2 = the paper's hold-out splits (seeds 2981, 6142, 1187), written to
   ``nnUNet_preprocessed/DatasetX/splits_allukan_paper.json`` and copied into the model folder.
 - Adam (lr 1e-4, weight decay 1e-4), closed-form cosine annealing to 1e-5, 400 epochs, batch size 8,
