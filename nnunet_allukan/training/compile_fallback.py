@@ -84,23 +84,24 @@ class CompileFallbackMixin:
         return super()._do_i_compile()
 
     def train_step(self, batch: dict) -> dict:
-        try:
-            return super().train_step(batch)
-        except Exception as error:
-            if not self._fall_back_to_eager(error, "a training step"):
-                raise
         # The compiled and the eager network share their parameters (the optimizer holds the same tensors); a
         # failure in backward may have left gradients half-written, and nnU-Net zeroes them at the step's start.
-        self.optimizer.zero_grad(set_to_none=True)
-        return super().train_step(batch)
+        return self._step_with_fallback(super().train_step, batch, "a training step",
+                                        before_retry=lambda: self.optimizer.zero_grad(set_to_none=True))
 
     def validation_step(self, batch: dict) -> dict:
+        return self._step_with_fallback(super().validation_step, batch, "a validation step")
+
+    def _step_with_fallback(self, step, batch: dict, where: str, before_retry=None) -> dict:
+        """``step(batch)``; after a compile failure, the same step again with the eager network and loss."""
         try:
-            return super().validation_step(batch)
+            return step(batch)
         except Exception as error:
-            if not self._fall_back_to_eager(error, "a validation step"):
+            if not self._fall_back_to_eager(error, where):
                 raise
-        return super().validation_step(batch)
+        if before_retry is not None:
+            before_retry()
+        return step(batch)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if not getattr(self, "_compile_failed", False):
