@@ -189,7 +189,7 @@ def _write_json_if_changed(obj, path: str) -> None:
         with open(path) as f:
             if f.read() == text:
                 return
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # the folds of a model may train at the same time and write the same file
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
