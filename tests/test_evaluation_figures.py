@@ -14,11 +14,9 @@ from nnunet_allukan.evaluation.collect import EvaluationError
 
 
 def ka_layers_module():
-    """The project's KA layers (lead's code); the tests that compare against them skip until they exist."""
-    try:
-        from nnunet_allukan.layers import KAConv2d, KALinear, bspline_bases as torch_bases
-    except ImportError:
-        pytest.skip("nnunet_allukan.layers does not export KALinear / KAConv2d / bspline_bases yet")
+    """The project's KA layers, which the plots' numpy re-implementation is compared against."""
+    from nnunet_allukan.layers import KAConv2d, KALinear, bspline_bases as torch_bases
+
     return KALinear, KAConv2d, torch_bases
 
 
@@ -192,10 +190,8 @@ def test_overlay_command(tmp_path, monkeypatch, capsys):
 
 def test_allukan_state_dict_has_31_kaonv_and_12_ka_layers(tmp_path):
     """On the real network: all 43 KA layers are found from the state_dict alone, and plotted."""
-    try:
-        from nnunet_allukan.networks import ALLUKAN
-    except ImportError:
-        pytest.skip("nnunet_allukan.networks is not available yet")
+    from nnunet_allukan.networks import ALLUKAN
+
     network = ALLUKAN(3, 1, embed_dims=(16, 32, 64))
     torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainerAllUKAN"}, tmp_path / "c.pth")
     layers = find_ka_layers(load_state_dict(tmp_path / "c.pth"))
