@@ -23,30 +23,38 @@ def nnunet_environment(root: Path) -> dict:
     return env
 
 
+class BackgroundCommand:
+    """A console command started now and awaited later (independent runs share the 2 cores: their start-up and
+    export workers are mostly single-threaded; passive OpenMP threads do not spin against each other's)."""
+
+    def __init__(self, args: list[str], env: dict) -> None:
+        self.args = args
+        self.start = time.time()
+        self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: the process never blocks on its output
+        self.process = subprocess.Popen([str(BIN / args[0])] + args[1:], env=env | {"OMP_WAIT_POLICY": "PASSIVE"},
+                                        stdout=self.log, stderr=subprocess.STDOUT, text=True)
+
+    def finish(self, timeout: float) -> str:
+        """Waits for the command; fails the test with its output tail if it failed. Returns its output."""
+        try:
+            self.process.wait(timeout=max(1.0, timeout - (time.time() - self.start)))
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        self.log.seek(0)
+        output = self.log.read()
+        self.log.close()
+        print(f"[{time.time() - self.start:6.1f} s] {' '.join(self.args)}")
+        assert self.process.returncode == 0, f"{' '.join(self.args)} failed:\n{output[-4000:]}"
+        return output
+
+
 def run_commands(commands: list[list[str]], env: dict, timeout: int) -> list[str]:
-    """Runs independent console commands at the same time (their start-up and export workers are mostly
-    single-threaded, so two overlap well on 2 cores; passive OpenMP threads do not spin against each other);
-    fails the test with the output tail of any that fails. Returns their outputs."""
-    start = time.time()
-    env = env | {"OMP_WAIT_POLICY": "PASSIVE"}
-    logs = [tempfile.TemporaryFile("w+") for _ in commands]  # files, not pipes: no process blocks on its output
-    processes = [subprocess.Popen([str(BIN / args[0])] + args[1:], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  text=True) for args, log in zip(commands, logs)]
-    outputs = []
-    try:
-        for args, process, log in zip(commands, processes, logs):
-            process.wait(timeout=max(1.0, timeout - (time.time() - start)))
-            log.seek(0)
-            outputs.append(log.read())
-            assert process.returncode == 0, f"{' '.join(args)} failed:\n{outputs[-1][-4000:]}"
-    finally:
-        for process, log in zip(processes, logs):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            log.close()
-    print(f"[{time.time() - start:6.1f} s] " + " & ".join(" ".join(args) for args in commands))
-    return outputs
+    """Runs independent console commands at the same time; fails the test with the output tail of any that
+    fails. Returns their outputs."""
+    started = [BackgroundCommand(args, env) for args in commands]
+    return [command.finish(timeout) for command in started]
 
 
 def run_command(args: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:

@@ -20,8 +20,9 @@ from PIL import Image
 from nnunet_allukan.paper import SPLITS_FILE_NAME
 from nnunet_allukan.training.protocol import cosine_annealing_lr, paper_splits_for_cases
 
-from e2e_datasets import DISC_ID, DISC_NAME, DISC_SIZE, DISC_TEST_CASES, DISC_TRAIN_CASES
-from nnunet_commands import BIN, run_command, run_commands
+from e2e_datasets import (BUSI_NAME, DISC_ID, DISC_NAME, DISC_SIZE, DISC_TEST_CASES, DISC_TRAIN_CASES,
+                          SPHERES_NAME)
+from nnunet_commands import BIN, BackgroundCommand, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,7 @@ NUM_EPOCHS = 50
 NUM_TRAIN_CASES, NUM_TEST_CASES, IMAGE_SIZE = DISC_TRAIN_CASES, DISC_TEST_CASES, DISC_SIZE
 KILL_AT_EPOCH = 3  # the first run is killed when this epoch starts, then continued with --c
 KAUNET_TRAINER = "nnUNetTrainerKAUNet_smoke"
+TRAIN_COMMAND = ["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"]
 # ALL U-KAN at the paper's lr 1e-4 starts slowly: 20 epochs of this task (80 steps) still over-segment (validation
 # Dice below 0.5, all-foreground 0.20); the 50-epoch schedule (200 steps, killed and continued) reaches a test
 # Dice well above this bound.
@@ -73,26 +75,42 @@ def run_until_epoch_then_kill(args: list[str], env: dict, epoch: int, timeout: i
 
 
 @pytest.fixture(scope="module")
-def trained(nnunet_env, preprocessed) -> dict:
-    """Train, kill the run at the start of epoch KILL_AT_EPOCH (a crash), continue it with --c; meanwhile
-    nnUNetTrainerKAUNet_smoke trains on the same data (an independent run, started alongside to share the time)."""
+def interrupted(nnunet_env, preprocessed) -> dict:
+    """Train, and kill the run at the start of epoch KILL_AT_EPOCH (a crash); meanwhile nnUNetTrainerKAUNet_smoke
+    trains on the same data (an independent run, started alongside to share the time)."""
+    kaunet = BackgroundCommand(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", KAUNET_TRAINER,
+                                "-device", "cpu"], nnunet_env)
     model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d"
     fold = model / "fold_0"
-    train = ["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"]
-    first_output = run_until_epoch_then_kill(train, nnunet_env, KILL_AT_EPOCH, timeout=3600)
-    assert not (fold / "checkpoint_final.pth").exists()
+    try:
+        first_output = run_until_epoch_then_kill(TRAIN_COMMAND, nnunet_env, KILL_AT_EPOCH, timeout=3600)
+    finally:
+        kaunet.finish(timeout=1800)
     # nnU-Net's --c takes checkpoint_final, else checkpoint_latest (every 50 epochs), else checkpoint_best.
-    interrupted = torch.load(fold / "checkpoint_best.pth", map_location="cpu", weights_only=False)
-    resumed_output, _ = run_commands(
-        [train + ["--c"], ["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", KAUNET_TRAINER, "-device", "cpu"]],
-        nnunet_env, timeout=3600)
-    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    return {"model": model, "fold": fold, "first_output": first_output, "resumed_output": resumed_output,
-            "interrupted": interrupted, "resumed": resumed}
+    return {"model": model, "fold": fold, "first_output": first_output,
+            "final_after_kill": (fold / "checkpoint_final.pth").exists(),
+            "interrupted": torch.load(fold / "checkpoint_best.pth", map_location="cpu", weights_only=False)}
 
 
-def test_training_log_states_network_and_protocol(trained):
-    log = "\n".join(p.read_text() for p in sorted(trained["fold"].glob("training_log_*.txt")))
+@pytest.fixture(scope="module")
+def trained(nnunet_env, interrupted) -> dict:
+    """The interrupted run continued with --c to its end."""
+    resumed_run = run_command(TRAIN_COMMAND + ["--c"], nnunet_env, timeout=3600)
+    resumed = torch.load(interrupted["fold"] / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return interrupted | {"resumed_output": resumed_run.stdout, "resumed": resumed}
+
+
+def test_the_session_datasets_are_planned_for_their_configurations(nnunet_datasets):
+    preprocessed_root = Path(nnunet_datasets["nnUNet_preprocessed"])
+    for name, configuration in ((DISC_NAME, "2d"), (BUSI_NAME, "2d"), (SPHERES_NAME, "3d_fullres")):
+        plans = json.loads((preprocessed_root / name / "nnUNetPlans.json").read_text())
+        assert configuration in plans["configurations"], name
+        assert any((preprocessed_root / name / f"nnUNetPlans_{configuration}").iterdir()), name
+
+
+def test_training_log_states_network_and_protocol(interrupted):
+    assert not interrupted["final_after_kill"]
+    log = "\n".join(p.read_text() for p in sorted(interrupted["fold"].glob("training_log_*.txt")))
     assert "Network: Table 2 row 13 (ALL U-KAN" in log and "nnunet_allukan.networks.ukan.UKAN" in log
     assert "KAConv 31" in log and "KALinear 12" in log
     assert "Paper split fold 0 (seed 2981" in log and "32 training, 8 validation cases" in log
@@ -252,9 +270,9 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(prepr
     assert "Training stopped: the loss became NaN in epoch 1" in log
 
 
-def test_kaunet_trains_and_predicts_on_the_2d_data(trained, nnunet_env, tmp_path):
+def test_kaunet_trains_and_predicts_on_the_2d_data(interrupted, nnunet_env, tmp_path):
     """nnUNetTrainerKAUNet (nnU-Net's planned 2D U-Net, fully KA, nnU-Net's own protocol) with the console commands
-    (trained in the ``trained`` fixture)."""
+    (trained in the ``interrupted`` fixture)."""
     model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{KAUNET_TRAINER}__nnUNetPlans__2d"
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     architecture = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["architecture"]
