@@ -1,9 +1,10 @@
 """End to end through nnU-Net's own console commands, on CPU, with temporary nnUNet_* folders.
 
 A tiny synthetic RGB PNG dataset (bright discs on a dark, noisy background: trivially easy; planned once for the
-session, tests/e2e_datasets.py) goes through ``nnUNetv2_train -tr <short ALL U-KAN variant>``,
-an interrupted-and-continued run (``--c``), ``--val``, ``nnUNetv2_predict -tr`` and
-``nnUNetv2_find_best_configuration``. Two in-process trainings check determinism and the multi-label path.
+session, tests/e2e_datasets.py) goes through ``nnUNetv2_train -tr <short ALL U-KAN variant>``, an
+interrupted-and-continued run (``--c``), ``--val``, ``nnUNetv2_predict -tr`` and
+``nnUNetv2_find_best_configuration``; ``nnUNetTrainerKAUNet_smoke`` trains and predicts on it too (independent
+runs go side by side). In-process trainings check determinism, the multi-label path and the NaN guard.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from nnunet_allukan.training.protocol import cosine_annealing_lr, paper_splits_f
 
 from e2e_datasets import (BUSI_NAME, DISC_ID, DISC_NAME, DISC_SIZE, DISC_TEST_CASES, DISC_TRAIN_CASES,
                           SPHERES_NAME)
-from nnunet_commands import BIN, BackgroundCommand, run_command
+from nnunet_commands import BIN, BackgroundCommand, run_command, run_commands
 
 pytestmark = pytest.mark.slow
 
@@ -153,26 +154,34 @@ def test_continue_training_resumes_the_exact_cosine_schedule(trained):
             f"{NUM_EPOCHS}, learning rate {lr}") in trained["resumed_output"]
 
 
-def test_validation_only_rerun(trained, nnunet_env):
+@pytest.fixture(scope="module")
+def after_training(trained, nnunet_env, tmp_path_factory) -> dict:
+    """What runs on the finished models, side by side: ``nnUNetv2_train --val`` (after deleting the validation
+    summary) and ``nnUNetv2_predict`` of the test images with the ALL U-KAN and the KAUNet model."""
     summary = trained["fold"] / "validation" / "summary.json"
     summary.unlink()
-    run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu", "--val"],
-                nnunet_env, timeout=1800)
-    assert summary.is_file()
-
-
-def test_predict_writes_binary_masks_that_match_the_easy_task(trained, nnunet_env, tmp_path):
     raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
-    out = tmp_path / "predictions"
-    result = run_command(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID),
-                          "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
-                         nnunet_env, timeout=1800)
+    out = {trainer: tmp_path_factory.mktemp("predictions_2d") for trainer in (TRAINER, KAUNET_TRAINER)}
+    outputs = run_commands([TRAIN_COMMAND + ["--val"]] + [
+        ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(folder), "-d", str(DATASET_ID), "-c", "2d",
+         "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"] for trainer, folder in out.items()],
+        nnunet_env, timeout=1800)
+    return {"summary": summary, "predictions": out, "predict_output": outputs[1]}
+
+
+def test_validation_only_rerun(after_training):
+    assert after_training["summary"].is_file()
+
+
+def test_predict_writes_binary_masks_that_match_the_easy_task(after_training, nnunet_env):
+    raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+    out = after_training["predictions"][TRAINER]
     references = sorted((raw / "labelsTs").glob("*.png"))
     assert len(references) == NUM_TEST_CASES
     scores = []
     for reference in references:
         predicted_file = out / reference.name
-        assert predicted_file.is_file(), result.stdout[-2000:]
+        assert predicted_file.is_file(), after_training["predict_output"][-2000:]
         predicted = np.asarray(Image.open(predicted_file))
         assert predicted.shape == (IMAGE_SIZE, IMAGE_SIZE)
         assert set(np.unique(predicted).tolist()) <= {0, 1}
@@ -183,7 +192,7 @@ def test_predict_writes_binary_masks_that_match_the_easy_task(trained, nnunet_en
     assert np.mean(scores) > np.mean(all_foreground) + 0.1, (scores, all_foreground)
 
 
-def test_find_best_configuration_accepts_the_trainer(trained, nnunet_env):
+def test_find_best_configuration_accepts_the_trainer(after_training, nnunet_env):
     result = run_command(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "2d", "-tr", TRAINER,
                           "-f", "0", "--disable_ensembling", "-np", "2"], nnunet_env, timeout=1800)
     assert TRAINER in result.stdout
@@ -270,19 +279,16 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(prepr
     assert "Training stopped: the loss became NaN in epoch 1" in log
 
 
-def test_kaunet_trains_and_predicts_on_the_2d_data(interrupted, nnunet_env, tmp_path):
+def test_kaunet_trains_and_predicts_on_the_2d_data(after_training, nnunet_env):
     """nnUNetTrainerKAUNet (nnU-Net's planned 2D U-Net, fully KA, nnU-Net's own protocol) with the console commands
-    (trained in the ``interrupted`` fixture)."""
+    (trained in the ``interrupted`` fixture, predicting in ``after_training``)."""
     model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{KAUNET_TRAINER}__nnUNetPlans__2d"
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     architecture = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["architecture"]
     assert architecture["network_class_name"] == "nnunet_allukan.networks.ka_unet.KAPlainConvUNet"
     assert architecture["arch_kwargs"]["conv_op"] == "nnunet_allukan.layers.ka.KAConv2d"
     raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
-    out = tmp_path / "predictions"
-    run_command(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-c", "2d",
-                 "-f", "0", "-tr", KAUNET_TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], nnunet_env,
-                timeout=1800)
+    out = after_training["predictions"][KAUNET_TRAINER]
     for reference in sorted((raw / "labelsTs").glob("*.png")):
         predicted = np.asarray(Image.open(out / reference.name))
         assert predicted.shape == (IMAGE_SIZE, IMAGE_SIZE) and set(np.unique(predicted).tolist()) <= {0, 1}
