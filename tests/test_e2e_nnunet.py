@@ -31,7 +31,7 @@ DATASET_ID, DATASET_NAME = DISC_ID, DISC_NAME
 TRAINER = "nnUNetTrainerAllUKAN_50epochs"
 NUM_EPOCHS = 50
 NUM_TRAIN_CASES, NUM_TEST_CASES, IMAGE_SIZE = DISC_TRAIN_CASES, DISC_TEST_CASES, DISC_SIZE
-KILL_AT_EPOCH = 3  # the first run is killed when this epoch starts, then continued with --c
+KILL_AT_EPOCH = 15  # the first run is killed when this epoch starts (about a third of the run), then continued
 KAUNET_TRAINER = "nnUNetTrainerKAUNet_smoke"
 TRAIN_COMMAND = ["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"]
 # ALL U-KAN at the paper's lr 1e-4 starts slowly: 20 epochs of this task (80 steps) still over-segment (validation
