@@ -3,7 +3,7 @@
     python benchmarks/benchmark_kaunet.py                     # all pairs below, CPU, JSON in benchmark_results/
     python benchmarks/benchmark_kaunet.py --pairs kaunet_3d --steps 3 --rounds 1      # quick
 
-Pairs (issue 9), each a plain network and its KA version built from the same arguments:
+Pairs, each a plain network and its KA version built from the same arguments:
 
 - ``kaunet_3d``: nnU-Net's ``PlainConvUNet`` as its planner records it for a 64^3 3d_fullres patch (5 stages,
   32-320 features, InstanceNorm, LeakyReLU, deep supervision) vs ``KAPlainConvUNet`` (nnUNetTrainerKAUNet's), batch 2.

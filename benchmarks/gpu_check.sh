@@ -15,14 +15,14 @@
 #   3. network      benchmarks/benchmark_networks.py --amp: U-KAN_MLP, U-KAN, ALL U-KAN, batch 8, 256x256, time per
 #                   step and max_memory_allocated (paper Table 3), nnU-Net's default AMP (float16 + GradScaler)
 #   4. ratios       benchmarks/benchmark_ratios.py --amp --skip layers memory: ALL U-KAN vs U-KAN_MLP step time
-#                   interleaved in one process, target 1.5x (issue 10; the 1.3x memory target: stage 3's
+#                   interleaved in one process, target 1.5x (the 1.3x memory target: stage 3's
 #                   max_memory_allocated, each network in a fresh process)
 #   5. train        synthetic BUSI-like data -> convert -> plan/preprocess -> nnUNetv2_train nnUNetTrainerAllUKAN_2epochs
 #                   with nnU-Net's CUDA defaults (AMP, gradient clipping at 12, torch.compile unless nnUNet_compile
 #                   is set), then nnUNetv2_predict of the validation images (mirroring on)
 #   6. network_3d   benchmarks/benchmark_networks.py --dims 3 --amp: U-KAN_MLP 3D vs ALL U-KAN 3D, batch 2, 64^3
 #                   (strides as the 3D trainers derive them from nnU-Net's plan), time per step and memory
-#   7. train_3d     synthetic 3D NIfTI volumes (tests/test_e2e_nnunet_3d.py's: 2 channels, 2 labels, 16x32x32) ->
+#   7. train_3d     synthetic 3D NIfTI volumes (tests/e2e_datasets.py's: 2 channels, 2 labels, 16x32x32) ->
 #                   plan/preprocess 3d_fullres -> nnUNetv2_train -tr nnUNetTrainerKAUNet_smoke (nnU-Net's planned
 #                   3D U-Net fully KA, 1 epoch of 10 iterations, nnU-Net's CUDA defaults) -> nnUNetv2_predict;
 #                   limit: the rest of the 480 s (skipped, and recorded so, when under 60 s are left)
@@ -158,7 +158,7 @@ train_3d() {
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from test_e2e_nnunet_3d import write_sphere_dataset  # Dataset988_KASpheres3D: 8 training, 2 test volumes
+from e2e_datasets import write_sphere_dataset  # Dataset988_KASpheres3D: 8 training, 2 test volumes
 write_sphere_dataset(Path(sys.argv[1]))
 PY
     nnUNetv2_plan_and_preprocess -d 988 -c 3d_fullres -np 2 -npfp 2

@@ -29,3 +29,17 @@ def busi(tmp_path) -> Path:
     from dataset_conversion.synthetic import make_synthetic_busi
 
     return make_synthetic_busi(tmp_path / "busi", n_benign=3, n_malignant=2, n_normal=1, seed=4)
+
+
+@pytest.fixture(scope="session")
+def nnunet_datasets(tmp_path_factory) -> dict:
+    """nnUNet_raw / _preprocessed / _results holding the end-to-end tests' three synthetic datasets, planned and
+    preprocessed once for the whole session (tests/e2e_datasets.py); returns the environment for nnU-Net's
+    console commands. Each test file trains its own models under its own trainer names."""
+    from e2e_datasets import write_and_preprocess_all
+    from nnunet_commands import nnunet_environment
+
+    root = tmp_path_factory.mktemp("nnunet_e2e")
+    env = nnunet_environment(root)
+    write_and_preprocess_all(root, env)
+    return env

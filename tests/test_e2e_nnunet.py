@@ -1,9 +1,10 @@
 """End to end through nnU-Net's own console commands, on CPU, with temporary nnUNet_* folders.
 
-A tiny synthetic RGB PNG dataset (bright discs on a dark, noisy background: trivially easy) goes through
-``nnUNetv2_plan_and_preprocess --verify_dataset_integrity``, ``nnUNetv2_train -tr <short ALL U-KAN variant>``,
-an interrupted-and-continued run (``--c``), ``--val``, ``nnUNetv2_predict -tr`` and
-``nnUNetv2_find_best_configuration``. Two in-process trainings check determinism and the multi-label path.
+A tiny synthetic RGB PNG dataset (bright discs on a dark, noisy background: trivially easy; planned once for the
+session, tests/e2e_datasets.py) goes through ``nnUNetv2_train -tr <short ALL U-KAN variant>``, an
+interrupted-and-continued run (``--c``), ``--val``, ``nnUNetv2_predict -tr`` and
+``nnUNetv2_find_best_configuration``; ``nnUNetTrainerKAUNet_smoke`` trains and predicts on it too (independent
+runs go side by side). In-process trainings check determinism, the multi-label path and the NaN guard.
 """
 from __future__ import annotations
 
@@ -20,44 +21,23 @@ from PIL import Image
 from nnunet_allukan.paper import SPLITS_FILE_NAME
 from nnunet_allukan.training.protocol import cosine_annealing_lr, paper_splits_for_cases
 
-from nnunet_commands import BIN, nnunet_environment, run_command
+from e2e_datasets import (BUSI_NAME, DISC_ID, DISC_NAME, DISC_SIZE, DISC_TEST_CASES, DISC_TRAIN_CASES,
+                          SPHERES_NAME)
+from nnunet_commands import BIN, BackgroundCommand, run_command, run_commands
 
 pytestmark = pytest.mark.slow
 
-DATASET_ID = 987
-DATASET_NAME = f"Dataset{DATASET_ID}_AllUKANDiscs"
+DATASET_ID, DATASET_NAME = DISC_ID, DISC_NAME
 TRAINER = "nnUNetTrainerAllUKAN_50epochs"
 NUM_EPOCHS = 50
-NUM_TRAIN_CASES = 40  # fold 0: 32 training (4 iterations of 8 per epoch = 200 steps in all), 8 validation cases
-KILL_AT_EPOCH = 3  # the first run is killed when this epoch starts, then continued with --c
-NUM_TEST_CASES = 6
-IMAGE_SIZE = 64
-# ALL U-KAN at the paper's lr 1e-4 starts slowly. Measured on this task (same data and seeds): validation Dice
-# 0.44 after 20 epochs (80 steps, over-segmenting; all-foreground scores 0.20). With this 50-epoch run (200 steps,
-# killed and continued): validation Dice 0.865, test Dice 0.817-0.896 (mean 0.855).
+NUM_TRAIN_CASES, NUM_TEST_CASES, IMAGE_SIZE = DISC_TRAIN_CASES, DISC_TEST_CASES, DISC_SIZE
+KILL_AT_EPOCH = 15  # the first run is killed when this epoch starts (about a third of the run), then continued
+KAUNET_TRAINER = "nnUNetTrainerKAUNet_smoke"
+TRAIN_COMMAND = ["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"]
+# ALL U-KAN at the paper's lr 1e-4 starts slowly: 20 epochs of this task (80 steps) still over-segment (validation
+# Dice below 0.5, all-foreground 0.20); the 50-epoch schedule (200 steps, killed and continued) reaches a test
+# Dice well above this bound.
 MIN_TEST_DICE = 0.7
-
-
-def write_disc_dataset(raw_folder: Path, n_train: int, n_test: int, size: int, seed: int = 0) -> Path:
-    """nnU-Net raw dataset: RGB PNG images, labels 0/1 (one disc per image), plus imagesTs / labelsTs."""
-    rng = np.random.default_rng(seed)
-    folder = raw_folder / DATASET_NAME
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (folder / sub).mkdir(parents=True)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n_train + n_test):
-        cy, cx = rng.uniform(0.3 * size, 0.7 * size, 2)
-        radius = rng.uniform(0.12 * size, 0.25 * size)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
-        image = rng.normal(40.0, 10.0, (size, size, 3))
-        image[disc] = rng.normal([200.0, 120.0, 60.0], 10.0, (int(disc.sum()), 3))
-        images, labels = ("imagesTr", "labelsTr") if i < n_train else ("imagesTs", "labelsTs")
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / images / f"disc_{i:03d}_0000.png")
-        Image.fromarray(disc.astype(np.uint8)).save(folder / labels / f"disc_{i:03d}.png")
-    dataset_json = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "disc": 1},
-                    "numTraining": n_train, "file_ending": ".png"}
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
-    return folder
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
@@ -66,17 +46,13 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def nnunet_env(tmp_path_factory) -> dict:
-    return nnunet_environment(tmp_path_factory.mktemp("nnunet_e2e"))
+def nnunet_env(nnunet_datasets) -> dict:
+    return nnunet_datasets
 
 
 @pytest.fixture(scope="module")
-def preprocessed(nnunet_env) -> Path:
-    write_disc_dataset(Path(nnunet_env["nnUNet_raw"]), NUM_TRAIN_CASES, NUM_TEST_CASES, IMAGE_SIZE)
-    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0.
-    run_command(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "--verify_dataset_integrity",
-                 "-np", "2", "-npfp", "2"], nnunet_env | {"nnUNet_n_proc_DA": "2"}, timeout=1800)
-    return Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME
+def preprocessed(nnunet_datasets) -> Path:
+    return Path(nnunet_datasets["nnUNet_preprocessed"]) / DATASET_NAME
 
 
 def run_until_epoch_then_kill(args: list[str], env: dict, epoch: int, timeout: int) -> str:
@@ -100,23 +76,42 @@ def run_until_epoch_then_kill(args: list[str], env: dict, epoch: int, timeout: i
 
 
 @pytest.fixture(scope="module")
-def trained(nnunet_env, preprocessed) -> dict:
-    """Train, kill the run at the start of epoch KILL_AT_EPOCH (a crash), continue it with --c."""
+def interrupted(nnunet_env, preprocessed) -> dict:
+    """Train, and kill the run at the start of epoch KILL_AT_EPOCH (a crash); meanwhile nnUNetTrainerKAUNet_smoke
+    trains on the same data (an independent run, started alongside to share the time)."""
+    kaunet = BackgroundCommand(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", KAUNET_TRAINER,
+                                "-device", "cpu"], nnunet_env)
     model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d"
     fold = model / "fold_0"
-    train = ["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"]
-    first_output = run_until_epoch_then_kill(train, nnunet_env, KILL_AT_EPOCH, timeout=3600)
-    assert not (fold / "checkpoint_final.pth").exists()
+    try:
+        first_output = run_until_epoch_then_kill(TRAIN_COMMAND, nnunet_env, KILL_AT_EPOCH, timeout=3600)
+    finally:
+        kaunet.finish(timeout=1800)
     # nnU-Net's --c takes checkpoint_final, else checkpoint_latest (every 50 epochs), else checkpoint_best.
-    interrupted = torch.load(fold / "checkpoint_best.pth", map_location="cpu", weights_only=False)
-    resumed_run = run_command(train + ["--c"], nnunet_env, timeout=3600)
-    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    return {"model": model, "fold": fold, "first_output": first_output, "resumed_output": resumed_run.stdout,
-            "interrupted": interrupted, "resumed": resumed}
+    return {"model": model, "fold": fold, "first_output": first_output,
+            "final_after_kill": (fold / "checkpoint_final.pth").exists(),
+            "interrupted": torch.load(fold / "checkpoint_best.pth", map_location="cpu", weights_only=False)}
 
 
-def test_training_log_states_network_and_protocol(trained):
-    log = "\n".join(p.read_text() for p in sorted(trained["fold"].glob("training_log_*.txt")))
+@pytest.fixture(scope="module")
+def trained(nnunet_env, interrupted) -> dict:
+    """The interrupted run continued with --c to its end."""
+    resumed_run = run_command(TRAIN_COMMAND + ["--c"], nnunet_env, timeout=3600)
+    resumed = torch.load(interrupted["fold"] / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return interrupted | {"resumed_output": resumed_run.stdout, "resumed": resumed}
+
+
+def test_the_session_datasets_are_planned_for_their_configurations(nnunet_datasets):
+    preprocessed_root = Path(nnunet_datasets["nnUNet_preprocessed"])
+    for name, configuration in ((DISC_NAME, "2d"), (BUSI_NAME, "2d"), (SPHERES_NAME, "3d_fullres")):
+        plans = json.loads((preprocessed_root / name / "nnUNetPlans.json").read_text())
+        assert configuration in plans["configurations"], name
+        assert any((preprocessed_root / name / f"nnUNetPlans_{configuration}").iterdir()), name
+
+
+def test_training_log_states_network_and_protocol(interrupted):
+    assert not interrupted["final_after_kill"]
+    log = "\n".join(p.read_text() for p in sorted(interrupted["fold"].glob("training_log_*.txt")))
     assert "Network: Table 2 row 13 (ALL U-KAN" in log and "nnunet_allukan.networks.ukan.UKAN" in log
     assert "KAConv 31" in log and "KALinear 12" in log
     assert "Paper split fold 0 (seed 2981" in log and "32 training, 8 validation cases" in log
@@ -159,26 +154,34 @@ def test_continue_training_resumes_the_exact_cosine_schedule(trained):
             f"{NUM_EPOCHS}, learning rate {lr}") in trained["resumed_output"]
 
 
-def test_validation_only_rerun(trained, nnunet_env):
+@pytest.fixture(scope="module")
+def after_training(trained, nnunet_env, tmp_path_factory) -> dict:
+    """What runs on the finished models, side by side: ``nnUNetv2_train --val`` (after deleting the validation
+    summary) and ``nnUNetv2_predict`` of the test images with the ALL U-KAN and the KAUNet model."""
     summary = trained["fold"] / "validation" / "summary.json"
     summary.unlink()
-    run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu", "--val"],
-                nnunet_env, timeout=1800)
-    assert summary.is_file()
-
-
-def test_predict_writes_binary_masks_that_match_the_easy_task(trained, nnunet_env, tmp_path):
     raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
-    out = tmp_path / "predictions"
-    result = run_command(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID),
-                          "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
-                         nnunet_env, timeout=1800)
+    out = {trainer: tmp_path_factory.mktemp("predictions_2d") for trainer in (TRAINER, KAUNET_TRAINER)}
+    outputs = run_commands([TRAIN_COMMAND + ["--val"]] + [
+        ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(folder), "-d", str(DATASET_ID), "-c", "2d",
+         "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"] for trainer, folder in out.items()],
+        nnunet_env, timeout=1800)
+    return {"summary": summary, "predictions": out, "predict_output": outputs[1]}
+
+
+def test_validation_only_rerun(after_training):
+    assert after_training["summary"].is_file()
+
+
+def test_predict_writes_binary_masks_that_match_the_easy_task(after_training, nnunet_env):
+    raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+    out = after_training["predictions"][TRAINER]
     references = sorted((raw / "labelsTs").glob("*.png"))
     assert len(references) == NUM_TEST_CASES
     scores = []
     for reference in references:
         predicted_file = out / reference.name
-        assert predicted_file.is_file(), result.stdout[-2000:]
+        assert predicted_file.is_file(), after_training["predict_output"][-2000:]
         predicted = np.asarray(Image.open(predicted_file))
         assert predicted.shape == (IMAGE_SIZE, IMAGE_SIZE)
         assert set(np.unique(predicted).tolist()) <= {0, 1}
@@ -189,7 +192,7 @@ def test_predict_writes_binary_masks_that_match_the_easy_task(trained, nnunet_en
     assert np.mean(scores) > np.mean(all_foreground) + 0.1, (scores, all_foreground)
 
 
-def test_find_best_configuration_accepts_the_trainer(trained, nnunet_env):
+def test_find_best_configuration_accepts_the_trainer(after_training, nnunet_env):
     result = run_command(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "2d", "-tr", TRAINER,
                           "-f", "0", "--disable_ensembling", "-np", "2"], nnunet_env, timeout=1800)
     assert TRAINER in result.stdout
@@ -276,19 +279,16 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(prepr
     assert "Training stopped: the loss became NaN in epoch 1" in log
 
 
-def test_kaunet_trains_and_predicts_on_the_2d_data(preprocessed, nnunet_env, tmp_path):
-    """nnUNetTrainerKAUNet (nnU-Net's planned 2D U-Net, fully KA, nnU-Net's own protocol) with the console commands."""
-    trainer = "nnUNetTrainerKAUNet_smoke"
-    run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], nnunet_env,
-                timeout=1800)
-    model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{trainer}__nnUNetPlans__2d"
+def test_kaunet_trains_and_predicts_on_the_2d_data(after_training, nnunet_env):
+    """nnUNetTrainerKAUNet (nnU-Net's planned 2D U-Net, fully KA, nnU-Net's own protocol) with the console commands
+    (trained in the ``interrupted`` fixture, predicting in ``after_training``)."""
+    model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{KAUNET_TRAINER}__nnUNetPlans__2d"
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     architecture = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["architecture"]
     assert architecture["network_class_name"] == "nnunet_allukan.networks.ka_unet.KAPlainConvUNet"
     assert architecture["arch_kwargs"]["conv_op"] == "nnunet_allukan.layers.ka.KAConv2d"
     raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
-    out = tmp_path / "predictions"
-    run_command(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-c", "2d",
-                 "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], nnunet_env, timeout=1800)
+    out = after_training["predictions"][KAUNET_TRAINER]
     for reference in sorted((raw / "labelsTs").glob("*.png")):
         predicted = np.asarray(Image.open(out / reference.name))
         assert predicted.shape == (IMAGE_SIZE, IMAGE_SIZE) and set(np.unique(predicted).tolist()) <= {0, 1}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nnunet_allukan.evaluation.cli import evaluate_main
+from nnunet_allukan.commands.evaluation import evaluate_main
 from nnunet_allukan.evaluation.collect import EvaluationError
 from nnunet_allukan.evaluation.evaluate import evaluate_folders, evaluate_nnunet
 from nnunet_allukan.evaluation.tables import paper_dataset_key, paper_method_for

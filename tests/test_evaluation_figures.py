@@ -9,16 +9,14 @@ from PIL import Image
 
 from nnunet_allukan.evaluation.activations import (
     activation_curves, bspline_bases, default_layer_selection, find_ka_layers, load_state_dict, select_layers)
-from nnunet_allukan.evaluation.cli import plot_activations_main, plot_overlays_main
+from nnunet_allukan.commands.evaluation import plot_activations_main, plot_overlays_main
 from nnunet_allukan.evaluation.collect import EvaluationError
 
 
 def ka_layers_module():
-    """The project's KA layers (lead's code); the tests that compare against them skip until they exist."""
-    try:
-        from nnunet_allukan.layers import KAConv2d, KALinear, bspline_bases as torch_bases
-    except ImportError:
-        pytest.skip("nnunet_allukan.layers does not export KALinear / KAConv2d / bspline_bases yet")
+    """The project's KA layers, which the plots' numpy re-implementation is compared against."""
+    from nnunet_allukan.layers import KAConv2d, KALinear, bspline_bases as torch_bases
+
     return KALinear, KAConv2d, torch_bases
 
 
@@ -192,10 +190,8 @@ def test_overlay_command(tmp_path, monkeypatch, capsys):
 
 def test_allukan_state_dict_has_31_kaonv_and_12_ka_layers(tmp_path):
     """On the real network: all 43 KA layers are found from the state_dict alone, and plotted."""
-    try:
-        from nnunet_allukan.networks import ALLUKAN
-    except ImportError:
-        pytest.skip("nnunet_allukan.networks is not available yet")
+    from nnunet_allukan.networks import ALLUKAN
+
     network = ALLUKAN(3, 1, embed_dims=(16, 32, 64))
     torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainerAllUKAN"}, tmp_path / "c.pth")
     layers = find_ka_layers(load_state_dict(tmp_path / "c.pth"))
@@ -206,15 +202,15 @@ def test_allukan_state_dict_has_31_kaonv_and_12_ka_layers(tmp_path):
     assert (tmp_path / "a.png").stat().st_size > 10_000
 
 
-def test_gpu_short_run_script_is_valid_and_calls_declared_commands():
-    """benchmarks/gpu_short_run.sh: bash syntax, and every project console command it calls is declared."""
+def test_gpu_script_is_valid_and_calls_declared_commands():
+    """benchmarks/gpu_check.sh: bash syntax, and every project console command it calls is declared."""
     import re
     import subprocess
 
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     root = Path(__file__).resolve().parents[1]
-    script = root / "benchmarks" / "gpu_short_run.sh"
+    script = root / "benchmarks" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     declared = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"])
     called = set(re.findall(r"\b(nnUNetv2_allukan_\w+|nnUNetv2_convert_allukan_dataset)\b", script.read_text()))

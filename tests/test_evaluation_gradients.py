@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from nnunet_allukan.evaluation.cli import plot_gradients_main
-from nnunet_allukan.evaluation.gradients import _path_input_gradient, spline_and_silu_gradients
+from nnunet_allukan.commands.evaluation import plot_gradients_main
+from nnunet_allukan.evaluation.gradients import path_input_gradient, spline_and_silu_gradients
 from nnunet_allukan.layers import KAConv2d, KALinear, KANLinear
 from nnunet_allukan.networks import network_summary
 
@@ -25,8 +25,8 @@ def test_the_two_paths_add_up_to_the_full_input_gradient(layer):
     full_layer.grad_free = False
     xf = x.clone().requires_grad_()
     (full,) = torch.autograd.grad((full_layer(xf) * grad_output).sum(), xf)
-    spline = _path_input_gradient(layer, x, grad_output, "spline")
-    silu = _path_input_gradient(layer, x, grad_output, "silu")
+    spline = path_input_gradient(layer, x, grad_output, "spline")
+    silu = path_input_gradient(layer, x, grad_output, "silu")
     torch.testing.assert_close(spline + silu, full)
     assert spline.abs().sum() > 0 and silu.abs().sum() > 0
 
@@ -53,18 +53,18 @@ def test_fresh_fig3b_writes_png_and_json(tmp_path, capsys):
 
 def test_trained_model_folder(tmp_path, capsys):
     """A model folder as nnU-Net writes it: plans.json with the architecture entry, dataset.json, checkpoint."""
-    from test_trainer_protocol import _build_from_plans, _minimal_plans
+    from plans_helpers import build_from_plans, minimal_plans
 
     from nnunet_allukan.training.architectures import plans_with_ukan_architecture
 
-    plans, _ = plans_with_ukan_architecture(_minimal_plans("2d", [32, 32]), "2d", "allukan", embed_dims=(16, 24, 32))
+    plans, _ = plans_with_ukan_architecture(minimal_plans("2d", [32, 32]), "2d", "allukan", embed_dims=(16, 24, 32))
     model = tmp_path / "nnUNetTrainerAllUKAN__nnUNetPlans__2d"
     (model / "fold_0").mkdir(parents=True)
     (model / "plans.json").write_text(json.dumps(plans))
     dataset = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "lesion": [1, 1]},
                "regions_class_order": [1], "file_ending": ".png"}
     (model / "dataset.json").write_text(json.dumps(dataset))
-    network = _build_from_plans(plans, "2d", 3, 1)
+    network = build_from_plans(plans, "2d", 3, 1)
     assert network_summary(network)["KAConv"] == 31
     torch.save({"network_weights": network.state_dict()}, model / "fold_0" / "checkpoint_final.pth")
     plot_gradients_main(["-i", str(model / "fold_0" / "checkpoint_final.pth")])

@@ -1,4 +1,4 @@
-"""The parameter-table command (issue 3) prints every Table 2 row with the paper's count."""
+"""The parameter-table command prints every Table 2 row with the paper's count."""
 import json
 
 from nnunet_allukan.networks.param_table import main, parameter_table

@@ -1,4 +1,4 @@
-"""Issue 13 for the converter: readable outputs, every bad mask caught, file-system errors as messages, no
+"""The converter under bad conditions: readable outputs, every bad mask caught, file-system errors as messages, no
 orphans after a kill, all problems in one run, read warnings as one line per file, -np capped."""
 
 import errno

@@ -1,4 +1,4 @@
-"""Issue 13 for the evaluation and plot commands: readable outputs, file-system errors as messages, split files
+"""Reliability of the evaluation and plot commands: readable outputs, file-system errors as messages, split files
 checked, clear messages for a folder as checkpoint / a missing dataset / a negative id / SIGTERM, checkpoints
 loaded with weights_only=True, read warnings as one line per file."""
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-import nnunet_allukan.evaluation.cli as evaluation_cli
-from nnunet_allukan.evaluation.cli import evaluate_main, plot_activations_main
+import nnunet_allukan.commands.evaluation as evaluation_cli
+from nnunet_allukan.commands.evaluation import evaluate_main, plot_activations_main
 from nnunet_allukan.evaluation.collect import EvaluationError, load_split_val_lists
 from test_evaluation_evaluate import DATASET, SPLITS, TRAINERS, make_tree
 from test_evaluation_figures import hand_made_state_dict
@@ -198,7 +198,7 @@ def test_sigterm_prints_a_message(tree, capsys):
 
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_info:
-        evaluation_cli._run(terminated_midway, evaluation_cli.evaluate_parser(), [])
+        evaluation_cli.run_reporting_errors(terminated_midway, evaluation_cli.evaluate_parser(), [])
     assert exit_info.value.code == 128 + signal.SIGTERM
     assert "Terminated (SIGTERM); nothing was written." in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is previous

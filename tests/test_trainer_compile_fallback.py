@@ -1,5 +1,5 @@
 """torch.compile that fails to compile (lazily, in the first forward or backward): the trainers log it, go back to
-the eager network and loss for the rest of the run and redo the step eagerly (TrainingFaultsMixin).
+the eager network and loss for the rest of the run and redo the step eagerly (CompileFallbackMixin).
 
 The failures are made with custom torch.compile backends that raise, so no real compilation runs (fast). The real
 cases (inductor's CPU code generation on a 1x1 stage, nnUNetTrainerKAUNet under nnUNet_compile=1 on CPU) are
@@ -16,8 +16,9 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.eval_frame import OptimizedModule
 
 from nnunet_allukan.training import trainers
-from nnunet_allukan.training.faults import _FiniteLossGuard, is_compile_failure
-from test_trainer_protocol import _build_from_plans, _minimal_plans
+from nnunet_allukan.training.compile_fallback import is_compile_failure
+from nnunet_allukan.training.nan_guard import FiniteLossGuard
+from plans_helpers import build_from_plans, minimal_plans
 
 
 def _raise_at_compile(gm, example_inputs):
@@ -45,15 +46,15 @@ def _tiny_trainer(name, tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
     monkeypatch.delenv("nnUNet_compile", raising=False)
     # Two stages for nnUNetTrainerKAUNet: dynamo traces it in seconds (the UKAN of the paper trainers is fixed).
-    plans = _minimal_plans("2d", [32, 32], strides=[[1, 1], [2, 2]])
+    plans = minimal_plans("2d", [32, 32], strides=[[1, 1], [2, 2]])
     plans["configurations"]["2d"]["batch_dice"] = True  # read by nnU-Net's _build_loss
     trainer = getattr(trainers, name)(plans, "2d", 0, {"labels": {"background": 0, "lesion": 1}},
                                       torch.device("cpu"))
     torch.manual_seed(0)
-    network = _build_from_plans(trainer.plans_manager.plans, "2d", 1, trainer.label_manager.num_segmentation_heads)
+    network = build_from_plans(trainer.plans_manager.plans, "2d", 1, trainer.label_manager.num_segmentation_heads)
     trainer.enable_deep_supervision = False
     trainer.network = network
-    trainer.loss = _FiniteLossGuard(trainer._build_loss())
+    trainer.loss = FiniteLossGuard(trainer._build_loss())
     trainer.optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     return trainer, network
 
@@ -137,7 +138,7 @@ def test_a_failed_compile_falls_back_to_eager_and_redoes_the_step(name, where, r
 
 
 def test_errors_that_are_not_compile_failures_propagate_and_keep_the_compiled_network(tmp_path, monkeypatch):
-    from nnunet_allukan.training.faults import NonFiniteLossError
+    from nnunet_allukan.training.nan_guard import NonFiniteLossError
 
     trainer, network = _tiny_trainer("nnUNetTrainerKAUNet_smoke", tmp_path, monkeypatch)
     torch._dynamo.reset()

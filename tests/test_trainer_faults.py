@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from nnunet_allukan.training.faults import NonFiniteLossError, _FiniteLossGuard, check_architecture_importable
-from test_trainer_protocol import _build_from_plans, _minimal_plans
+from nnunet_allukan.training.base import check_architecture_importable
+from nnunet_allukan.training.nan_guard import FiniteLossGuard, NonFiniteLossError
+from plans_helpers import build_from_plans, minimal_plans
 
 
 def test_a_network_class_that_cannot_be_imported_names_the_package():
@@ -26,8 +27,8 @@ def test_predictor_on_a_model_folder_with_an_unimportable_network(tmp_path):
 
     from nnunet_allukan.training.architectures import plans_with_ukan_architecture
 
-    plans, _ = plans_with_ukan_architecture(_minimal_plans("2d", [32, 32]), "2d", "allukan", embed_dims=(16, 24, 32))
-    network = _build_from_plans(plans, "2d", 3, 1)
+    plans, _ = plans_with_ukan_architecture(minimal_plans("2d", [32, 32]), "2d", "allukan", embed_dims=(16, 24, 32))
+    network = build_from_plans(plans, "2d", 3, 1)
     plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["conv_op"] = "nnunet_allukan.layers.ka.KAConv9d"
     plans["configurations"]["2d"].update(spacing=[1.0, 1.0], normalization_schemes=["ZScoreNormalization"] * 3,
                                          use_mask_for_norm=[False] * 3)
@@ -46,7 +47,7 @@ def test_predictor_on_a_model_folder_with_an_unimportable_network(tmp_path):
 
 
 def test_loss_guard_raises_only_in_training_steps():
-    guard = _FiniteLossGuard(torch.nn.MSELoss())
+    guard = FiniteLossGuard(torch.nn.MSELoss())
     x = torch.tensor([float("nan")], requires_grad=True)
     with pytest.raises(NonFiniteLossError):
         guard(x, torch.zeros(1))
@@ -72,13 +73,13 @@ def test_memory_message_warns_before_an_out_of_memory_with_a_batch_that_fits():
 def test_explicit_nnunet_compile_is_honoured_on_cpu(value, expected, tmp_path, monkeypatch):
     """nnU-Net never compiles on CPU; the project's trainers do when asked (whole-network compile verified by
     hand: a 1-epoch nnUNetTrainerAllUKAN_1epoch run with nnUNet_compile=1 on CPU, see docs/training.md)."""
-    from test_trainer_variants import _trainer
+    from test_trainer_variants import make_trainer
 
     if value is None:
         monkeypatch.delenv("nnUNet_compile", raising=False)
     else:
         monkeypatch.setenv("nnUNet_compile", value)
-    trainer = _trainer("nnUNetTrainerAllUKAN_1epoch", tmp_path, monkeypatch)
+    trainer = make_trainer("nnUNetTrainerAllUKAN_1epoch", tmp_path, monkeypatch)
     assert trainer._do_i_compile() is expected
     trainer._do_i_compile()
     log = "".join(p.read_text() for p in tmp_path.rglob("training_log_*.txt"))

@@ -13,13 +13,15 @@ from sklearn.model_selection import train_test_split
 from nnunet_allukan.networks import network_summary
 
 from nnunet_allukan.paper import SPLIT_SEEDS as PAPER_SPLIT_SEEDS
-from nnunet_allukan.training import ka_unet_trainers, trainers
+from nnunet_allukan.training import ka_unet_trainers, paper_protocol, trainers
 from nnunet_allukan.training.architectures import plans_with_ukan_architecture
 from nnunet_allukan.training.protocol import (
     ClosedFormCosineLRScheduler, binary_labels_as_region, cosine_annealing_lr, iterations_per_epoch,
     paper_splits_for_cases, round_up_patch_size, ukan_strides,
 )
-from nnunet_allukan.training.trainers import PaperBCEDiceLoss, nnUNetTrainerAllUKAN, nnUNetTrainerPaperProtocol
+from nnunet_allukan.training.paper_protocol import PaperBCEDiceLoss, nnUNetTrainerPaperProtocol
+from nnunet_allukan.training.trainers import nnUNetTrainerAllUKAN
+from plans_helpers import build_from_plans, minimal_plans
 
 
 def test_cosine_schedule_equals_torch_cosine_annealing_stepped_per_epoch():
@@ -84,38 +86,8 @@ def test_3d_strides_are_the_first_five_planned_down_samplings():
     assert ukan_strides(None, 2) == [[2, 2]] * 5
 
 
-def _minimal_plans(configuration: str, patch_size, batch_size=2, strides=None):
-    dim = len(patch_size)
-    strides = strides or [[1] * dim] + [[2] * dim] * 4
-    architecture = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                    "arch_kwargs": {"n_stages": len(strides), "features_per_stage": [8, 16, 32, 32, 32][:len(strides)],
-                                    "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
-                                    "kernel_sizes": [[3] * dim] * len(strides), "strides": strides,
-                                    "n_conv_per_stage": [2] * len(strides),
-                                    "n_conv_per_stage_decoder": [2] * (len(strides) - 1), "conv_bias": True,
-                                    "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-                                    "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
-                                    "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-                                    "nonlin_kwargs": {"inplace": True}},
-                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-    return {"dataset_name": "Dataset999_X", "plans_name": "nnUNetPlans", "continue_training": False,
-            "configurations": {configuration: {"patch_size": list(patch_size), "batch_size": batch_size,
-                                               "architecture": architecture, "data_identifier": "x"}}}
-
-
-def _build_from_plans(plans, configuration, input_channels=2, outputs=3):
-    """What nnU-Net's trainer and predictor do with a configuration's architecture entry."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    architecture = PlansManager(plans).get_configuration(configuration).configuration["architecture"]
-    return get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                  architecture["_kw_requires_import"], input_channels, outputs,
-                                  deep_supervision=False)
-
-
 def test_2d_plans_get_paper_batch_size_rounded_patch_and_the_architecture_entry():
-    plans = _minimal_plans("2d", [80, 100])
+    plans = minimal_plans("2d", [80, 100])
     new_plans, messages = plans_with_ukan_architecture(plans, "2d", "allukan", embed_dims=(16, 24, 32))
     entry = new_plans["configurations"]["2d"]
     assert entry["patch_size"] == [96, 128] and entry["batch_size"] == 8
@@ -128,7 +100,7 @@ def test_2d_plans_get_paper_batch_size_rounded_patch_and_the_architecture_entry(
     assert any("[80, 100]" in m and "[96, 128]" in m for m in messages)
     assert plans["configurations"]["2d"]["patch_size"] == [80, 100]  # the caller's plans are not modified
     assert new_plans["continue_training"] is False
-    network = _build_from_plans(new_plans, "2d")
+    network = build_from_plans(new_plans, "2d")
     summary = network_summary(network)
     assert (summary["KAConv"], summary["KALinear"], summary["Conv"]) == (31, 12, 0)
     assert network(torch.randn(1, 2, 96, 128)).shape == (1, 3, 96, 128)
@@ -136,7 +108,7 @@ def test_2d_plans_get_paper_batch_size_rounded_patch_and_the_architecture_entry(
 
 def test_3d_plans_follow_the_planned_down_sampling():
     strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
-    plans = _minimal_plans("3d_fullres", [16, 32, 32], strides=strides)
+    plans = minimal_plans("3d_fullres", [16, 32, 32], strides=strides)
     new_plans, messages = plans_with_ukan_architecture(plans, "3d_fullres", "ukan_mlp", embed_dims=(16, 24, 32))
     entry = new_plans["configurations"]["3d_fullres"]
     assert entry["patch_size"] == [16, 32, 32] and entry["batch_size"] == 8
@@ -144,7 +116,7 @@ def test_3d_plans_follow_the_planned_down_sampling():
                                                                [1, 1, 1]]
     assert entry["architecture"]["arch_kwargs"]["norm_op"] == "torch.nn.modules.batchnorm.BatchNorm3d"
     assert any("strides per stage" in m for m in messages)
-    network = _build_from_plans(new_plans, "3d_fullres", 1, 2)
+    network = build_from_plans(new_plans, "3d_fullres", 1, 2)
     assert network(torch.randn(2, 1, 16, 32, 32)).shape == (2, 2, 16, 32, 32)
 
 
@@ -153,7 +125,7 @@ def test_folds_other_than_0_1_2_are_a_clear_error_and_write_nothing(fold, tmp_pa
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
     with pytest.raises(ValueError, match="folds 0, 1, 2"):
-        nnUNetTrainerAllUKAN(_minimal_plans("2d", [64, 64]), "2d", fold, {"labels": {"background": 0, "x": 1}},
+        nnUNetTrainerAllUKAN(minimal_plans("2d", [64, 64]), "2d", fold, {"labels": {"background": 0, "x": 1}},
                              torch.device("cpu"))
     assert not (tmp_path / "results").exists()
 
@@ -228,7 +200,7 @@ def test_every_trainer_is_exported_and_has_nnunet_init_signature():
 
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    defined = {name for module in (trainers, ka_unet_trainers) for name, obj in vars(module).items()
+    defined = {name for module in (trainers, ka_unet_trainers, paper_protocol) for name, obj in vars(module).items()
                if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__}
     assert defined == set(trainers.__all__)
     expected = list(inspect.signature(nnUNetTrainer.__init__).parameters)
@@ -244,7 +216,7 @@ def test_every_trainer_is_exported_and_has_nnunet_init_signature():
 def test_protocol_base_names_no_network(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     with pytest.raises(TypeError, match="names no network"):
-        nnUNetTrainerPaperProtocol(_minimal_plans("2d", [64, 64]), "2d", 0, {"labels": {"background": 0, "x": 1}},
+        nnUNetTrainerPaperProtocol(minimal_plans("2d", [64, 64]), "2d", 0, {"labels": {"background": 0, "x": 1}},
                                    torch.device("cpu"))
 
 
@@ -278,20 +250,14 @@ def test_seed_everything_repeats_numpy_torch_and_random():
     assert draw() == first
 
 
-@pytest.mark.parametrize("record,expected", [
-    ({"class": "nnunet_allukan.networks.ALLUKAN", "kwargs": {"embed_dims": [16, 24, 32], "grad_free": True,
-                                                            "implementation": "fast", "chunk_size": 32}},
-     (31, 12, 0)),
-    ({"class": "nnunet_allukan.networks.UKAN", "kwargs": {"embed_dims": [16, 24, 32], "fc": "linear"}}, (0, 0, 31)),
-])
-def test_model_folders_of_version_0_1_still_build(record, expected):
-    """nnunet-allukan 0.1.0 recorded its network as 'allukan_network' (no architecture entry of its own)."""
+def test_a_model_folder_with_only_the_development_network_record_gets_a_clear_message():
+    """A development version recorded its network as 'allukan_network'; 0.2.0 builds only from 'architecture'."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    plans = _minimal_plans("2d", [64, 64])
-    plans["configurations"]["2d"]["allukan_network"] = record
+    plans = minimal_plans("2d", [64, 64])
+    plans["configurations"]["2d"]["allukan_network"] = {"class": "nnunet_allukan.networks.ALLUKAN",
+                                                       "kwargs": {"embed_dims": [16, 24, 32]}}
     manager = PlansManager(plans)
-    network = nnUNetTrainerAllUKAN.build_network_architecture(manager, manager.get_configuration("2d"), 3, 1, False)
-    summary = network_summary(network)
-    assert (summary["KAConv"], summary["KALinear"], summary["Conv"]) == expected
-    assert network(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    with pytest.raises(RuntimeError, match=r"'allukan_network' entry; nnunet-allukan 0\.2\.0 and later build "
+                                           r"networks only from nnU-Net's 'architecture' entry\. Train the model again"):
+        nnUNetTrainerAllUKAN.build_network_architecture(manager, manager.get_configuration("2d"), 3, 1, False)

@@ -11,7 +11,7 @@ from nnunet_allukan.training import registration
 def test_register_is_idempotent_and_remove_deletes_only_our_module(tmp_path):
     target = tmp_path / registration.SHIM_MODULE_NAME
     assert registration.register(tmp_path) == (target, "registered")
-    assert target.read_text() == registration.SHIM_TEXT
+    assert target.read_text() == registration.shim_text()
     assert "from nnunet_allukan.training.trainers import *" in target.read_text()
     assert registration.register(tmp_path) == (target, "already registered")
     assert sorted(p.name for p in tmp_path.iterdir()) == [registration.SHIM_MODULE_NAME]  # no temp file left
@@ -20,11 +20,11 @@ def test_register_is_idempotent_and_remove_deletes_only_our_module(tmp_path):
     assert registration.unregister(tmp_path) == (target, "was not registered")
 
 
-def test_embedded_shim_text_is_the_shim_source():
-    source = registration.SHIM_SOURCE
-    if not source.is_file():  # a wheel install: the file lives only in nnU-Net's trainer folder
-        source = registration.nnunet_trainer_folder() / registration.SHIM_MODULE_NAME
-    assert source.read_text() == registration.SHIM_TEXT
+def test_shim_text_is_the_installed_shim():
+    """One source: the text registration writes is the shim source, which the wheel placed in nnU-Net's folder."""
+    text = registration.shim_text()
+    assert text.rstrip().endswith("from nnunet_allukan.training.trainers import *  # noqa: F401,F403")
+    assert (registration.nnunet_trainer_folder() / registration.SHIM_MODULE_NAME).read_text() == text
 
 
 def test_a_symlink_to_the_shim_counts_as_registered(tmp_path):
@@ -75,4 +75,4 @@ def test_wheel_installs_the_shim_into_nnunets_trainer_folder_and_declares_the_co
         f"nnunetv2/training/nnUNetTrainer/{registration.SHIM_MODULE_NAME}"
     scripts = config["project"]["scripts"]
     assert scripts["nnUNetv2_allukan_register"] == "nnunet_allukan.training.registration:main"
-    assert scripts["nnUNetv2_allukan_demo"] == "nnunet_allukan.training.demo:main"
+    assert scripts["nnUNetv2_allukan_demo"] == "nnunet_allukan.commands.demo:main"

@@ -8,25 +8,25 @@ from nnunet_allukan.networks import build_table2_network, network_summary
 from nnunet_allukan.paper import KAN_FC_LR
 from nnunet_allukan.training import trainers
 from nnunet_allukan.training.protocol import ClosedFormCosineLRScheduler, cosine_annealing_lr, is_kan_fc_parameter
-from test_trainer_protocol import _build_from_plans, _minimal_plans
+from plans_helpers import build_from_plans, minimal_plans
 
-# Parameter totals with 3 input channels and 1 output (docs/architecture.md's Table 2 column).
+# Parameter totals with 3 input channels and 1 output (docs/networks.md's Table 2 column).
 EXPECTED_PARAMETERS = {4: 2_764_561, 5: 6_356_689, 6: 2_779_345, 7: 6_356_689, 8: 2_779_345, 9: 27_492_064,
                        10: 27_492_064, 11: 2_806_120, 12: 2_842_547, 13: 2_806_120}
 
 
-def _trainer(name: str, tmp_path, monkeypatch):
+def make_trainer(name: str, tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
-    plans = _minimal_plans("2d", [64, 64])
+    plans = minimal_plans("2d", [64, 64])
     return getattr(trainers, name)(plans, "2d", 0, {"labels": {"background": 0, "lesion": 1}},
                                    torch.device("cpu"))
 
 
 @pytest.mark.parametrize("row", range(4, 14))
 def test_every_table2_row_trainer_builds_its_row(row, tmp_path, monkeypatch):
-    trainer = _trainer(f"nnUNetTrainerTable2Row{row}", tmp_path, monkeypatch)
-    network = _build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
+    trainer = make_trainer(f"nnUNetTrainerTable2Row{row}", tmp_path, monkeypatch)
+    network = build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
     summary = network_summary(network)
     assert summary["parameters"] == EXPECTED_PARAMETERS[row]
     expected = network_summary(build_table2_network(row))
@@ -49,8 +49,8 @@ def _reference_kan_lr_names(network: torch.nn.Module) -> set[str]:
 @pytest.mark.parametrize("name,fc_parameters", [("nnUNetTrainerUKAN_kanlr", 36),
                                                 ("nnUNetTrainerAllUKAN_kanlr", 24)])
 def test_kanlr_variants_give_exactly_the_fc_layers_lr_1e2(name, fc_parameters, tmp_path, monkeypatch):
-    trainer = _trainer(name, tmp_path, monkeypatch)
-    trainer.network = _build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
+    trainer = make_trainer(name, tmp_path, monkeypatch)
+    trainer.network = build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
     optimizer, scheduler = trainer.configure_optimizers()
     by_id = {id(p): n for n, p in trainer.network.named_parameters()}
     low, high = optimizer.param_groups
@@ -66,8 +66,8 @@ def test_kanlr_variants_give_exactly_the_fc_layers_lr_1e2(name, fc_parameters, t
 
 
 def test_plain_trainers_keep_one_lr(tmp_path, monkeypatch):
-    trainer = _trainer("nnUNetTrainerUKAN", tmp_path, monkeypatch)
-    trainer.network = _build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
+    trainer = make_trainer("nnUNetTrainerUKAN", tmp_path, monkeypatch)
+    trainer.network = build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
     optimizer, _ = trainer.configure_optimizers()
     assert len(optimizer.param_groups) == 1
 

@@ -3,6 +3,7 @@ tables in the layout of paper Table 1 with the paper's numbers, learned-activati
 
 The metric code (``metrics``) is pure numpy; ``collect`` reads nnU-Net result folders; ``tables`` holds the paper's
 numbers and writes Markdown / CSV / JSON; ``activations`` and ``overlays`` draw PNGs with matplotlib (Agg).
+The console commands over these are in :mod:`nnunet_allukan.commands.evaluation`.
 """
 from nnunet_allukan.evaluation.metrics import (
     CaseCounts, NonBinaryMaskError, binarize, case_counts, f1_from_iou, iou_from_counts, mean_std,

@@ -25,7 +25,7 @@ import torch.nn as nn
 from nnunet_allukan.layers import (KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d, KALinear, KANConv2d,
                                    KANLinear)
 
-__all__ = ["PathGradients", "spline_and_silu_gradients", "fig3b_network", "plot_gradients"]
+__all__ = ["PathGradients", "fig3b_network", "path_input_gradient", "plot_gradients", "spline_and_silu_gradients"]
 
 # layer type -> (spline-path weight, silu/base-path weight)
 PATH_WEIGHTS = {KALinear: ("v", "u"), KAConv2d: ("v", "u"), KAConv3d: ("v", "u"), KAConvTranspose2d: ("v", "u"),
@@ -42,7 +42,7 @@ class PathGradients:
     ratio: float  # mean |G_S| / mean |G_L|
 
 
-def _path_input_gradient(layer: nn.Module, x: torch.Tensor, grad_output: torch.Tensor, keep: str) -> torch.Tensor:
+def path_input_gradient(layer: nn.Module, x: torch.Tensor, grad_output: torch.Tensor, keep: str) -> torch.Tensor:
     """dL/dx through one path only: a copy of ``layer`` with full spline gradients and the other path's weight 0."""
     spline, silu = PATH_WEIGHTS[type(layer)]
     clone = copy.deepcopy(layer)
@@ -90,8 +90,8 @@ def spline_and_silu_gradients(network: nn.Module, inputs: torch.Tensor,
         x, g = records[name].get("x"), records[name].get("g")
         if x is None or g is None:
             continue  # a layer the forward pass did not use
-        spline = _path_input_gradient(module, x, g, "spline").abs().mean().item()
-        silu = _path_input_gradient(module, x, g, "silu").abs().mean().item()
+        spline = path_input_gradient(module, x, g, "spline").abs().mean().item()
+        silu = path_input_gradient(module, x, g, "silu").abs().mean().item()
         results.append(PathGradients(name, type(module).__name__, spline, silu, spline / silu if silu else float("inf")))
     return results
 

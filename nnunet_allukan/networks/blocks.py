@@ -8,6 +8,7 @@ exactly (``u-kan-and-paper-facts.md`` sec. 3).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -16,8 +17,8 @@ import torch.nn as nn
 
 from ..layers import KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d, KANConv2d
 
-__all__ = ["LayerTypes", "conv_op_dim", "ConvLayer", "DConvLayer", "PatchEmbed", "DWNormNonlin", "TokenKANLayer",
-           "TokenKANBlock"]
+__all__ = ["LayerTypes", "accepted_options", "conv_op_dim", "ConvLayer", "DConvLayer", "PatchEmbed", "DWNormNonlin",
+           "TokenKANLayer", "TokenKANBlock"]
 
 
 def conv_op_dim(conv_op: type) -> int:
@@ -147,3 +148,9 @@ def default_norm_op(dim: int) -> type:
 
 def optional_kwargs(kwargs: Optional[dict]) -> dict:
     return {} if kwargs is None else dict(kwargs)
+
+
+def accepted_options(op: type, options: dict) -> dict:
+    """The entries of ``options`` that ``op``'s constructor takes (so one override can address every layer kind)."""
+    parameters = inspect.signature(op.__init__).parameters
+    return {k: v for k, v in options.items() if k in parameters}

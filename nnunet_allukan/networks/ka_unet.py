@@ -17,8 +17,7 @@ import torch.nn as nn
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
 from ..layers import KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d
-from .blocks import conv_op_dim
-from .variants import _accepted
+from .blocks import accepted_options, conv_op_dim
 
 __all__ = ["KAPlainConvUNet", "KAResidualEncoderUNet", "replace_convolutions", "KA_CONV_OPS", "KA_TRANSPCONV_OPS"]
 
@@ -49,7 +48,7 @@ def replace_convolutions(network: nn.Module, conv_op: type, transpconv_op: type,
     """
     dim = conv_op_dim(conv_op)
     plain_conv, plain_transpconv = _PLAIN_CONV[dim], _PLAIN_TRANSPCONV[dim]
-    conv_options, transpconv_options = _accepted(conv_op, ka_kwargs), _accepted(transpconv_op, ka_kwargs)
+    conv_options, transpconv_options = accepted_options(conv_op, ka_kwargs), accepted_options(transpconv_op, ka_kwargs)
     replacement: dict[int, nn.Module] = {}
     for module in network.modules():
         if type(module) is plain_conv:

@@ -1,7 +1,6 @@
 """The paper's Table 2 rows 4-13 as named network configurations (layer types + options), and module counting."""
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -9,6 +8,7 @@ import torch.nn as nn
 
 from ..layers import (KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d, KALinear, KANConv2d, KANLinear)
 from ..paper import EMBED_DIMS, TABLE2_PARAMS_MILLIONS
+from .blocks import accepted_options
 from .ukan import UKAN
 
 __all__ = ["Table2Row", "TABLE2_ROWS", "table2_row", "build_table2_network", "network_summary", "layer_counts_text",
@@ -18,12 +18,6 @@ __all__ = ["Table2Row", "TABLE2_ROWS", "table2_row", "build_table2_network", "ne
 def type_path(cls: type) -> str:
     """Dotted import path of a class, as nnU-Net's plans record ``conv_op`` etc. (``pydoc.locate`` reads it back)."""
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _accepted(op: type, options: dict) -> dict:
-    """The entries of ``options`` that ``op``'s constructor takes (so one override can address every layer kind)."""
-    parameters = inspect.signature(op.__init__).parameters
-    return {k: v for k, v in options.items() if k in parameters}
 
 
 @dataclass(frozen=True)
@@ -56,8 +50,8 @@ class Table2Row:
         """Keyword arguments of :class:`UKAN` for this row; ``layer_options`` (e.g. ``chunk_size``,
         ``implementation``, ``grad_free``) override the row's options in every layer type that takes them."""
         conv_op = self.conv_op(dim)
-        return dict(conv_op=conv_op, conv_kwargs={**self.conv_kwargs, **_accepted(conv_op, layer_options)},
-                    fc_op=self.fc_op, fc_kwargs={**self.fc_kwargs, **_accepted(self.fc_op, layer_options)})
+        return dict(conv_op=conv_op, conv_kwargs={**self.conv_kwargs, **accepted_options(conv_op, layer_options)},
+                    fc_op=self.fc_op, fc_kwargs={**self.fc_kwargs, **accepted_options(self.fc_op, layer_options)})
 
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}

@@ -81,7 +81,6 @@ def plans_with_ukan_architecture(plans: dict, configuration: str, row: "int | st
     entry["patch_size"] = rounded
     entry["batch_size"] = BATCH_SIZE
     entry["architecture"] = ukan_architecture_entry(row, dim, strides, embed_dims, **layer_options)
-    entry.pop("allukan_network", None)  # the record of nnunet-allukan 0.1.0, superseded by 'architecture'
     return new_plans, messages
 
 

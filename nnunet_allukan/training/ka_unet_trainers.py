@@ -14,18 +14,15 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_allukan.networks import layer_counts_text, network_summary
 from nnunet_allukan.training.architectures import plans_with_ka_architecture
-from nnunet_allukan.training.faults import TrainingFaultsMixin, unwrapped_network
+from nnunet_allukan.training.base import KATrainerBase, unwrapped_network
 
-__all__ = ["nnUNetTrainerKAUNet"] + [f"nnUNetTrainerKAUNet_{n}" for n in
-                                     ("1epoch", "2epochs", "5epochs", "10epochs", "20epochs", "50epochs",
-                                      "100epochs", "250epochs", "smoke")]
+__all__ = ["nnUNetTrainerKAUNet", "nnUNetTrainerKAUNet_smoke"]
 
 
-class nnUNetTrainerKAUNet(TrainingFaultsMixin, nnUNetTrainer):
+class nnUNetTrainerKAUNet(KATrainerBase):
     """nnU-Net's planned U-Net with KA layers everywhere, trained exactly as ``nnUNetTrainer`` trains."""
 
     # Options of every KA layer (the fast KAonv builds no per-input bases: no chunk_size to record).
@@ -48,16 +45,6 @@ class nnUNetTrainerKAUNet(TrainingFaultsMixin, nnUNetTrainer):
             f"\nNetwork: {architecture['network_class_name']} (nnU-Net's planned network, fully KA), "
             f"{summary['parameters']:,} parameters; layers: {layer_counts}; KA options {self.ka_kwargs}\n",
             add_timestamp=False)
-
-
-class nnUNetTrainerKAUNet_1epoch(nnUNetTrainerKAUNet): epochs = 1
-class nnUNetTrainerKAUNet_2epochs(nnUNetTrainerKAUNet): epochs = 2
-class nnUNetTrainerKAUNet_5epochs(nnUNetTrainerKAUNet): epochs = 5
-class nnUNetTrainerKAUNet_10epochs(nnUNetTrainerKAUNet): epochs = 10
-class nnUNetTrainerKAUNet_20epochs(nnUNetTrainerKAUNet): epochs = 20
-class nnUNetTrainerKAUNet_50epochs(nnUNetTrainerKAUNet): epochs = 50
-class nnUNetTrainerKAUNet_100epochs(nnUNetTrainerKAUNet): epochs = 100
-class nnUNetTrainerKAUNet_250epochs(nnUNetTrainerKAUNet): epochs = 250
 
 
 class nnUNetTrainerKAUNet_smoke(nnUNetTrainerKAUNet):

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.optim.lr_scheduler import _LRScheduler
+from torch.optim.lr_scheduler import LRScheduler
 
 from nnunet_allukan.paper import (BATCH_SIZE, DIVISOR, INITIAL_LR, MIN_LR, NUM_DOWNSAMPLINGS, SPLIT_SEEDS)
 
@@ -42,7 +42,7 @@ def cosine_annealing_lr(epoch: int, num_epochs: int, initial_lr: float = INITIAL
     return min_lr + (initial_lr - min_lr) * (1.0 + math.cos(math.pi * progress)) / 2.0
 
 
-class ClosedFormCosineLRScheduler(_LRScheduler):
+class ClosedFormCosineLRScheduler(LRScheduler):
     """Sets each parameter group's lr to :func:`cosine_annealing_lr` of the given epoch, from the group's own
     starting lr (``initial_lr``, recorded when the scheduler is built) down to ``min_lr``.
 

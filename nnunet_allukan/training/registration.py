@@ -14,17 +14,25 @@ import sys
 from pathlib import Path
 
 SHIM_MODULE_NAME = "nnUNetTrainerAllUKAN.py"
-# The source of the shim. The wheel installs that file only at its destination in nnU-Net's folder (hatchling
-# force-include moves it), so its text is kept here too; tests/test_trainer_registration.py checks both agree.
 SHIM_SOURCE = Path(__file__).with_name("nnunet_trainer_shim.py")
-SHIM_TEXT = '''"""Installed by the wheel as ``nnunetv2/training/nnUNetTrainer/nnUNetTrainerAllUKAN.py``.
 
-nnU-Net resolves ``-tr NAME`` by importing the modules of that folder (plain modules first) and
-looking for a class called NAME. Re-exporting the plugin's trainers here makes the stock
-``nnUNetv2_train`` / ``nnUNetv2_predict`` find them before nnU-Net reaches modules that import timm.
-"""
-from nnunet_allukan.training.trainers import *  # noqa: F401,F403
-'''
+
+def shim_text() -> str:
+    """The shim's text: its source file in a checkout (editable install), else the copy the wheel installed (the
+    wheel moves the file to nnU-Net's trainer folder and lists it among this distribution's files)."""
+    if SHIM_SOURCE.is_file():
+        return SHIM_SOURCE.read_text()
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        files = distribution("nnunet-allukan").files or []
+    except PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.name == SHIM_MODULE_NAME:
+            return file.read_text()
+    raise FileNotFoundError(f"neither {SHIM_SOURCE} nor the wheel's {SHIM_MODULE_NAME} is present: reinstall "
+                            "nnunet-allukan (pip install .)")
 
 
 def nnunet_trainer_folder() -> Path:
@@ -38,7 +46,7 @@ def is_our_shim(path: Path) -> bool:
     """True if ``path`` is the shim: a link to its source, or a file with its exact text (the wheel's copy)."""
     if path.is_symlink():
         return path.resolve() == SHIM_SOURCE.resolve()
-    return path.is_file() and path.read_text() == SHIM_TEXT
+    return path.is_file() and path.read_text() == shim_text()
 
 
 def register(trainer_folder: Path | None = None) -> tuple[Path, str]:
@@ -55,7 +63,7 @@ def register(trainer_folder: Path | None = None) -> tuple[Path, str]:
             "nnUNetv2_allukan_register again.")
     tmp = folder / (SHIM_MODULE_NAME + ".tmp")
     try:
-        tmp.write_text(SHIM_TEXT)
+        tmp.write_text(shim_text())
         os.replace(tmp, target)
     except OSError as e:
         tmp.unlink(missing_ok=True)

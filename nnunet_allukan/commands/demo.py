@@ -10,8 +10,9 @@ is written, then the project's and nnU-Net's own console commands run in order:
 5. IoU / F1 (per image and the reference code's batch-pooled protocol) and an overlay PNG.
 
 Everything lands in one output folder (default ``./allukan_demo``), printed at the end. The defaults
-(120 images of 64 x 64, 100 short epochs = 1200 steps of ALL U-KAN, 6.5-13.5 min measured) are sized for a 2-core CPU; the scores of
-such a short run say that the pipeline works, not what ALL U-KAN reaches with the paper's 400 epochs.
+(120 images of 64 x 64, 100 short epochs = 1200 steps of ALL U-KAN) are sized for a 2-core CPU (its time:
+docs/performance.md); the scores of such a short run say that the pipeline works, not what ALL U-KAN reaches
+with the paper's 400 epochs.
 """
 from __future__ import annotations
 
@@ -30,9 +31,8 @@ from PIL import Image
 from nnunet_allukan.paper import DIVISOR
 
 DEMO_DATASET_ID = 701
-# 96 training images = 12 steps per epoch, 1200 steps in all: the faster KAonv layers (issue 11) buy four times
-# the old demo's 300 steps in ~1.5x its time. Measured: 600 steps (60 or 120 images) stopped at ~80 % held-out
-# IoU with masks ~1 px too large; 1200 steps reached 89 %.
+# 96 training images = 12 steps per epoch, 1200 steps in all: with half as many steps the predicted masks stay
+# about a pixel too large and the held-out IoU well below what the synthetic lesions allow.
 DEMO_TRAINER = "nnUNetTrainerAllUKAN_100epochs"
 DEMO_BENIGN, DEMO_MALIGNANT = 80, 40
 DEMO_FOLD = 0

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nnunet_allukan.training import demo
+from nnunet_allukan.commands import demo
 
 
 def test_bad_size_is_an_error_and_writes_nothing(tmp_path, capsys):

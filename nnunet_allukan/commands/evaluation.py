@@ -1,4 +1,5 @@
-"""Console commands: nnUNetv2_allukan_evaluate, nnUNetv2_allukan_plot_activations, nnUNetv2_allukan_plot_overlays."""
+"""Console commands over nnU-Net result folders: nnUNetv2_allukan_evaluate and nnUNetv2_allukan_plot_activations,
+_overlays, _gradients (the computations are in :mod:`nnunet_allukan.evaluation`)."""
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,8 @@ def _raise_on_sigterm(signum, frame):
     raise Terminated
 
 
-def _run(function: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
-         argv: Sequence[str] | None) -> None:
+def run_reporting_errors(function: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
+                         argv: Sequence[str] | None) -> None:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
@@ -138,7 +139,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> None:
-    _run(_evaluate, evaluate_parser(), argv)
+    run_reporting_errors(_evaluate, evaluate_parser(), argv)
 
 
 # ---------------------------------------------------------------------------------------------- activations
@@ -203,7 +204,7 @@ def _plot_activations(args: argparse.Namespace) -> None:
 
 
 def plot_activations_main(argv: Sequence[str] | None = None) -> None:
-    _run(_plot_activations, activations_parser(), argv)
+    run_reporting_errors(_plot_activations, activations_parser(), argv)
 
 
 # ---------------------------------------------------------------------------------------------- overlays
@@ -266,7 +267,7 @@ def _plot_overlays(args: argparse.Namespace) -> None:
 
 
 def plot_overlays_main(argv: Sequence[str] | None = None) -> None:
-    _run(_plot_overlays, overlays_parser(), argv)
+    run_reporting_errors(_plot_overlays, overlays_parser(), argv)
 
 
 # ---------------------------------------------------------------------------------------------- gradients (Fig. 3b)
@@ -398,7 +399,7 @@ def _plot_gradients(args: argparse.Namespace) -> None:
 
 
 def plot_gradients_main(argv: Sequence[str] | None = None) -> None:
-    _run(_plot_gradients, gradients_parser(), argv)
+    run_reporting_errors(_plot_gradients, gradients_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
