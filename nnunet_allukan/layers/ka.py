@@ -319,8 +319,8 @@ class _KAConvFunction(torch.autograd.Function):
 
 
 # Forward keeps the window sums P for backward when they are at most this fraction of the input's size
-# (n_bases / C_g of it at stride 1: C_g >= 32 for the cubic grid's 8 bases); backward then needs no second pass
-# of the basis kernel. Narrower layers recompute P: keeping it would more than add a quarter to what the layer
+# (n_bases / C_g of it at stride 1: C_g >= 32 for the cubic grid's 8 bases); backward then need not run
+# the basis kernel again. Narrower layers recompute P: keeping it would more than add a quarter to what the layer
 # saves (for C_g < 8, more than the input itself).
 _KEEP_WINDOW_SUMS_MAX_FRACTION = 0.25
 
