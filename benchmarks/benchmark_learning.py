@@ -24,13 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
+from nnunet_allukan.filesystem import (OverwriteRefused, check_replaceable, mark_output_folder,  # noqa: E402
+                                       remove_output_folder)
+
 BUDGET_SUFFIX = "__budget"
+COMMAND = "benchmark_learning.py"
+# What this script writes into -o: --overwrite removes the folder only if it holds nothing else.
+OUTPUT_CONTENTS = ("logs", "results", "learning_summary.json", "learning_curves.png")
 
 # Runs nnU-Net's own nnUNetv2_train entry point in a child process, with the trainer it is given replaced by a
 # subclass that applies the budget. The child resolves every other trainer name as nnU-Net does.
@@ -91,8 +97,14 @@ def check_args(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise SystemExit(f"ERROR: --{name.replace('_', '-')} must be at least 1, got {value}.")
     output = Path(args.output)
-    if output.exists() and any(output.iterdir()) and not args.overwrite:
-        raise SystemExit(f"ERROR: {output} exists and is not empty. Choose another -o or pass --overwrite.")
+    if output.exists() and any(output.iterdir()):
+        if not args.overwrite:
+            raise SystemExit(f"ERROR: {output} exists and is not empty. Choose another -o or pass --overwrite "
+                             "(replaces only the output of an earlier run of this script).")
+        try:
+            check_replaceable(output, COMMAND, OUTPUT_CONTENTS, "choose another -o")
+        except OverwriteRefused as refused:
+            raise SystemExit(f"ERROR: {refused}") from None
     if not os.environ.get("nnUNet_preprocessed"):
         raise SystemExit("ERROR: nnUNet_preprocessed is not set: plan and preprocess the dataset first "
                          "(nnUNetv2_plan_and_preprocess -d DATASET -c CONFIGURATION).")
@@ -157,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     budget = {"epochs": args.epochs, "iterations": args.iterations, "batch": args.batch,
               "val_iterations": args.val_iterations or max(1, args.iterations // 5)}
     output = Path(args.output).resolve()
-    if output.exists() and args.overwrite:
-        shutil.rmtree(output)
-    (output / "logs").mkdir(parents=True, exist_ok=True)
+    if output.exists() and any(output.iterdir()):
+        remove_output_folder(output, COMMAND, OUTPUT_CONTENTS, "choose another -o")
+    output.mkdir(parents=True, exist_ok=True)
+    mark_output_folder(output, COMMAND)
+    (output / "logs").mkdir()
 
     results: dict[str, dict] = {}
     failed: list[str] = []

@@ -29,10 +29,16 @@ from dataset_conversion.errors import ConversionError, ConversionProblems, files
 from dataset_conversion.masks import SOFT_MASK_THRESHOLD, BinarisedMask, binarize_binary_mask, binarize_instance_map
 from dataset_conversion.reading import captured_read_warnings, read_image_rgb, read_mask_array
 from dataset_conversion.sources import CaseSource, DatasetInfo, unique_case_id_problems
-from nnunet_allukan.filesystem import make_fresh_folder, move_into_place, try_lock
+from nnunet_allukan.filesystem import (OverwriteRefused, check_replaceable, make_fresh_folder, mark_output_folder,
+                                       move_into_place, try_lock)
 
+COMMAND = "nnUNetv2_convert_allukan_dataset"
 # Next to dataset.json: the masks that were thresholded, with what it changed.
 MASK_REPORT_NAME = "thresholded_masks.csv"
+# Everything a conversion writes into DatasetXXX_NAME: --overwrite replaces a dataset only if it holds nothing else
+# (e.g. no imagesTs added by hand).
+DATASET_CONTENTS = ("imagesTr", "labelsTr", "dataset.json", "conversion_record.json", "paper_splits.json",
+                    MASK_REPORT_NAME)
 
 
 @dataclass
@@ -177,7 +183,8 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 
 def _check_target(raw_folder: Path, dataset_id: int, folder_name: str, overwrite: bool) -> None:
-    """Refuse an existing dataset (without ``overwrite``) and an id taken by a dataset of another name.
+    """Refuse an existing dataset (without ``overwrite``, or with it one that this command did not write or that
+    holds files it did not write) and an id taken by a dataset of another name.
 
     nnU-Net resolves ``-d ID`` over nnUNet_raw, nnUNet_preprocessed and nnUNet_results and fails when the id
     maps to two names: its find_candidate_datasets lists what it finds there; ``raw_folder`` (which may be
@@ -197,6 +204,11 @@ def _check_target(raw_folder: Path, dataset_id: int, folder_name: str, overwrite
     target = raw_folder / folder_name
     if target.exists() and not overwrite:
         raise ConversionError(f"{target} already exists; pass --overwrite to replace it")
+    if target.exists():
+        try:
+            check_replaceable(target, COMMAND, DATASET_CONTENTS, "convert under another id with -d")
+        except OverwriteRefused as refused:
+            raise ConversionError(str(refused)) from None
 
 
 def _clear_interrupted_runs(raw_folder: Path, dataset_id: int, target: Path) -> None:
@@ -343,6 +355,7 @@ def write_nnunet_dataset(
     lock = None
     try:
         lock = try_lock(temporary)
+        mark_output_folder(temporary, COMMAND)
         (temporary / "imagesTr").mkdir()
         (temporary / "labelsTr").mkdir()
         keep = [case for case in sorted(cases, key=lambda c: c.case_id)]

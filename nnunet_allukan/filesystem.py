@@ -1,6 +1,6 @@
-"""File-system helpers of the converter and the evaluation: outputs are written into a fresh folder and moved
-into place only once complete, with the modes a plain ``mkdir`` / ``open`` gives under the user's umask, and a
-failed write is described with its fix."""
+"""File-system helpers of the commands: outputs are written into a fresh folder and moved into place only once
+complete, with the modes a plain ``mkdir`` / ``open`` gives under the user's umask; a failed write is described
+with its fix; ``--overwrite`` removes only a folder that the command itself made."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import errno
 import os
 import secrets
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 try:
@@ -73,3 +74,63 @@ def move_into_place(temporary: Path, target: Path) -> None:
         os.rename(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# Written into every output folder a command of this project creates (its text: the command's name). --overwrite
+# removes a folder only if it holds this file and nothing but what that command writes there.
+OUTPUT_MARKER = ".nnunet_allukan_output"
+
+
+class OverwriteRefused(Exception):
+    """``--overwrite`` was given a folder that the command did not make (or one it must never remove); the
+    message names the folder and what to do. Nothing was removed."""
+
+
+def protected_folders() -> dict[Path, str]:
+    """Folders that --overwrite never removes, nor any folder that contains one of them."""
+    folders = {Path.cwd().resolve(): "the current directory",
+               Path(__file__).resolve().parents[1]: "the folder that holds nnunet-allukan"}
+    try:
+        folders[Path.home().resolve()] = "your home folder"
+    except RuntimeError:  # no home directory can be determined
+        pass
+    return folders
+
+
+def mark_output_folder(folder: Path, command: str) -> None:
+    """Record in ``folder`` (just created by ``command``) that ``command --overwrite`` may replace it."""
+    (Path(folder) / OUTPUT_MARKER).write_text(f"{command}\n")
+
+
+def check_replaceable(folder: Path, command: str, contents: Iterable[str], instead: str) -> None:
+    """Raise :class:`OverwriteRefused` unless ``command --overwrite`` may remove ``folder``: it holds the marker
+    of ``command``, nothing but ``contents`` besides it, and is none of :func:`protected_folders` nor contains
+    one. ``instead`` is the way out the message offers (e.g. "pick another folder with -o")."""
+    folder = Path(folder).resolve()
+    protected = protected_folders()
+    where = protected.get(folder) or next((f"a folder that holds {what} ({inner})" for inner, what in protected.items()
+                                           if folder in inner.parents), None)
+    if where:
+        raise OverwriteRefused(f"--overwrite will not remove {folder}: it is {where}. Nothing was removed; {instead}.")
+    marker = folder / OUTPUT_MARKER
+    try:
+        made_by = marker.read_text().strip()
+    except OSError:
+        made_by = None
+    if made_by != command:
+        raise OverwriteRefused(
+            f"--overwrite removes only a folder that {command} made, and {folder} has no {OUTPUT_MARKER} of "
+            f"{command} (it holds other files, or an earlier version of {command} made it). Nothing was removed; "
+            f"delete the folder by hand if nothing in it is yours, or {instead}.")
+    allowed = set(contents) | {OUTPUT_MARKER}
+    foreign = sorted(entry.name for entry in folder.iterdir() if entry.name not in allowed)
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OverwriteRefused(f"--overwrite will not remove {folder}: it holds {listed}, which {command} did not "
+                               f"write. Nothing was removed; move those out of it, or {instead}.")
+
+
+def remove_output_folder(folder: Path, command: str, contents: Iterable[str], instead: str) -> None:
+    """Remove ``folder`` for ``command --overwrite`` after :func:`check_replaceable` allowed it."""
+    check_replaceable(folder, command, contents, instead)
+    shutil.rmtree(Path(folder).resolve())

@@ -126,6 +126,7 @@ def test_conversion_is_byte_identical_and_parallel_equals_serial(busi_source, tm
     second = convert_dataset("busi", busi_source, size=48, raw_folder=tmp_path / "raw_b", num_processes=2)
     files_a = sorted(p.relative_to(first.dataset_folder) for p in first.dataset_folder.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(second.dataset_folder) for p in second.dataset_folder.rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 7 * 2 + 4
+    # 7 images and 7 labels; dataset.json, conversion_record.json, paper_splits.json, the mask report, the marker
+    assert files_a == files_b and len(files_a) == 7 * 2 + 5
     for rel in files_a:
         assert (first.dataset_folder / rel).read_bytes() == (second.dataset_folder / rel).read_bytes(), rel

@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nnunet_allukan.filesystem import OverwriteRefused, mark_output_folder, remove_output_folder
 from nnunet_allukan.paper import DIVISOR
+
+COMMAND = "nnUNetv2_allukan_demo"
 
 DEMO_DATASET_ID = 701
 # 96 training images = 12 steps per epoch, 1200 steps in all: with half as many steps the predicted masks stay
@@ -39,6 +42,11 @@ DEMO_FOLD = 0
 OVERLAY_CASES = 4
 GROUND_TRUTH_RGB = (40, 220, 60)
 PREDICTION_RGB = (235, 40, 40)
+# What the demo writes into its output folder: --overwrite removes the folder only if it holds nothing else.
+LOGS, SOURCE, HELD_OUT, PREDICTIONS = "logs", "synthetic_source", "held_out_images", "predictions"
+RESULTS_JSON, OVERLAY_PNG = "demo_results.json", "overlay.png"
+NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+OUTPUT_CONTENTS = (LOGS, SOURCE, HELD_OUT, PREDICTIONS, RESULTS_JSON, OVERLAY_PNG) + NNUNET_FOLDERS
 
 
 class DemoError(RuntimeError):
@@ -120,12 +128,14 @@ def score_predictions(cases: list[str], labels: Path, predictions: Path) -> dict
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nnUNetv2_allukan_demo",
+        prog=COMMAND,
         description="Synthetic BUSI-like data -> conversion -> nnU-Net planning/preprocessing -> short ALL U-KAN "
                     "training on CPU -> prediction of the held-out cases -> IoU/F1 and an overlay PNG.")
     parser.add_argument("-o", "--output_folder", type=Path, default=Path("allukan_demo"),
                         help="everything is written here (default: ./allukan_demo)")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output of an earlier run of this command in the output folder (a folder "
+                             "it did not make, or that holds other files, is never removed)")
     parser.add_argument("--benign", type=int, default=DEMO_BENIGN,
                         help=f"synthetic benign cases (default {DEMO_BENIGN})")
     parser.add_argument("--malignant", type=int, default=DEMO_MALIGNANT,
@@ -142,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         output = run_demo(args)
-    except (DemoError, ValueError) as e:
-        print(f"\nnUNetv2_allukan_demo: error: {e}", file=sys.stderr)
+    except (DemoError, OverwriteRefused, ValueError) as e:
+        print(f"\n{COMMAND}: error: {e}", file=sys.stderr)
         return 1
     print(f"\n[demo] output folder: {output}")
     return 0
@@ -157,16 +167,20 @@ def run_demo(args: argparse.Namespace) -> Path:
     if args.benign + args.malignant < 10:
         raise ValueError("need at least 10 benign + malignant cases for an 80/20 split with a useful held-out set")
     output = args.output_folder.resolve()
+    if output.exists() and not output.is_dir():
+        raise DemoError(f"output folder {output} is a file: choose another folder with -o")
     if output.exists() and any(output.iterdir()):
         if not args.overwrite:
-            raise DemoError(f"output folder {output} exists and is not empty; pass --overwrite or choose another "
-                            "folder with -o")
-        shutil.rmtree(output)
-    logs = output / "logs"
-    logs.mkdir(parents=True)
+            raise DemoError(f"output folder {output} exists and is not empty; pass --overwrite (replaces only the "
+                            f"output of an earlier {COMMAND}) or choose another folder with -o")
+        remove_output_folder(output, COMMAND, OUTPUT_CONTENTS, "choose another folder with -o")
+    output.mkdir(parents=True, exist_ok=True)
+    mark_output_folder(output, COMMAND)
+    logs = output / LOGS
+    logs.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_compile"}  # compile slows CPU runs down
     env["PYTHONUNBUFFERED"] = "1"  # the steps' progress is shown line by line
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    for name in NNUNET_FOLDERS:
         (output / name).mkdir()
         env[name] = str(output / name)
     env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
@@ -178,7 +192,7 @@ def run_demo(args: argparse.Namespace) -> Path:
 
     print(f"[demo 1/6] writing a synthetic BUSI-like dataset ({args.benign} benign, {args.malignant} malignant, "
           f"2 normal) in the distributed layout", flush=True)
-    source = make_synthetic_busi(output / "synthetic_source", n_benign=args.benign, n_malignant=args.malignant,
+    source = make_synthetic_busi(output / SOURCE, n_benign=args.benign, n_malignant=args.malignant,
                                  n_normal=2, seed=0)
     print(f"[demo] written to {source}")
 
@@ -200,11 +214,11 @@ def run_demo(args: argparse.Namespace) -> Path:
     print("\n[demo 5/6] predicting the held-out cases with nnUNetv2_predict", flush=True)
     splits = json.loads((output / "nnUNet_preprocessed" / raw.name / "splits_allukan_paper.json").read_text())
     held_out = list(splits[DEMO_FOLD]["val"])
-    held_out_images = output / "held_out_images"
+    held_out_images = output / HELD_OUT
     held_out_images.mkdir()
     for case in held_out:
         shutil.copy(raw / "imagesTr" / f"{case}_0000.png", held_out_images)
-    predictions = output / "predictions"
+    predictions = output / PREDICTIONS
     run_step("predict", ["nnUNetv2_predict", "-i", str(held_out_images), "-o", str(predictions), "-d", dataset_id,
                          "-c", "2d", "-f", str(DEMO_FOLD), "-tr", args.trainer, "-device", args.device,
                          "-npp", "1", "-nps", "1"], env, logs)
@@ -213,15 +227,15 @@ def run_demo(args: argparse.Namespace) -> Path:
     scores = score_predictions(held_out, raw / "labelsTr", predictions)
     scores.update(trainer=args.trainer, fold=DEMO_FOLD, image_size=args.size,
                   minutes=round((time.time() - started) / 60, 1))
-    (output / "demo_results.json").write_text(json.dumps(scores, indent=1))
-    overlay_png = output / "overlay.png"
+    (output / RESULTS_JSON).write_text(json.dumps(scores, indent=1))
+    overlay_png = output / OVERLAY_PNG
     write_overlay_png(held_out[:OVERLAY_CASES], held_out_images, raw / "labelsTr", predictions, overlay_png)
     print(f"[demo] {len(held_out)} held-out cases, {args.trainer}:")
     print(f"[demo]   per image (mean):             IoU {100 * scores['per_image']['IoU']:.2f} %  "
           f"F1 {100 * scores['per_image']['F1']:.2f} %")
     print(f"[demo]   reference protocol (batch 8): IoU {100 * scores['reference_batch_pooled']['IoU']:.2f} %  "
           f"F1 {100 * scores['reference_batch_pooled']['F1']:.2f} %")
-    print(f"[demo] scores: {output / 'demo_results.json'}")
+    print(f"[demo] scores: {output / RESULTS_JSON}")
     print(f"[demo] overlay (image | ground truth green | prediction red): {overlay_png}")
     print(f"[demo] trained model: {output / 'nnUNet_results' / raw.name}")
     print(f"[demo] total {scores['minutes']} min")
