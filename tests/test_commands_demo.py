@@ -13,6 +13,11 @@ def test_bad_size_is_an_error_and_writes_nothing(tmp_path, capsys):
     assert not output.exists()
 
 
+def test_messages_name_the_command(tmp_path, capsys):
+    assert demo.main(["-o", str(tmp_path / "demo"), "--size", "50"]) == 1
+    assert "\nnnUNetv2_allukan_demo: error: --size must be" in capsys.readouterr().err
+
+
 def test_existing_output_folder_needs_overwrite(tmp_path, capsys):
     output = tmp_path / "demo"
     output.mkdir()
@@ -50,7 +55,17 @@ def test_scores_and_overlay(tmp_path):
     demo.write_overlay_png(["a", "b"], tmp_path / "images", tmp_path / "labels", tmp_path / "predictions", png)
     picture = np.asarray(Image.open(png))
     scale = 192 // 32
-    assert picture.shape == (2 * 32 * scale, 3 * 32 * scale, 3)
+    assert picture.shape == (demo.LEGEND_HEIGHT + 2 * 32 * scale, 3 * 32 * scale, 3)
+    legend, picture = picture[:demo.LEGEND_HEIGHT], picture[demo.LEGEND_HEIGHT:]
+    panel = 32 * scale
+    for column, (label, rgb) in enumerate(demo.LEGEND):  # each panel named; the tinted ones with their colour
+        header = legend[:, column * panel:(column + 1) * panel]
+        assert (header.max(axis=-1) < 100).sum() > 20, f"no text over panel {label!r}"
+        swatches = np.all(header == np.asarray(demo.GROUND_TRUTH_RGB), axis=-1).sum(), \
+            np.all(header == np.asarray(demo.PREDICTION_RGB), axis=-1).sum()
+        expected = {None: (0, 0), demo.GROUND_TRUTH_RGB: (demo.SWATCH ** 2, 0),
+                    demo.PREDICTION_RGB: (0, demo.SWATCH ** 2)}[rgb]
+        assert swatches == expected, label
     row_b = picture[32 * scale:]
     inside, outside = (12 * scale, 12 * scale), (2 * scale, 2 * scale)
     assert tuple(row_b[inside]) == (100, 100, 100)  # raw image panel

@@ -215,3 +215,29 @@ def test_gpu_script_is_valid_and_calls_declared_commands():
     declared = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"])
     called = set(re.findall(r"\b(nnUNetv2_allukan_\w+|nnUNetv2_convert_allukan_dataset)\b", script.read_text()))
     assert called and called <= declared, called - declared
+
+
+@pytest.mark.parametrize("style", ["fill", "contour"])
+def test_overlay_figure_has_a_legend_of_ground_truth_and_prediction(tmp_path, style):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    from nnunet_allukan.evaluation.overlays import (GROUND_TRUTH_COLOUR, PREDICTION_COLOUR, OverlaySource,
+                                                    overlay_figure)
+
+    make_overlay_tree(tmp_path)
+    name = "Dataset601_BUSI"
+    source = OverlaySource(
+        predictions={"A": tmp_path / "results" / name / "nnUNetTrainerUKAN__nnUNetPlans__2d" / "fold_0" / "validation"},
+        labels=tmp_path / "preprocessed" / name / "gt_segmentations", images=tmp_path / "raw" / name / "imagesTr")
+    figure, shown = overlay_figure(source, num_cases=2, style=style)
+    try:
+        assert len(figure.legends) == 1
+        legend = figure.legends[0]
+        labels = [text.get_text() for text in legend.get_texts()]
+        assert labels[0].startswith("ground truth") and labels[1] == "prediction" and len(labels) == 2
+        colours = [to_rgb(patch.get_facecolor()) for patch in legend.get_patches()]
+        assert colours == [pytest.approx(GROUND_TRUTH_COLOUR), pytest.approx(PREDICTION_COLOUR)]
+        assert len(shown) == 2
+    finally:
+        plt.close(figure)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from nnunet_allukan.filesystem import OverwriteRefused, mark_output_folder, remove_output_folder
 from nnunet_allukan.paper import DIVISOR
@@ -42,6 +42,9 @@ DEMO_FOLD = 0
 OVERLAY_CASES = 4
 GROUND_TRUTH_RGB = (40, 220, 60)
 PREDICTION_RGB = (235, 40, 40)
+# The overlay's legend: a white strip above the panels naming each one, with a swatch of its colour.
+LEGEND = (("image", None), ("ground truth", GROUND_TRUTH_RGB), ("prediction", PREDICTION_RGB))
+LEGEND_HEIGHT, SWATCH = 28, 12
 # What the demo writes into its output folder: --overwrite removes the folder only if it holds nothing else.
 LOGS, SOURCE, HELD_OUT, PREDICTIONS = "logs", "synthetic_source", "held_out_images", "predictions"
 RESULTS_JSON, OVERLAY_PNG = "demo_results.json", "overlay.png"
@@ -104,13 +107,29 @@ def overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, sc
     return np.kron(panels, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
+def legend_strip(panel_width: int) -> np.ndarray:
+    """[LEGEND_HEIGHT, 3 * panel_width, 3]: each panel's name over it, the tinted ones after a swatch of the tint."""
+    strip = Image.new("RGB", (len(LEGEND) * panel_width, LEGEND_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    top = (LEGEND_HEIGHT - SWATCH) // 2
+    for column, (label, rgb) in enumerate(LEGEND):
+        left = column * panel_width + 6
+        if rgb is not None:
+            draw.rectangle([left, top, left + SWATCH - 1, top + SWATCH - 1], fill=rgb)
+            left += SWATCH + 5
+        draw.text((left, top), label, fill="black")
+    return np.asarray(strip)
+
+
 def write_overlay_png(cases: list[str], images: Path, labels: Path, predictions: Path, output_png: Path) -> None:
+    """One row of :func:`overlay` panels per case, under a legend strip."""
     rows = []
     for case in cases:
         image = np.asarray(Image.open(images / f"{case}_0000.png"))
         rows.append(overlay(image, read_mask(labels / f"{case}.png"), read_mask(predictions / f"{case}.png"),
                             scale=max(1, 192 // image.shape[0])))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(output_png)
+    legend = legend_strip(rows[0].shape[1] // len(LEGEND))
+    Image.fromarray(np.concatenate([legend] + rows, axis=0)).save(output_png)
 
 
 def score_predictions(cases: list[str], labels: Path, predictions: Path) -> dict:

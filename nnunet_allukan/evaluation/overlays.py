@@ -15,6 +15,8 @@ from nnunet_allukan.evaluation.tables import paper_method_for
 
 GROUND_TRUTH_COLOUR = (0.0, 0.85, 0.2)
 PREDICTION_COLOUR = (1.0, 0.15, 0.15)
+# The figure's legend: label -> colour.
+LEGEND = {"ground truth (also the contour on each prediction)": GROUND_TRUTH_COLOUR, "prediction": PREDICTION_COLOUR}
 
 
 @dataclass
@@ -74,9 +76,23 @@ def choose_cases(ious: Mapping[str, Mapping[str, float]], num_cases: int, select
 def plot_overlays(source: OverlaySource, output_png: Path, cases: Sequence[str] | None = None, num_cases: int = 4,
                   select: str = "spread", style: str = "fill") -> list[str]:
     """Write the figure; returns the cases shown. Every method must have predicted every shown case."""
+    import matplotlib.pyplot as plt
+
+    figure, shown = overlay_figure(source, cases, num_cases, select, style)
+    try:
+        save_atomically(Path(output_png), lambda p: figure.savefig(p, dpi=120))
+    finally:
+        plt.close(figure)
+    return shown
+
+
+def overlay_figure(source: OverlaySource, cases: Sequence[str] | None = None, num_cases: int = 4,
+                   select: str = "spread", style: str = "fill"):
+    """The figure of :func:`plot_overlays` (the caller closes it) and the cases it shows."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     if not source.predictions:
         raise EvaluationError("no methods given.")
@@ -136,9 +152,6 @@ def plot_overlays(source: OverlaySource, output_png: Path, cases: Sequence[str] 
             axis.set_xticks([])
             axis.set_yticks([])
         axes[row, 0].set_ylabel(case, fontsize=8)
-    figure.suptitle("green: ground truth (contour on the predictions); red: prediction", fontsize=8)
-    try:
-        save_atomically(Path(output_png), lambda p: figure.savefig(p, dpi=120))
-    finally:
-        plt.close(figure)
-    return shown
+    figure.legend(handles=[Patch(facecolor=colour, label=label) for label, colour in LEGEND.items()],
+                  loc="outside upper center", ncols=len(LEGEND), fontsize=8, frameon=False)
+    return figure, shown

@@ -1,5 +1,8 @@
-"""The base of every trainer of this package: nnU-Net's ``nnUNetTrainer`` with the two fault mixins and three small
+"""The base of every trainer of this package: nnU-Net's ``nnUNetTrainer`` with the two fault mixins and four small
 additions that every trainer shares.
+
+- ``__init__``: ``-device cuda`` (nnU-Net's default) where torch sees no CUDA device ends at once with one line,
+  "no CUDA device: add -device cpu", before nnU-Net creates the results folder.
 
 - :class:`~nnunet_allukan.training.nan_guard.NonFiniteLossMixin` (a NaN loss stops training with a clear message)
   and :class:`~nnunet_allukan.training.compile_fallback.CompileFallbackMixin` (a failed torch.compile falls back to
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import pydoc
 
+import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
@@ -25,7 +29,8 @@ from nnunet_allukan.layers import kernels
 from nnunet_allukan.training.compile_fallback import CompileFallbackMixin
 from nnunet_allukan.training.nan_guard import NonFiniteLossMixin
 
-__all__ = ["KATrainerBase", "check_architecture_importable", "unwrapped_network"]
+__all__ = ["KATrainerBase", "NoCudaDevice", "check_architecture_importable", "check_device_available",
+           "unwrapped_network"]
 
 PACKAGE = "nnunet-allukan"
 # The plans entry of a development version that recorded its network outside nnU-Net's ``architecture`` entry.
@@ -52,6 +57,21 @@ def check_architecture_importable(architecture: dict, plans_file: str = "plans.j
                            f"imported. {where}.")
 
 
+class NoCudaDevice(SystemExit):
+    """``-device cuda`` without a CUDA device: a SystemExit, so that nnUNetv2_train prints the message as its one
+    line of output instead of a traceback."""
+
+
+def check_device_available(device: torch.device, trainer: str) -> None:
+    """Raise :class:`NoCudaDevice` for a CUDA ``device`` where torch sees none (nnU-Net would fail later, inside
+    torch, after creating the results folder)."""
+    if device.type != "cuda" or torch.cuda.is_available():
+        return
+    why = "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
+    raise NoCudaDevice(f"{trainer}: no CUDA device: add -device cpu (nnUNetv2_train ... -tr {trainer} -device cpu); "
+                       f"{why}.")
+
+
 def check_network_record_supported(configuration: dict, plans_file: str = "plans.json") -> None:
     """A configuration whose network is recorded only in ``allukan_network`` cannot be rebuilt."""
     if UNSUPPORTED_NETWORK_RECORD in configuration:
@@ -63,8 +83,13 @@ def check_network_record_supported(configuration: dict, plans_file: str = "plans
 
 
 class KATrainerBase(NonFiniteLossMixin, CompileFallbackMixin, nnUNetTrainer):
-    """``nnUNetTrainer`` with the NaN guard, the compile fallback, the import check, the resume log line and the
-    kernel log line; the paper protocol and ``nnUNetTrainerKAUNet`` derive from it."""
+    """``nnUNetTrainer`` with the device check, the NaN guard, the compile fallback, the import check, the resume
+    log line and the kernel log line; the paper protocol and ``nnUNetTrainerKAUNet`` derive from it."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        check_device_available(device, self.__class__.__name__)
+        super().__init__(plans, configuration, fold, dataset_json, device)
 
     def initialize(self):
         super().initialize()
