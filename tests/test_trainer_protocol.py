@@ -200,11 +200,13 @@ def test_every_trainer_is_exported_and_has_nnunet_init_signature():
 
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    defined = {name for module in (trainers, ka_unet_trainers, paper_protocol) for name, obj in vars(module).items()
+    defined = {obj.__name__ for module in (trainers, ka_unet_trainers, paper_protocol) for obj in vars(module).values()
                if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__}
-    assert defined == set(trainers.__all__)
+    assert defined == set(trainers.TRAINER_NAMES) - set(trainers.ALIASES)
+    assert set(trainers.__all__) == set(trainers.TRAINER_NAMES) | {"__getattr__"}
+    assert len(trainers.TRAINER_NAMES) == len(set(trainers.TRAINER_NAMES))
     expected = list(inspect.signature(nnUNetTrainer.__init__).parameters)
-    for name in trainers.__all__:
+    for name in trainers.TRAINER_NAMES:
         trainer_class = getattr(trainers, name)
         assert list(inspect.signature(trainer_class.__init__).parameters) == expected, name
         suffix = name.rsplit("_", 1)[-1]
@@ -225,15 +227,17 @@ def test_nnunet_finds_every_trainer_without_importing_timm():
     code = (
         "import sys\n"
         "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name\n"
-        "from nnunet_allukan.training.trainers import __all__ as names\n"
+        "from nnunet_allukan.training import trainers\n"
+        "names = trainers.TRAINER_NAMES\n"
         "for name in names:\n"
         "    cls = recursive_find_trainer_class_by_name(name)\n"
-        "    assert cls.__name__ == name and cls.__module__.startswith('nnunet_allukan.training.'), cls\n"
+        "    assert cls is getattr(trainers, name) and cls.__module__.startswith('nnunet_allukan.training.'), cls\n"
+        "    assert cls.__name__ == name or name in trainers.ALIASES, cls\n"
         "assert 'timm' not in sys.modules and 'torchvision' not in sys.modules, 'timm/torchvision imported'\n"
         "print('ok', len(names))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == f"ok {len(trainers.__all__)}"
+    assert result.stdout.strip() == f"ok {len(trainers.TRAINER_NAMES)}"
 
 
 def test_seed_everything_repeats_numpy_torch_and_random():

@@ -35,10 +35,19 @@ def test_every_table2_row_trainer_builds_its_row(row, tmp_path, monkeypatch):
     assert short.epochs == 5 and issubclass(short, getattr(trainers, f"nnUNetTrainerTable2Row{row}"))
 
 
-def test_rows_4_5_13_are_the_named_trainers():
-    assert issubclass(trainers.nnUNetTrainerTable2Row4, trainers.nnUNetTrainerUKAN_MLP)
-    assert issubclass(trainers.nnUNetTrainerTable2Row5, trainers.nnUNetTrainerUKAN)
-    assert issubclass(trainers.nnUNetTrainerTable2Row13, trainers.nnUNetTrainerAllUKAN)
+def test_rows_4_5_13_are_the_named_trainers_and_share_their_short_runs():
+    assert trainers.nnUNetTrainerTable2Row4 is trainers.nnUNetTrainerUKAN_MLP
+    assert trainers.nnUNetTrainerTable2Row5 is trainers.nnUNetTrainerUKAN
+    assert trainers.nnUNetTrainerTable2Row13 is trainers.nnUNetTrainerAllUKAN
+    for row, named in ((4, "nnUNetTrainerUKAN_MLP"), (5, "nnUNetTrainerUKAN"), (13, "nnUNetTrainerAllUKAN")):
+        for suffix in ("1epoch", "5epochs", "100epochs"):
+            assert getattr(trainers, f"nnUNetTrainerTable2Row{row}_{suffix}") is getattr(trainers, f"{named}_{suffix}")
+    # one class per network and length: no separate row class, no second set of short runs
+    classes = [getattr(trainers, name) for name in trainers.TRAINER_NAMES]
+    assert not [c.__name__ for c in classes if c.__name__.startswith(("nnUNetTrainerTable2Row4",
+                                                                      "nnUNetTrainerTable2Row5",
+                                                                      "nnUNetTrainerTable2Row13"))]
+    assert len(set(classes)) == len(trainers.TRAINER_NAMES) - len(trainers.ALIASES) == 99
 
 
 def _reference_kan_lr_names(network: torch.nn.Module) -> set[str]:

@@ -1,21 +1,34 @@
-"""Every trainer name of nnunet-allukan, for ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr NAME``.
+"""Every trainer name of nnunet-allukan, for ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr NAME``
+(``nnUNetv2_allukan_trainers`` prints them, grouped, with what each changes).
 
 nnU-Net finds ``-tr NAME`` through the re-export module that the wheel installs into its trainer folder
 (:mod:`nnunet_allukan.training.nnunet_trainer_shim`: ``from nnunet_allukan.training.trainers import *``), so
-``__all__`` below is the list of names users can train and predict with.
+``TRAINER_NAMES`` below (exported by ``__all__``) is the list of names users can train and predict with. A name
+nnU-Net looks for and this module lacks reaches the module ``__getattr__``, which ``__all__`` re-exports into the
+shim too: a misspelling of one of these names is answered there, at once, with the closest names.
 
 - The paper's protocol (:class:`~nnunet_allukan.training.paper_protocol.nnUNetTrainerPaperProtocol`) for a network
   of the paper's Table 2: ``nnUNetTrainerAllUKAN``, ``nnUNetTrainerUKAN``, ``nnUNetTrainerUKAN_MLP``, the
   reference script's separate fc-layer lr (``..._kanlr``) and every ablation row by number
-  (``nnUNetTrainerTable2Row4`` ... ``Row13``; rows 4, 5, 13 are the three named networks).
+  (``nnUNetTrainerTable2Row4`` ... ``Row13``). Rows 4, 5 and 13 are the three named trainers under a second
+  name (the same class: nnU-Net names the results folder after the class, e.g. ``nnUNetTrainerAllUKAN__...``).
 - nnU-Net's own protocol with its planned network made fully KA: ``nnUNetTrainerKAUNet``
   (:mod:`nnunet_allukan.training.ka_unet_trainers`).
 - Short runs, as nnU-Net's ``nnUNetTrainer_Xepochs``: ``<trainer>_<N>epoch(s)``, one-line subclasses that set
   ``epochs`` (the paper's cosine schedule then spans those epochs), all made by :func:`_short_run_variant` from
-  the table ``SHORT_RUNS``.
+  the table ``SHORT_RUNS``; those of rows 4, 5 and 13 are again the named trainers' ones.
 """
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
+import pkgutil
+import re
+import sys
+from pathlib import Path
+
+from nnunet_allukan.networks import table2_row
 from nnunet_allukan.paper import KAN_FC_LR
 from nnunet_allukan.training.ka_unet_trainers import nnUNetTrainerKAUNet, nnUNetTrainerKAUNet_smoke
 from nnunet_allukan.training.paper_protocol import nnUNetTrainerPaperProtocol
@@ -59,20 +72,26 @@ def _define(name: str, base: type, doc: str, **attributes) -> type:
 
 
 def _table2_row_trainer(row: int) -> type:
-    """``nnUNetTrainerTable2Row<row>``: rows 4, 5 and 13 are the named trainers under their row number."""
-    base = {4: nnUNetTrainerUKAN_MLP, 5: nnUNetTrainerUKAN, 13: nnUNetTrainerAllUKAN}.get(row)
-    if base is not None:
-        return _define(f"nnUNetTrainerTable2Row{row}", base, f"Table 2 row {row}: {base.__name__}.")
-    return _define(f"nnUNetTrainerTable2Row{row}", nnUNetTrainerPaperProtocol, f"Table 2 row {row}.",
-                   table2_row=row)
+    """``nnUNetTrainerTable2Row<row>`` for an ablation row that no named trainer trains."""
+    return _define(f"nnUNetTrainerTable2Row{row}", nnUNetTrainerPaperProtocol,
+                   f"Table 2 row {row}: {table2_row(row).description}.", table2_row=row)
+
+
+def _short_run_suffix(epochs: int) -> str:
+    return "1epoch" if epochs == 1 else f"{epochs}epochs"
 
 
 def _short_run_variant(base: type, epochs: int) -> type:
-    suffix = "1epoch" if epochs == 1 else f"{epochs}epochs"
-    return _define(f"{base.__name__}_{suffix}", base, f"{base.__name__} for {epochs} epoch(s).", epochs=epochs)
+    return _define(f"{base.__name__}_{_short_run_suffix(epochs)}", base,
+                   f"{base.__name__} for {epochs} epoch{'s' if epochs > 1 else ''}.", epochs=epochs)
 
 
-TABLE2_ROW_TRAINERS = [_table2_row_trainer(row) for row in range(4, 14)]
+PAPER_PROTOCOL_TRAINERS = [nnUNetTrainerAllUKAN, nnUNetTrainerUKAN, nnUNetTrainerUKAN_MLP, nnUNetTrainerUKAN_kanlr,
+                           nnUNetTrainerAllUKAN_kanlr]
+# The Table 2 rows that a named trainer trains: the row's name is that trainer (one class, one results folder).
+NAMED_TABLE2_ROWS: dict[int, type] = {4: nnUNetTrainerUKAN_MLP, 5: nnUNetTrainerUKAN, 13: nnUNetTrainerAllUKAN}
+TABLE2_ROW_TRAINERS = [_table2_row_trainer(row) for row in range(4, 14) if row not in NAMED_TABLE2_ROWS]
+KA_UNET_TRAINERS = [nnUNetTrainerKAUNet, nnUNetTrainerKAUNet_smoke]
 
 _LENGTHS = (1, 2, 5, 10, 20, 50, 100)
 # The trainers that have short-run variants, and their lengths in epochs.
@@ -87,6 +106,127 @@ SHORT_RUNS: dict[type, tuple[int, ...]] = {
 }
 SHORT_RUN_TRAINERS = [_short_run_variant(base, epochs) for base, lengths in SHORT_RUNS.items() for epochs in lengths]
 
-__all__ = ["nnUNetTrainerPaperProtocol", "nnUNetTrainerAllUKAN", "nnUNetTrainerUKAN", "nnUNetTrainerUKAN_MLP",
-           "nnUNetTrainerUKAN_kanlr", "nnUNetTrainerAllUKAN_kanlr", "nnUNetTrainerKAUNet",
-           "nnUNetTrainerKAUNet_smoke"] + [t.__name__ for t in TABLE2_ROW_TRAINERS + SHORT_RUN_TRAINERS]
+
+
+def _row_aliases() -> dict[str, type]:
+    """Second names of the named trainers: Table 2 rows 4, 5, 13 and their short runs."""
+    aliases = {}
+    for row, trainer in NAMED_TABLE2_ROWS.items():
+        aliases[f"nnUNetTrainerTable2Row{row}"] = trainer
+        for epochs in SHORT_RUNS[trainer]:
+            suffix = _short_run_suffix(epochs)
+            aliases[f"nnUNetTrainerTable2Row{row}_{suffix}"] = globals()[f"{trainer.__name__}_{suffix}"]
+    return aliases
+
+
+ALIASES: dict[str, type] = _row_aliases()
+globals().update(ALIASES)
+
+# Every name, grouped as nnUNetv2_allukan_trainers lists them.
+TRAINER_GROUPS: dict[str, list[str]] = {
+    "The paper's protocol (its split per fold, optimiser, schedule, loss; 400 epochs) for a network of Table 2":
+        [t.__name__ for t in [nnUNetTrainerPaperProtocol] + PAPER_PROTOCOL_TRAINERS],
+    "Table 2 ablation rows (the paper's protocol)":
+        sorted([t.__name__ for t in TABLE2_ROW_TRAINERS] + [f"nnUNetTrainerTable2Row{r}" for r in NAMED_TABLE2_ROWS],
+               key=lambda name: int(name.rsplit("Row", 1)[1])),
+    "nnU-Net's own protocol with its planned U-Net made fully Kolmogorov-Arnold":
+        [t.__name__ for t in KA_UNET_TRAINERS],
+    "Short runs: the trainer before the suffix, for that many epochs (the schedule spans them)":
+        [t.__name__ for t in SHORT_RUN_TRAINERS] + [n for n in ALIASES if "_" in n.rsplit("Row", 1)[1]],
+}
+TRAINER_NAMES: tuple[str, ...] = tuple(name for names in TRAINER_GROUPS.values() for name in names)
+
+
+def describe_trainer(name: str) -> str:
+    """One line: what the trainer ``name`` changes (the first sentence of its docstring), or which trainer it is."""
+    trainer = globals()[name]
+    if name in ALIASES:
+        return f"= {trainer.__name__} (the same trainer, the same results folder)"
+    if trainer is nnUNetTrainerPaperProtocol:
+        return "the protocol's base class: it names no network, so -tr takes one of the trainers below"
+    first_paragraph = " ".join((trainer.__doc__ or "").strip().split("\n\n")[0].replace("``", "").split())
+    return re.split(r"(?<=\.) ", first_paragraph, maxsplit=1)[0]
+
+
+def closest_trainer_names(name: str, count: int = 5) -> list[str]:
+    """The trainer names of this package closest to ``name`` (case ignored), best first."""
+    lowered = {trainer.lower(): trainer for trainer in TRAINER_NAMES}
+    return [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=count, cutoff=0.6)]
+
+
+def nnunet_defines(name: str) -> bool:
+    """True if a module in nnU-Net's trainer folder, or in an ``nnUNet_extTrainer`` folder, defines ``name``
+    (read as text: importing nnU-Net's variants imports timm)."""
+    from nnunetv2.paths import nnUNet_extTrainer
+
+    from nnunet_allukan.training.registration import nnunet_trainer_folder
+
+    folders = [nnunet_trainer_folder()]
+    if nnUNet_extTrainer.is_set():
+        folders += [Path(folder) for folder in nnUNet_extTrainer.get().split(os.pathsep) if folder.strip()]
+    definition = re.compile(rf"^\s*(class\s+{re.escape(name)}\b|{re.escape(name)}\s*=)", re.MULTILINE)
+    for folder in folders:
+        for module in folder.rglob("*.py") if folder.is_dir() else ():
+            try:
+                if definition.search(module.read_text(errors="replace")):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def nnunet_search_cannot_succeed(shim_module: str) -> str | None:
+    """Why nnU-Net's search for a trainer name that no module of its trainer folder defines (by its text), now
+    asking the shim ``shim_module``, must fail; None where it might still succeed.
+
+    nnU-Net imports the plain modules of its trainer folder in name order, then its sub-packages (the first of
+    which imports timm). With no plain module after the shim, the search goes on to import timm; where timm cannot
+    be imported (a torchvision built for another torch: "operator torchvision::nms does not exist") it fails
+    there, after many seconds and a long traceback.
+    """
+    from nnunet_allukan.training.registration import nnunet_trainer_folder
+
+    plain = [module.name for module in pkgutil.iter_modules([str(nnunet_trainer_folder())]) if not module.ispkg]
+    if shim_module.rsplit(".", 1)[-1] not in plain or plain[-1] != shim_module.rsplit(".", 1)[-1]:
+        return None  # another plain module comes later and may define the name
+    try:
+        import timm  # noqa: F401  (nnU-Net's search imports it next)
+    except Exception as error:  # noqa: BLE001  (any failure ends nnU-Net's search the same way)
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None
+
+
+def _nnunet_search_module() -> str | None:
+    """The module nnU-Net's trainer search is asking, where this module's ``__getattr__`` was called by it."""
+    frame = inspect.currentframe()
+    caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+    if caller is None or caller.f_globals.get("__name__") != "nnunetv2.utilities.find_class_by_name":
+        return None
+    return caller.f_locals.get("search_module")
+
+
+_HINTED: set[str] = set()
+
+
+def __getattr__(name: str):
+    """A trainer name this module lacks. nnU-Net's lookup of ``-tr NAME`` asks every plain module of its trainer
+    folder, the shim included: if no module there (nor in an ``nnUNet_extTrainer`` folder) defines the name, the
+    closest names of this package are printed at once; where nnU-Net's search can then only fail (see
+    :func:`nnunet_search_cannot_succeed`), it stops here with that one line instead."""
+    if name.startswith("nnUNetTrainer") and name not in _HINTED:
+        search_module = _nnunet_search_module()
+        if not nnunet_defines(name):
+            _HINTED.add(name)
+            close = closest_trainer_names(name)
+            hint = (f"no trainer is called {name}; the closest of nnunet-allukan: {', '.join(close)} "
+                    if close else f"no trainer is called {name} ")
+            hint += "(all of them: nnUNetv2_allukan_trainers)"
+            failure = nnunet_search_cannot_succeed(search_module) if search_module else None
+            if failure:
+                raise SystemExit(f"nnunet-allukan: {hint}. nnU-Net's own search for it would end in {failure}")
+            print(f"nnunet-allukan: {hint}", file=sys.stderr, flush=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ``__getattr__`` is exported so that the shim's ``import *`` gives the shim the same lookup hint.
+__all__ = [*TRAINER_NAMES, "__getattr__"]
