@@ -89,7 +89,7 @@ class OverwriteRefused(Exception):
 def protected_folders() -> dict[Path, str]:
     """Folders that --overwrite never removes, nor any folder that contains one of them."""
     folders = {Path.cwd().resolve(): "the current directory",
-               Path(__file__).resolve().parents[1]: "the folder that holds nnunet-allukan"}
+               Path(__file__).resolve().parents[1]: "the folder of nnunet-allukan itself"}
     try:
         folders[Path.home().resolve()] = "your home folder"
     except RuntimeError:  # no home directory can be determined
