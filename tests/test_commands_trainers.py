@@ -61,19 +61,13 @@ def test_module_lookup_hints_only_for_names_nobody_defines(capsys):
 
 
 def test_nnunet_lookup_of_a_misspelled_name_names_the_closest_trainers():
-    """nnU-Net's own lookup (nnUNetv2_train -tr NAME) in a fresh interpreter: the shim answers the misspelling
-    before nnU-Net imports its variants; where those cannot be imported (timm -> torchvision) that is the one line."""
+    """nnU-Net's own lookup (nnUNetv2_train -tr NAME) in a fresh interpreter: the shim names the closest trainers
+    on the first line of stderr, before nnU-Net searches its sub-packages (whatever that search then does)."""
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name\n"
             "recursive_find_trainer_class_by_name('nnUNetTrainerAllUkan')\n")
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0
-    assert ("no trainer is called nnUNetTrainerAllUkan; the closest of nnunet-allukan: nnUNetTrainerAllUKAN, "
-            in result.stderr)
-    try:
-        import timm  # noqa: F401
-    except Exception:
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "nnU-Net's own search for it would end in" in lines[0], result.stderr
-    else:
-        assert "Could not find requested nnunet trainer nnUNetTrainerAllUkan" in result.stderr
+    first = result.stderr.strip().splitlines()[0]
+    assert first.startswith("nnunet-allukan: no trainer is called nnUNetTrainerAllUkan; the closest of "
+                            "nnunet-allukan: nnUNetTrainerAllUKAN, "), result.stderr

@@ -21,9 +21,7 @@ shim too: a misspelling of one of these names is answered there, at once, with t
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
-import pkgutil
 import re
 import sys
 from pathlib import Path
@@ -175,56 +173,21 @@ def nnunet_defines(name: str) -> bool:
     return False
 
 
-def nnunet_search_cannot_succeed(shim_module: str) -> str | None:
-    """Why nnU-Net's search for a trainer name that no module of its trainer folder defines (by its text), now
-    asking the shim ``shim_module``, must fail; None where it might still succeed.
-
-    nnU-Net imports the plain modules of its trainer folder in name order, then its sub-packages (the first of
-    which imports timm). With no plain module after the shim, the search goes on to import timm; where timm cannot
-    be imported (a torchvision built for another torch: "operator torchvision::nms does not exist") it fails
-    there, after many seconds and a long traceback.
-    """
-    from nnunet_allukan.training.registration import nnunet_trainer_folder
-
-    plain = [module.name for module in pkgutil.iter_modules([str(nnunet_trainer_folder())]) if not module.ispkg]
-    if shim_module.rsplit(".", 1)[-1] not in plain or plain[-1] != shim_module.rsplit(".", 1)[-1]:
-        return None  # another plain module comes later and may define the name
-    try:
-        import timm  # noqa: F401  (nnU-Net's search imports it next)
-    except Exception as error:  # noqa: BLE001  (any failure ends nnU-Net's search the same way)
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    return None
-
-
-def _nnunet_search_module() -> str | None:
-    """The module nnU-Net's trainer search is asking, where this module's ``__getattr__`` was called by it."""
-    frame = inspect.currentframe()
-    caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
-    if caller is None or caller.f_globals.get("__name__") != "nnunetv2.utilities.find_class_by_name":
-        return None
-    return caller.f_locals.get("search_module")
-
-
 _HINTED: set[str] = set()
 
 
 def __getattr__(name: str):
     """A trainer name this module lacks. nnU-Net's lookup of ``-tr NAME`` asks every plain module of its trainer
     folder, the shim included: if no module there (nor in an ``nnUNet_extTrainer`` folder) defines the name, the
-    closest names of this package are printed at once; where nnU-Net's search can then only fail (see
-    :func:`nnunet_search_cannot_succeed`), it stops here with that one line instead."""
-    if name.startswith("nnUNetTrainer") and name not in _HINTED:
-        search_module = _nnunet_search_module()
-        if not nnunet_defines(name):
-            _HINTED.add(name)
-            close = closest_trainer_names(name)
-            hint = (f"no trainer is called {name}; the closest of nnunet-allukan: {', '.join(close)} "
-                    if close else f"no trainer is called {name} ")
-            hint += "(all of them: nnUNetv2_allukan_trainers)"
-            failure = nnunet_search_cannot_succeed(search_module) if search_module else None
-            if failure:
-                raise SystemExit(f"nnunet-allukan: {hint}. nnU-Net's own search for it would end in {failure}")
-            print(f"nnunet-allukan: {hint}", file=sys.stderr, flush=True)
+    closest names of this package are printed at once, before nnU-Net's search goes on into its sub-packages
+    (which import timm: where torchvision cannot load, that search ends in a long traceback that does not name the
+    trainer)."""
+    if name.startswith("nnUNetTrainer") and name not in _HINTED and not nnunet_defines(name):
+        _HINTED.add(name)
+        close = closest_trainer_names(name)
+        hint = (f"no trainer is called {name}; the closest of nnunet-allukan: {', '.join(close)} "
+                if close else f"no trainer is called {name} ")
+        print(f"nnunet-allukan: {hint}(all of them: nnUNetv2_allukan_trainers)", file=sys.stderr, flush=True)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
