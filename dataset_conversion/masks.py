@@ -18,8 +18,8 @@ SOFT_MASK_THRESHOLD = 128
 # background that was not 0 in the file (CVC-ClinicDB's faint patches cover up to 8 %; BUSI's JPEG noise 1 %).
 LARGE_DROPPED_LEVEL_FRACTION = 0.01
 # A mask (binary or instance map) is piecewise constant: few neighbouring pixels differ (< 2 % on the real
-# CVC-ClinicDB masks, up to 7.4 % on BUSI's re-encoded ones). A photograph or ultrasound frame passed by mistake has
-# 55-85 % differing neighbours (measured on the BUSI and CVC samples).
+# CVC-ClinicDB masks, up to 7.4 % on BUSI's re-encoded ones). A photograph or ultrasound frame passed by mistake
+# has 55-85 % differing neighbours (measured on the BUSI and CVC samples).
 MAX_MASK_NEIGHBOUR_CHANGE = 0.15
 # Compression noise makes more neighbours differ (up to 26 % in a JPEG of a mask shrunk 4x), but keeps the
 # values near the two levels: at most 5 % of such masks' pixels lie between them, 40-99 % of the sample
@@ -67,7 +67,7 @@ def _check_is_mask(mask: np.ndarray, values: np.ndarray, counts: np.ndarray, pat
         raise ConversionError(
             f"mask {path} does not look like a mask: {100 * between:.0f} % of its pixels lie between its lowest and "
             f"highest values (values {_shown_values(values)}), where a mask's pixels are near its two levels (at "
-            f"most a few % in soft-edged, resized or compressed masks). Is it a grey image or a gradient stored "
+            "most a few % in soft-edged, resized or compressed masks). Is it a grey image or a gradient stored "
             "under a mask's name? Replace it with the mask from the dataset archive"
         )
     change = _neighbour_change(mask)
