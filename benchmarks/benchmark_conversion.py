@@ -7,7 +7,7 @@ working tree's converter over that of an earlier commit, as a ratio.
 Synthetic sources in the real layouts and sizes are written to ``--work`` (kept between runs):
 
 - with mask artifacts (``mask_artifacts=True``): CVC-ClinicDB as TIF and as PNG (384x288; faint strips of one
-  level in ~30 masks, faint halos, soft edges), BUSI re-encoded at 224x224 (every mask a 3-channel JPEG round
+  level in ~30 masks, faint patches of one level on ~5 % of the frame in ~30, faint halos, soft edges), BUSI re-encoded at 224x224 (every mask a 3-channel JPEG round
   trip, stray mid-grey pixels in a quarter of them). Each is converted by this tree and the counts printed;
 - without them (masks the earlier converter accepts), CVC (TIF), BUSI and GlaS (775x522): converted by the
   earlier commit (``git archive`` of ``--base`` into ``--work``) and by this tree, alternately, ``--rounds``
@@ -107,7 +107,8 @@ def main() -> int:
                                  num_processes=a.processes)
         s = result.summary
         print(f"  {name}: {s['cases_written']} cases ({s['excluded']} excluded), {s['masks_read']} masks, "
-              f"{s['masks_soft_edged']} not exactly binary, {s['pixels_changed_class']} pixels changed class")
+              f"{s['masks_soft_edged']} not exactly binary, {s['pixels_changed_class']} pixels changed class, "
+              f"{s['masks_with_large_dropped_level']} with a level below 128 on more than 1 %")
         if s["cases_written"] != EXPECTED_CASES[dataset]:
             failures.append(f"{name}: {s['cases_written']} cases, expected {EXPECTED_CASES[dataset]}")
 

@@ -17,8 +17,8 @@ from nnunetv2 import paths as nnunet_paths
 
 from dataset_conversion import busi, cvc, glas
 from dataset_conversion.errors import ConversionError, filesystem_error
-from dataset_conversion.masks import SOFT_MASK_THRESHOLD
-from dataset_conversion.writer import MASK_REPORT_NAME, ConversionResult, write_nnunet_dataset
+from dataset_conversion.masks import LARGE_DROPPED_LEVEL_FRACTION, SOFT_MASK_THRESHOLD
+from dataset_conversion.writer import MASK_REPORT_NAME, ConversionResult, large_dropped_levels, write_nnunet_dataset
 
 DATASETS: dict[str, ModuleType] = {"busi": busi, "glas": glas, "cvc": cvc}
 MAX_SIZE = 4096
@@ -185,6 +185,16 @@ def _print_summary(result: ConversionResult) -> None:
         f"near 0/255), {s['instance_maps_binarised']} instance maps (> 0). Thresholded masks: "
         f"{result.dataset_folder / MASK_REPORT_NAME}; every mask: conversion_record.json, \"mask_kinds\"."
     )
+    dropped = large_dropped_levels(result.records)
+    if dropped:
+        print(f"Warning: {len(dropped)} masks hold a level below {SOFT_MASK_THRESHOLD} on more than "
+              f"{100 * LARGE_DROPPED_LEVEL_FRACTION:.0f} % of the image, which thresholding made background (faint "
+              "patches of a binary mask are; labels of a label map would be lost: if these are label maps, replace "
+              f"them with binary masks and re-run with --overwrite). Listed in {MASK_REPORT_NAME}:", file=sys.stderr)
+        for file, level, pixels, percent in dropped[:20]:
+            print(f"  {file}: the level {level} on {pixels} pixels ({percent:.2f} %)", file=sys.stderr)
+        if len(dropped) > 20:
+            print(f"  ... and {len(dropped) - 20} more", file=sys.stderr)
     warned = [(f, m) for r in result.records.values() for f, m in sorted(r.get("read_warnings", {}).items())]
     if warned:
         print(f"Warning: {len(warned)} files were read with warnings (their pixels were read; "

@@ -1,5 +1,6 @@
-"""Mask files as a foreground: binary masks (0/255 or 0/1; thresholded at 128 where not exactly two-valued,
-unless labelled objects would be lost) and instance maps (> 0), with checks that the file is a mask at all."""
+"""Mask files as a foreground: binary masks (0/255 or 0/1; a mask holding a value >= 128 thresholded there, a
+mask of more values with none that high refused as a label map) and instance maps (> 0), with checks that the
+file is a mask at all."""
 
 from __future__ import annotations
 
@@ -10,42 +11,67 @@ import numpy as np
 
 from dataset_conversion.errors import ConversionError
 
-# Masks that are not exactly two-valued are thresholded here: the object is >= 128, the dataset authors' and
-# the reference code's cut.
+# A mask holding a value >= this is binary in intent (the dataset authors' and the reference code's cut): the
+# object is >= 128, and every lower value (faint levels, halos, patches, soft edges, noise) is background.
 SOFT_MASK_THRESHOLD = 128
-# A mask (binary or instance map) is piecewise constant: few neighbouring pixels differ (< 1 % on the real
-# CVC/BUSI masks, up to 7 % in re-encoded copies). A photograph or ultrasound frame passed by mistake has
-# 55-85 % differing neighbours (measured on the BUSI and CVC samples).
+# A level below the threshold covering more than this fraction of the image is dropped with a warning: a lot of
+# background that was not 0 in the file (CVC-ClinicDB's faint patches cover up to 8 %; BUSI's JPEG noise 1 %).
+LARGE_DROPPED_LEVEL_FRACTION = 0.01
+# A mask (binary or instance map) is piecewise constant: few neighbouring pixels differ (< 2 % on the real
+# CVC-ClinicDB masks, up to 7.4 % on BUSI's re-encoded ones). A photograph or ultrasound frame passed by mistake
+# has 55-85 % differing neighbours (measured on the BUSI and CVC samples).
 MAX_MASK_NEIGHBOUR_CHANGE = 0.15
 # Compression noise makes more neighbours differ (up to 26 % in a JPEG of a mask shrunk 4x), but keeps the
 # values near the two levels: at most 5 % of such masks' pixels lie between them, 40-99 % of the sample
 # images' pixels (within LEVEL_TOLERANCE of neither the lowest nor the highest value).
 MAX_MASK_INTERMEDIATE_FRACTION = 0.2
+# More than half the pixels intermediate is an image (a smooth grey image, a gradient) whatever its texture: no
+# mask has that many (real masks < 1 %; resized or compressed ones at most 5 %).
+MAX_BINARY_MASK_INTERMEDIATE_FRACTION = 0.5
 # Values within this fraction of the value range of a level are noise of that level ("faint"); the rest are
 # intermediate (soft edges, resampling, compression ringing, stray pixels; or a grey-level image).
 LEVEL_TOLERANCE = 1 / 8
-# Thresholding loses labelled objects only where values below the threshold fill a solid region: a square
-# of this side. What resampling, compression and CVC-ClinicDB's own masks add is thinner: soft edges and
-# ringing 1-4 pixels wide, single stray pixels, faint strips up to 4 rows high (CVC's official masks).
-SOLID_REGION_SIDE = 8
-# A solid region of one exact faint level is a label (0/1/2/255) only in a mask of few tones; in a
-# continuous-tone mask (44-50 distinct values in each CVC sample, whose faint halo holds a 44x44 block of
-# the value 11) it is the halo of the mask's drawing tool.
-MIN_TONES_FOR_NOISE = 16
 
 
-def _check_piecewise_constant(mask: np.ndarray, path: Path) -> None:
-    if mask.shape[0] < 2 or mask.shape[1] < 2:
-        return
-    changes = np.count_nonzero(mask[:, 1:] != mask[:, :-1]) + np.count_nonzero(mask[1:] != mask[:-1])
-    change = changes / (mask[:, 1:].size + mask[1:].size)
-    if change <= MAX_MASK_NEIGHBOUR_CHANGE:
-        return
-    # compression noise also makes neighbours differ, but leaves the values near the two levels
-    low, high = int(mask.min()), int(mask.max())
+def _histogram(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``mask``, ascending, and how many pixels hold each."""
+    if mask.dtype == np.uint8:  # one counting pass instead of a sort
+        counts = np.bincount(mask.ravel(), minlength=256)
+        values = np.flatnonzero(counts)
+        return values, counts[values]
+    return np.unique(mask, return_counts=True)
+
+
+def _intermediate(values: np.ndarray) -> np.ndarray:
+    """Which of ``values`` lie within LEVEL_TOLERANCE of neither the lowest nor the highest value."""
+    low, high = int(values[0]), int(values[-1])
     tolerance = (high - low) * LEVEL_TOLERANCE
-    between = np.count_nonzero((mask > low + tolerance) & (mask < high - tolerance)) / mask.size
-    if between > MAX_MASK_INTERMEDIATE_FRACTION:
+    return (values > low + tolerance) & (values < high - tolerance)
+
+
+def _neighbour_change(mask: np.ndarray) -> float:
+    if mask.shape[0] < 2 or mask.shape[1] < 2:
+        return 0.0
+    changes = np.count_nonzero(mask[:, 1:] != mask[:, :-1]) + np.count_nonzero(mask[1:] != mask[:-1])
+    return changes / (mask[:, 1:].size + mask[1:].size)
+
+
+def _check_is_mask(mask: np.ndarray, values: np.ndarray, counts: np.ndarray, path: Path,
+                   max_intermediate: float | None) -> None:
+    """Refuse a texture (differing neighbours and many intermediate values: a photograph) and, where
+    ``max_intermediate`` is given, a file with more intermediate pixels than that whatever its texture."""
+    between = counts[_intermediate(values)].sum() / mask.size
+    if between <= MAX_MASK_INTERMEDIATE_FRACTION:
+        return
+    if max_intermediate is not None and between > max_intermediate:
+        raise ConversionError(
+            f"mask {path} does not look like a mask: {100 * between:.0f} % of its pixels lie between its lowest and "
+            f"highest values (values {_shown_values(values)}), where a mask's pixels are near its two levels (at "
+            "most a few % in soft-edged, resized or compressed masks). Is it a grey image or a gradient stored "
+            "under a mask's name? Replace it with the mask from the dataset archive"
+        )
+    change = _neighbour_change(mask)
+    if change > MAX_MASK_NEIGHBOUR_CHANGE:
         raise ConversionError(
             f"{path} does not look like a mask: {100 * change:.0f} % of neighbouring pixels differ and "
             f"{100 * between:.0f} % of the pixels lie between its lowest and highest values (masks are piecewise "
@@ -67,25 +93,6 @@ def _shown_values(values: np.ndarray, limit: int = 8) -> list:
     return values.tolist() if values.size <= limit else values[:limit].tolist() + ["..."]
 
 
-def _window_extremes(mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum and maximum of every ``side`` x ``side`` window of ``mask`` (indexed by its top-left pixel).
-
-    Windows of width w give those of width 2w (or ``side``) from two overlapping ones: log2(side) array
-    operations per axis."""
-    extremes = []
-    for reduce in (np.minimum, np.maximum):
-        values = mask
-        for _ in range(2):  # rows, then (transposed) columns
-            width = 1
-            while width < side:
-                step = min(width, side - width)
-                values = reduce(values[:-step], values[step:])
-                width += step
-            values = values.T
-        extremes.append(values)
-    return extremes[0], extremes[1]
-
-
 @dataclass(frozen=True)
 class BinarisedMask:
     """A mask file read as a foreground, with what it took (summarised per dataset).
@@ -94,9 +101,12 @@ class BinarisedMask:
     values: distinct values in the file.
     edge_pixels: pixels of intermediate value (soft edges, resampling, compression ringing, stray pixels).
     faint_pixels: pixels within LEVEL_TOLERANCE of the lowest or highest value but not equal to it
-        (compression noise, halos, faint strips).
+        (compression noise, halos, faint strips and patches).
     changed_pixels: pixels that changed class: not background (above the lowest value) in the file, but
         below SOFT_MASK_THRESHOLD and so background in the label.
+    dropped_level, dropped_level_pixels: of those, the value held by the most pixels, and their number
+        (-1 and 0 where none changed class).
+    large_dropped_level: that level covers more than LARGE_DROPPED_LEVEL_FRACTION of the image.
     """
 
     foreground: np.ndarray
@@ -106,95 +116,69 @@ class BinarisedMask:
     faint_pixels: int = 0
     changed_pixels: int = 0
     instances: int = 0
-
-
-def _check_no_solid_region_dropped(mask: np.ndarray, values: np.ndarray, path: Path) -> None:
-    """Refuse a mask in which values below the threshold fill a solid region (SOLID_REGION_SIDE square):
-    mid-grey values anywhere (a grey-level image, a gradient, a mid-grey label), or, in a mask of few tones,
-    one exact faint level (a label map such as 0/1/2/255)."""
-    low, high = int(values[0]), int(values[-1])
-    candidates = (mask > low) & (mask < SOFT_MASK_THRESHOLD)
-    side = SOLID_REGION_SIDE
-    if min(mask.shape) < side or np.count_nonzero(candidates) < side * side:
-        return
-    lowest, highest = _window_extremes(mask, side)
-    dropped = highest < SOFT_MASK_THRESHOLD
-    grey_floor = low + (high - low) * LEVEL_TOLERANCE
-    grey = dropped & (lowest > grey_floor)
-    if grey.any():
-        row, col = (int(i[0]) for i in np.nonzero(grey))
-        block = sorted({int(lowest[row, col]), int(highest[row, col])})
-        raise ConversionError(
-            f"mask {path} is not binary: intermediate values away from the object's border fill a solid region "
-            f"({side}x{side} pixels of the value{'s' if len(block) > 1 else ''} {'-'.join(map(str, block))} from row "
-            f"{row}, column {col}; values {_shown_values(values)}) that thresholding at {SOFT_MASK_THRESHOLD} would "
-            "drop. Soft edges, compression noise and stray pixels are thin; this is a grey-level image, gradient "
-            "or label map, not a binary mask. Replace it with the binary mask from the dataset archive"
-        )
-    if values.size >= MIN_TONES_FOR_NOISE:
-        return
-    labels = dropped & (lowest == highest) & (lowest > low)
-    if labels.any():
-        row, col = (int(i[0]) for i in np.nonzero(labels))
-        levels = np.unique(lowest[labels])
-        raise ConversionError(
-            f"mask {path} has the values {_shown_values(values)}: besides {low} and {high}, the levels "
-            f"{_shown_values(levels)} each cover a solid region of their own (at least {side}x{side} pixels, e.g. "
-            f"{int(lowest[row, col])} at row {row}, column {col}), not a thin strip or halo. That is a label map, "
-            f"not a binary mask, and thresholding at {SOFT_MASK_THRESHOLD} would drop them. Replace it with the "
-            "binary mask from the dataset archive (or merge the labels into 0/255 yourself)"
-        )
+    dropped_level: int = -1
+    dropped_level_pixels: int = 0
+    large_dropped_level: bool = False
 
 
 def binarize_binary_mask(mask: np.ndarray, path: Path, strict: bool = False) -> BinarisedMask:
-    """A 0/255 (or 0/1) mask as a foreground; a mask that is not exactly two-valued is thresholded at
-    SOFT_MASK_THRESHOLD unless thresholding would lose labelled objects.
+    """A 0/255 (or 0/1) mask as a foreground; a mask of more values holding one >= SOFT_MASK_THRESHOLD is
+    thresholded there.
 
-    Two values: the larger one is the object. More values (8-bit, the largest >= SOFT_MASK_THRESHOLD): the
-    object is ``>= SOFT_MASK_THRESHOLD``, whatever soft edges, resampling, compression noise, faint strips,
-    halos or stray pixels the file holds. Refused: more values none of which reaches the threshold (0/1/2),
-    and values below the threshold filling a solid region (see :func:`_check_no_solid_region_dropped`).
-    ``strict`` refuses every mask with more than two values. The whole frame as object is refused.
+    Two values: the larger one is the object. More values, the largest >= SOFT_MASK_THRESHOLD (8-bit): the
+    mask is binary in intent and the object is ``>= SOFT_MASK_THRESHOLD``, whatever soft edges, resampling,
+    compression noise, faint levels, halos, patches or stray pixels it holds besides. Refused: more values none
+    of which reaches the threshold (a 0/1/2 label map), a file that is not a mask (a texture, or more than
+    MAX_BINARY_MASK_INTERMEDIATE_FRACTION of the pixels intermediate: a grey image, a gradient), the whole frame
+    as object. ``strict`` refuses every mask with more than two values.
     """
-    _check_piecewise_constant(mask, path)
-    values = np.unique(mask)
+    values, counts = _histogram(mask)
+    _check_is_mask(mask, values, counts, path, MAX_BINARY_MASK_INTERMEDIATE_FRACTION)
     if values.size == 1 and values[0] == 0:
         return BinarisedMask(np.zeros(mask.shape, dtype=bool), "empty", values=1)
     if values.size <= 2:
         foreground = mask == values[-1]
         _check_not_whole_frame(foreground, mask, path)
         return BinarisedMask(foreground, "binary", values=int(values.size))
+    low, high = int(values[0]), int(values[-1])
     if strict:
-        extra = np.count_nonzero((mask != values[0]) & (mask != values[-1]))
+        extra = mask.size - int(counts[0]) - int(counts[-1])
         raise ConversionError(
             f"mask {path} is not exactly binary: it has the values {_shown_values(values)} ({extra} pixels are "
-            f"neither {int(values[0])} nor {int(values[-1])}), and --strict-masks refuses such masks. Replace it "
-            f"with a two-valued mask, or convert without --strict-masks to threshold it at {SOFT_MASK_THRESHOLD}"
+            f"neither {low} nor {high}), and --strict-masks refuses such masks. Replace it with a two-valued mask, "
+            f"or convert without --strict-masks to threshold it at {SOFT_MASK_THRESHOLD}"
         )
-    if mask.dtype != np.uint8 or values[-1] < SOFT_MASK_THRESHOLD:
+    if mask.dtype != np.uint8 or high < SOFT_MASK_THRESHOLD:
         raise ConversionError(
-            f"mask {path} has the values {_shown_values(values)}: neither a 0/255 mask nor one to threshold (whose "
-            f"object is >= {SOFT_MASK_THRESHOLD}); a multi-class label map or the wrong file, whose labels "
-            f"thresholding would drop. Replace it with the binary mask from the dataset archive"
+            f"mask {path} has the values {_shown_values(values)}: more than two, none of them >= "
+            f"{SOFT_MASK_THRESHOLD}, so not a binary mask to threshold but a multi-class label map (or the wrong "
+            "file), whose labels thresholding would drop. Replace it with the binary mask from the dataset archive "
+            "(or merge the labels into 0/255 yourself)"
         )
-    _check_no_solid_region_dropped(mask, values, path)
-    low, high = int(values[0]), int(values[-1])
-    tolerance = (high - low) * LEVEL_TOLERANCE
-    near_low, near_high = mask <= low + tolerance, mask >= high - tolerance
     foreground = mask >= SOFT_MASK_THRESHOLD
     _check_not_whole_frame(foreground, mask, path)
+    tolerance = (high - low) * LEVEL_TOLERANCE
+    near_low, near_high = values <= low + tolerance, values >= high - tolerance
+    dropped = (values > low) & (values < SOFT_MASK_THRESHOLD)
+    level = int(np.argmax(np.where(dropped, counts, 0)))
+    dropped_level_pixels = int(counts[level]) if dropped[level] else 0
     return BinarisedMask(
         foreground, "soft", values=int(values.size),
-        edge_pixels=int(np.count_nonzero(~(near_low | near_high))),
-        faint_pixels=int(np.count_nonzero(near_low & (mask != low)) + np.count_nonzero(near_high & (mask != high))),
-        changed_pixels=int(np.count_nonzero((mask > low) & ~foreground)),
+        edge_pixels=int(counts[~(near_low | near_high)].sum()),
+        faint_pixels=int(counts[near_low | near_high].sum() - counts[0] - counts[-1]),
+        changed_pixels=int(counts[dropped].sum()),
+        dropped_level=int(values[level]) if dropped_level_pixels else -1,
+        dropped_level_pixels=dropped_level_pixels,
+        large_dropped_level=dropped_level_pixels > LARGE_DROPPED_LEVEL_FRACTION * mask.size,
     )
 
 
 def binarize_instance_map(label_map: np.ndarray, path: Path) -> BinarisedMask:
     """Instance map (0 background, 1..N objects) -> foreground ``> 0`` and N."""
-    _check_piecewise_constant(label_map, path)
+    values, counts = _histogram(label_map)
+    # labels 1..N are intermediate by value: only a texture betrays an image here
+    _check_is_mask(label_map, values, counts, path, max_intermediate=None)
     foreground = label_map > 0
     _check_not_whole_frame(foreground, label_map, path)
-    instances = int(np.unique(label_map[foreground]).size)
+    instances = int(np.count_nonzero(values > 0))
     return BinarisedMask(foreground, "instance", values=instances + int(not foreground.all()), instances=instances)

@@ -14,9 +14,9 @@ iterations:
   (3-channel masks); every other mask has soft edges.
 
 With ``mask_artifacts=True`` (BUSI, CVC) the masks hold what real copies hold (compression noise, stray
-mid-grey pixels, faint strips and halos), made by the helpers that turn any 0/255 mask into one as users
-meet it: :func:`resample_mask`, :func:`jpeg_round_trip`, :func:`add_faint_strip`, :func:`add_faint_halo`,
-:func:`add_stray_pixels`.
+mid-grey pixels, faint strips, patches and halos), made by the helpers that turn any 0/255 mask into one as users
+meet it: :func:`resample_mask`, :func:`jpeg_round_trip`, :func:`add_faint_strip`, :func:`add_faint_patch`,
+:func:`add_faint_halo`, :func:`add_stray_pixels`.
 
 All are deterministic for a given ``seed``.
 """
@@ -168,8 +168,9 @@ def make_synthetic_cvc(
     redistribution). Odd-numbered cases have soft mask edges (a ramp of values across the border; the
     object is the pixels >= 128). ``size`` is (width, height). ``mask_artifacts`` adds what CVC-ClinicDB's
     official masks hold: cases numbered 4, 24, 44, ... (about 30 of 612) a strip of one faint level (6-23,
-    1-4 rows high, up to 200 pixels long, 1-10 pixels from the polyp), cases 14, 34, ... a continuous-tone faint
-    halo (values 2-20, 6 pixels wide) around the polyp.
+    1-4 rows high, up to 200 pixels long, 1-10 pixels from the polyp), cases 10, 30, ... a patch of the faint level
+    11 next to the polyp (a quarter of the frame's height square: about 5 % of the frame), cases 14, 34, ... a
+    continuous-tone faint halo (values 2-20, 6 pixels wide) around the polyp.
     """
     if image_format not in ("tif", "png"):
         raise ValueError(f"image_format must be 'tif' or 'png', got {image_format!r}")
@@ -197,6 +198,8 @@ def make_synthetic_cvc(
             if mask_artifacts and number % 20 == 4:
                 mask = add_faint_strip(mask, level=6 + number % 18, rows=1 + number % 4, length=10 + number % 191,
                                        gap=1 + number % 10)
+            elif mask_artifacts and number % 20 == 10:
+                mask = add_faint_patch(mask, level=11, side=height // 4)
             elif mask_artifacts and number % 20 == 14:
                 mask = add_faint_halo(mask, width=6, levels=(2, 20), seed=number)
         rgb = _to_uint8(image)
@@ -245,6 +248,19 @@ def add_faint_strip(mask: np.ndarray, level: int, rows: int, length: int, gap: i
     top, bottom, left = object_rows.min(), object_rows.max(), object_cols.min()
     start = top - gap - rows if top - gap - rows >= 0 else bottom + gap + 1
     region = out[start:start + rows, left:left + length]
+    region[region == 0] = level
+    return out
+
+
+def add_faint_patch(mask: np.ndarray, level: int, side: int, gap: int = 1) -> np.ndarray:
+    """Copy of ``mask`` with a ``side`` x ``side`` patch of one faint ``level`` on the background (CVC-ClinicDB's
+    official masks hold such patches, 6-25, up to 8 % of the frame), ``gap`` columns right of the object (left
+    of it where the frame leaves no room), level with its top row; clipped to the frame."""
+    out = mask.copy()
+    object_rows, object_cols = np.nonzero(mask >= 128)
+    top, left, right = object_rows.min(), object_cols.min(), object_cols.max()
+    start = right + 1 + gap if right + 1 + gap + side <= mask.shape[1] else max(0, left - gap - side)
+    region = out[top:top + side, start:start + side]
     region[region == 0] = level
     return out
 

@@ -113,13 +113,17 @@ def convert_case(case: CaseSource, target_hw: tuple[int, int] | None, output_fol
         foreground |= reading.foreground
         mask_kinds.append({"file": _relative(mask_path, source_root), "kind": reading.kind, "values": reading.values,
                            "edge_pixels": reading.edge_pixels, "faint_pixels": reading.faint_pixels,
-                           "changed_pixels": reading.changed_pixels})
+                           "changed_pixels": reading.changed_pixels, "dropped_level": reading.dropped_level,
+                           "dropped_level_pixels": reading.dropped_level_pixels,
+                           "large_dropped_level": reading.large_dropped_level})
         if reading.kind == "instance":
             steps.append(f"binarised instance map ({reading.instances} objects) at > 0")
         elif reading.kind == "soft":
             steps.append(f"thresholded mask {mask_path.name} ({reading.values} values) at >= {SOFT_MASK_THRESHOLD} "
                          f"({reading.edge_pixels} intermediate pixels, {reading.faint_pixels} faint pixels; "
-                         f"{reading.changed_pixels} pixels changed class)")
+                         f"{reading.changed_pixels} pixels changed class"
+                         + (f", the level {reading.dropped_level} on {reading.dropped_level_pixels} of them)"
+                            if reading.dropped_level_pixels else ")"))
     if len(case.masks) > 1:
         steps.append(f"united {len(case.masks)} masks")
     label = foreground.astype(np.uint8)
@@ -291,20 +295,36 @@ def _summarise(records: dict[str, dict], excluded: Sequence[dict]) -> dict[str, 
         "masks_soft_edged": kinds["soft"],
         "masks_with_faint_values": sum(m["faint_pixels"] > 0 for r in records.values() for m in r["mask_kinds"]),
         "pixels_changed_class": sum(m["changed_pixels"] for r in records.values() for m in r["mask_kinds"]),
+        "masks_with_large_dropped_level": len(large_dropped_levels(records)),
         "files_with_read_warnings": sum(len(r.get("read_warnings", {})) for r in records.values()),
     }
+
+
+def large_dropped_levels(records: dict[str, dict]) -> list[tuple[str, int, int, float]]:
+    """(mask file, level, pixels, % of the image) of every thresholded mask in which one level below
+    SOFT_MASK_THRESHOLD covers more than masks.LARGE_DROPPED_LEVEL_FRACTION of the image, in case order."""
+    found = []
+    for record in records.values():
+        height, width = record["original_shape_hw"]
+        for mask in record["mask_kinds"]:
+            if mask.get("large_dropped_level"):
+                pixels = mask["dropped_level_pixels"]
+                found.append((mask["file"], mask["dropped_level"], pixels, 100 * pixels / (height * width)))
+    return found
 
 
 def write_mask_report(records: dict[str, dict], path: Path) -> None:
     """One CSV row per mask that was not exactly two-valued and was thresholded (header only if none)."""
     with open(path, "w", newline="") as report:
         writer = csv.writer(report)
-        writer.writerow(["case", "mask", "values", "intermediate_pixels", "faint_pixels", "pixels_changed_class"])
+        writer.writerow(["case", "mask", "values", "intermediate_pixels", "faint_pixels", "pixels_changed_class",
+                         "largest_dropped_level", "largest_dropped_level_pixels", "large_dropped_level"])
         for case_id, record in records.items():
             for mask in record["mask_kinds"]:
                 if mask["kind"] == "soft":
                     writer.writerow([case_id, mask["file"], mask["values"], mask["edge_pixels"],
-                                     mask["faint_pixels"], mask["changed_pixels"]])
+                                     mask["faint_pixels"], mask["changed_pixels"], mask["dropped_level"],
+                                     mask["dropped_level_pixels"], int(mask["large_dropped_level"])])
 
 
 def write_nnunet_dataset(

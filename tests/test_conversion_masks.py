@@ -1,5 +1,6 @@
-"""Masks as users meet them: resampled, compressed, with faint strips, halos and stray pixels, thresholded at
-128; label maps, whose labels thresholding would drop, refused; --strict-masks; the report of what was
+"""Masks as users meet them: resampled, compressed, with faint strips, patches, halos and stray pixels: a mask
+holding a value >= 128 is thresholded there, a level below 128 covering more than 1 % of the image said; label
+maps without such a value and images stored as masks refused; --strict-masks; the report of what was
 thresholded. The real examples are in ../shared/samples/mask-artifacts (skipped where it is absent)."""
 
 import csv
@@ -10,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 import dataset_conversion.writer as writer
 from dataset_conversion.cli import convert_dataset, main
 from dataset_conversion.errors import ConversionError
 from dataset_conversion.masks import binarize_binary_mask
-from dataset_conversion.reading import read_mask_array
-from dataset_conversion.synthetic import add_faint_halo, add_faint_strip, add_stray_pixels, jpeg_round_trip, \
-    make_synthetic_busi, make_synthetic_cvc, resample_mask
+from dataset_conversion.reading import read_image_rgb, read_mask_array
+from dataset_conversion.synthetic import add_faint_halo, add_faint_patch, add_faint_strip, add_stray_pixels, \
+    jpeg_round_trip, make_synthetic_busi, make_synthetic_cvc, resample_mask
 from dataset_conversion.writer import MASK_REPORT_NAME
 
 
@@ -89,7 +90,7 @@ def test_stray_mid_grey_pixels_are_thresholded(distance):
     accepted(mask)
 
 
-# --- what thresholding would lose: refused -----------------------------------------------------------------
+# --- a mask holding 255 is binary in intent: faint levels and patches of every size are thresholded -------------
 
 
 def quarters(*levels: int) -> np.ndarray:
@@ -100,20 +101,89 @@ def quarters(*levels: int) -> np.ndarray:
     return mask
 
 
-@pytest.mark.parametrize("make_mask, fragments", [
-    (lambda: quarters(1, 2, 255), ("[0, 1, 2, 255]", "the levels [1, 2] each cover a solid region", "label map",
-                                   "would drop them", "merge the labels")),
-    (lambda: quarters(1, 2, 3), ("[0, 1, 2, 3]", "multi-class label map", "would drop")),
-    (lambda: add_faint_strip(lesion(), 3, 12, 60, 4), ("[0, 3, 255]", "the levels [3]", "label map")),
-    (lambda: quarters(100, 255), ("intermediate values away from the object's border", "8x8 pixels of the value 100",
-                                  "label map")),
+@pytest.mark.parametrize("side", [1, 2, 4, 7, 8, 9, 12, 16, 24, 32, 33, 34, 48, 64, 96])
+@pytest.mark.parametrize("level", [1, 6, 12, 23, 60])
+def test_faint_patches_of_every_size_next_to_255_are_thresholded(side, level):
+    yy, xx = np.mgrid[:288, :384]
+    polyp = (np.hypot(yy - 144, xx - 192) < 60).astype(np.uint8) * 255
+    mask = add_faint_patch(polyp, level, side)
+    patch = np.count_nonzero(mask == level)
+    assert patch == side * side  # the whole patch lies beside the polyp
+    reading = accepted(mask)
+    assert reading.kind == "soft" and reading.values == 3
+    assert reading.changed_pixels == reading.dropped_level_pixels == patch and reading.dropped_level == level
+    # 1 % of the 384 x 288 frame is 1105.9 pixels: a patch of side 34 and more is said
+    assert reading.large_dropped_level == (side >= 34)
+
+
+@pytest.mark.parametrize("make_mask, level, large", [
+    (lambda: quarters(1, 2, 255), 1, True),  # 1 and 2 each cover a quarter: read as binary, with a warning
+    (lambda: quarters(100, 255), 100, True),
+    (lambda: add_faint_strip(lesion(), 3, 12, 60, 4), 3, True),  # 720 pixels, 1.8 % of 180 x 220
+    (lambda: add_faint_strip(lesion(), 11, 4, 40, 4), 11, False),  # 160 pixels, 0.4 %
+    (lambda: add_faint_halo(lesion(), 6, (2, 20)), None, False),  # continuous tone: each level < 1 %
+    (lambda: add_faint_halo(lesion(), 40, (5, 16)), None, True),  # 12 levels on 64 % of the frame
 ])
-def test_label_maps_are_refused(make_mask, fragments):
+def test_levels_below_128_next_to_255_are_thresholded_and_large_ones_said(make_mask, level, large):
+    mask = make_mask()
+    reading = accepted(mask)
+    assert reading.large_dropped_level == large
+    assert reading.changed_pixels == np.count_nonzero((mask > 0) & (mask < 128))
+    if level is not None:
+        assert reading.dropped_level == level
+
+
+# --- what cannot be read as binary: refused -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make_mask, values", [
+    (lambda: quarters(1, 2), "[0, 1, 2]"),
+    (lambda: quarters(1, 2, 3), "[0, 1, 2, 3]"),
+    (lambda: quarters(1, 2, 3).astype(np.uint16) * 40, "[0, 40, 80, 120]"),
+    (lambda: quarters(20, 60, 127), "[0, 20, 60, 127]"),
+])
+def test_label_maps_are_refused(make_mask, values):
     with pytest.raises(ConversionError) as error:
         binarize_binary_mask(make_mask(), Path("labels/case_mask.png"))
     message = str(error.value)
-    for fragment in fragments + ("labels/case_mask.png", "Replace it with the binary mask from the dataset archive"):
+    for fragment in (f"labels/case_mask.png has the values {values}", "none of them >= 128", "multi-class label map",
+                     "would drop", "Replace it with the binary mask from the dataset archive",
+                     "merge the labels into 0/255"):
         assert fragment in message, message
+
+
+def grey_photographs(tmp_path: Path) -> dict[str, np.ndarray]:
+    """The synthetic BUSI and CVC images as grey arrays, darkened (no value >= 128) and smoothed versions, and
+    gradients: files of many grey levels stored under a mask's name."""
+    busi = make_synthetic_busi(tmp_path / "busi", n_benign=1, n_malignant=0, n_normal=0, seed=5)
+    cvc = make_synthetic_cvc(tmp_path / "cvc", n_cases=1, image_format="png", size=(384, 288), seed=5)
+    photos = {"busi": np.asarray(Image.open(busi / "benign" / "benign (1).png").convert("L")),
+              "cvc": np.asarray(Image.open(cvc / "Original" / "1.png").convert("L"))}
+    photos["busi_dark"], photos["cvc_dark"] = photos["busi"] // 3, photos["cvc"] // 3
+    photos["cvc_smooth"] = np.asarray(Image.fromarray(photos["cvc"]).filter(ImageFilter.GaussianBlur(4)))
+    photos["linear_gradient"] = np.repeat(np.arange(256, dtype=np.uint8)[None], 64, axis=0)
+    photos["stepped_gradient"] = np.repeat(np.repeat(np.arange(8, dtype=np.uint8) * 36, 8)[None], 64, axis=0)
+    return photos
+
+
+def test_grey_photographs_and_gradients_saved_as_masks_are_refused(tmp_path):
+    for name, photo in grey_photographs(tmp_path).items():
+        with pytest.raises(ConversionError) as error:
+            binarize_binary_mask(photo, Path(f"masks/{name}.png"))
+        message = str(error.value)
+        for fragment in (f"masks/{name}.png does not look like a mask", "lie between its lowest and highest values",
+                         "Replace it with the mask from the dataset archive"):
+            assert fragment in message, (name, message)
+
+
+def test_real_images_saved_as_masks_are_refused(shared_dir):
+    images = sorted((shared_dir / "samples").glob("**/Original/*")) + sorted(
+        p for p in (shared_dir / "samples").glob("**/Dataset_BUSI_with_GT/*/*.png") if "_mask" not in p.name)
+    assert len(images) >= 20
+    for path in images:
+        grey = np.round(read_image_rgb(path).mean(axis=-1)).astype(np.uint8)
+        with pytest.raises(ConversionError, match="does not look like a mask"):
+            binarize_binary_mask(grey, path)
 
 
 def test_two_valued_masks_keep_their_larger_value_as_object():
@@ -157,19 +227,27 @@ def test_summary_line_and_report_of_thresholded_masks(tmp_path, capsys):
     source = make_synthetic_cvc(tmp_path / "cvc", n_cases=24, image_format="png", seed=2, size=(128, 96),
                                 mask_artifacts=True)
     assert main(["cvc", str(source), "--native", "-np", "1"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     dataset = tmp_path / "raw" / "Dataset603_CVCClinicDB"
     with open(dataset / MASK_REPORT_NAME, newline="") as report:
         rows = list(csv.DictReader(report))
-    # 12 soft-edged (odd cases), the strips of cases 4 and 24, the halo of case 14
-    assert sorted(int(r["case"][4:]) for r in rows) == sorted([*range(1, 24, 2), 4, 14, 24])
+    # 12 soft-edged (odd cases), the strips of cases 4 and 24, the patch of case 10, the halo of case 14
+    assert sorted(int(r["case"][4:]) for r in rows) == sorted([*range(1, 24, 2), 4, 10, 14, 24])
+    # the patch (24 x 24 of the level 11: 4.7 % of the frame) is the one level below 128 on more than 1 %
+    assert [r["case"] for r in rows if r["large_dropped_level"] == "1"] == ["cvc_0010"]
+    patch = next(r for r in rows if r["case"] == "cvc_0010")
+    assert (patch["largest_dropped_level"], patch["largest_dropped_level_pixels"]) == ("11", str(24 * 24))
+    assert "Warning: 1 masks hold a level below 128 on more than 1 % of the image" in err
+    assert "  Ground Truth/10.png: the level 11 on 576 pixels (4.69 %)" in err
     changed = sum(int(r["pixels_changed_class"]) for r in rows)
     assert changed == sum(np.count_nonzero((m > 0) & (m < 128)) for m in (
         np.asarray(Image.open(p))[..., 0] for p in (source / "Ground Truth").glob("*.png")))
-    assert f"15 soft-edged or noisy (not exactly binary: thresholded at >= 128, {changed} pixels changed class" in out
+    assert f"16 soft-edged or noisy (not exactly binary: thresholded at >= 128, {changed} pixels changed class" in out
     assert f"Thresholded masks: {dataset / MASK_REPORT_NAME}" in out
     record = json.loads((dataset / "conversion_record.json").read_text())
     assert record["summary"]["pixels_changed_class"] == changed
+    assert record["summary"]["masks_with_large_dropped_level"] == 1
+    assert record["cases"]["cvc_0010"]["mask_kinds"][0]["dropped_level"] == 11
 
 
 def test_strict_masks_refuses_masks_that_are_not_exactly_binary(tmp_path, capsys):

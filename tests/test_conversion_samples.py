@@ -27,6 +27,7 @@ def test_busi_samples(tmp_path):
         "cases_written": 8, "excluded": 2, "masks_merged": 3, "thresholded": 0, "resized": 8,
         "instance_maps_binarised": 0, "empty_labels": 0, "masks_read": 12, "masks_binary": 12, "masks_empty": 0,
         "masks_soft_edged": 0, "masks_with_faint_values": 0, "files_with_read_warnings": 0, "pixels_changed_class": 0,
+        "masks_with_large_dropped_level": 0,
     }
     dataset_json = json.loads((result.dataset_folder / "dataset.json").read_text())
     assert dataset_json["original_ids"]["benign_0195"] == "benign (195)"

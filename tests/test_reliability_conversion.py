@@ -110,9 +110,16 @@ def stepped_gradient() -> np.ndarray:
     return np.repeat(np.repeat(np.arange(8, dtype=np.uint8) * 36, 8)[None, :], 64, axis=0)
 
 
+def test_label_map_holding_255_is_thresholded_and_said():
+    reading = binarize_binary_mask(label_map_0_1_2_255(), Path("labels.png"))
+    assert reading.kind == "soft" and reading.large_dropped_level  # 240 pixels of 2: 5.9 % of 64 x 64
+    assert (reading.dropped_level, reading.dropped_level_pixels) == (2, 240)
+    np.testing.assert_array_equal(reading.foreground, disc())
+
+
 @pytest.mark.parametrize("make_mask, fragments", [
-    (label_map_0_1_2_255, ("[0, 1, 2, 255]", "label map", "would drop them")),
-    (stepped_gradient, ("intermediate values away from the object's border", "gradient")),
+    (lambda: np.minimum(label_map_0_1_2_255(), 3), ("[0, 1, 2, 3]", "multi-class label map", "would drop")),
+    (stepped_gradient, ("does not look like a mask", "75 % of its pixels lie between", "gradient")),
     (lambda: np.full((64, 64), 255, np.uint8), ("marks every pixel as object", "[255]")),
     (lambda: np.full((64, 64), 1, np.uint8), ("marks every pixel as object",)),
 ])
@@ -124,12 +131,18 @@ def test_non_binary_masks_are_refused(make_mask, fragments):
     assert "bad_mask.png" in str(error.value)
 
 
-def test_label_map_mask_refused_by_the_command(raw, busi, capsys):
-    Image.fromarray(label_map_0_1_2_255()).save(busi / "benign" / "benign (1)_mask.png")
+def test_label_maps_by_the_command(raw, busi, capsys):
     image = busi / "benign" / "benign (1).png"
     Image.open(image).resize((64, 64)).save(image)
-    fails(capsys, ["busi", str(busi)], "benign (1)_mask.png has the values [0, 1, 2, 255]")
+    Image.fromarray(np.minimum(label_map_0_1_2_255(), 3)).save(busi / "benign" / "benign (1)_mask.png")
+    fails(capsys, ["busi", str(busi)], "benign (1)_mask.png has the values [0, 1, 2, 3]", "label map")
     assert leftovers(raw) == []
+    # with 255 it is binary in intent: thresholded, the dropped labels said
+    Image.fromarray(label_map_0_1_2_255()).save(busi / "benign" / "benign (1)_mask.png")
+    assert main(["busi", str(busi), "-np", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "Warning: 1 masks hold a level below 128 on more than 1 % of the image" in err
+    assert "  benign/benign (1)_mask.png: the level 2 on 240 pixels (5.86 %)" in err
 
 
 @pytest.mark.parametrize("remove, fragments", [
