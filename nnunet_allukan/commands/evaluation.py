@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nnunet_allukan.evaluation.collect import EvaluationError, env_folder, resolve_dataset_name
+from nnunet_allukan.paper import BATCH_SIZE, DIVISOR
 
 DEFAULT_PLANS = "nnUNetPlans"
 DEFAULT_CONFIGURATION = "2d"
@@ -98,7 +99,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                              "else $nnUNet_preprocessed/<dataset>/splits_final.json; train_test_split output order, "
                              "what the reference loader iterates; default; sorted where no split file exists), "
                              "'sorted' = sorted case ids")
-    parser.add_argument("--batch-size", type=int, default=8, help="reference protocol batch size (default 8)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help=f"reference protocol batch size (default {BATCH_SIZE})")
     parser.add_argument("--std-ddof", type=int, choices=(0, 1), default=0,
                         help="std over the seeds: 0 = population (numpy default, default), 1 = sample")
     parser.add_argument("-o", type=Path, default=None, metavar="OUTPUT_FOLDER",
@@ -322,8 +324,6 @@ def _gradient_model(args: argparse.Namespace):
                 row = table2_row(fresh)
             except ValueError as error:
                 raise EvaluationError(f"--fresh: {error}; or 'fig3b'") from None
-            from nnunet_allukan.paper import DIVISOR
-
             if args.size % DIVISOR:
                 raise EvaluationError(f"--size must be a multiple of {DIVISOR}, got {args.size}")
             network = build_table2_network(row.row, 3, 1, dim=args.dim, **({"grad_free": True} if row.row in

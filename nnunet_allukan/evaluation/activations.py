@@ -21,6 +21,7 @@ import numpy as np
 
 from nnunet_allukan.evaluation.collect import EvaluationError
 from nnunet_allukan.evaluation.output import save_atomically
+from nnunet_allukan.paper import GRID_RANGE, GRID_SIZE, SPLINE_ORDER
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class KALayerWeights:
         return f"KA u{tuple(self.u.shape)}"
 
 
-def bspline_bases(x: np.ndarray, grid_size: int = 5, spline_order: int = 3,
-                  grid_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+def bspline_bases(x: np.ndarray, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
+                  grid_range: tuple[float, float] = GRID_RANGE) -> np.ndarray:
     """The layers' B-spline bases (:func:`nnunet_allukan.layers.bspline_bases`) of ``x``, in float64 numpy.
 
     x: any shape; returns x.shape + (grid_size + spline_order,).
@@ -155,8 +156,9 @@ def select_layers(layers: Sequence[KALayerWeights], patterns: Sequence[str]) -> 
     return chosen
 
 
-def activation_curves(layer: KALayerWeights, x: np.ndarray, outputs: Sequence[int], grid_size: int = 5,
-                      spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0)) -> dict[str, np.ndarray]:
+def activation_curves(layer: KALayerWeights, x: np.ndarray, outputs: Sequence[int], grid_size: int = GRID_SIZE,
+                      spline_order: int = SPLINE_ORDER,
+                      grid_range: tuple[float, float] = GRID_RANGE) -> dict[str, np.ndarray]:
     """Curves of the chosen outputs over x [n_x]: 'phi' [n_out, n_x] = sum_k v[i,k] B_k(x) (Eq. 7);
     'mean_u' [n_out, n_x] = phi + mean_j u[i,j] silu(x); 'low' / 'high' [n_out, n_x]: pointwise envelope of
     phi + u silu(x) for u in [5th, 95th percentile of u[i, :]] (the expression is linear in u)."""
@@ -175,8 +177,9 @@ def activation_curves(layer: KALayerWeights, x: np.ndarray, outputs: Sequence[in
             "low": np.minimum(edge_low, edge_high), "high": np.maximum(edge_low, edge_high)}
 
 
-def plot_activations(layers: Sequence[KALayerWeights], output_png: Path, n_outputs: int = 8, grid_size: int = 5,
-                     spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0),
+def plot_activations(layers: Sequence[KALayerWeights], output_png: Path, n_outputs: int = 8,
+                     grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
+                     grid_range: tuple[float, float] = GRID_RANGE,
                      x_range: tuple[float, float] | None = None, title: str = "") -> Path:
     """One PNG: a row of ``n_outputs`` panels per layer (outputs evenly spaced over the layer's outputs)."""
     import matplotlib
