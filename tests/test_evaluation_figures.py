@@ -118,6 +118,37 @@ def test_activation_command_from_nnunet_checkpoint(tmp_path, monkeypatch, capsys
     assert (tmp_path / "a.png").is_file()
 
 
+def test_activation_command_reads_the_grid_from_the_model_folder(tmp_path, monkeypatch, capsys):
+    """A model trained on another spline grid is plotted on that grid, read from the model folder's plans.json."""
+    from nnunet_allukan.training.architectures import plans_with_ukan_architecture
+    from plans_helpers import build_from_plans, minimal_plans
+
+    plans, _ = plans_with_ukan_architecture(minimal_plans("2d", [64, 64]), "2d", "allukan", embed_dims=(16, 24, 32),
+                                            grid_size=4, spline_order=2, grid_range=(-2.0, 2.0))
+    model = tmp_path / "results" / "Dataset601_BUSI" / "nnUNetTrainerAllUKAN__nnUNetPlans__2d"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "plans.json").write_text(json.dumps(plans))
+    network = build_from_plans(plans, "2d", 3, 1)
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainerAllUKAN"},
+               model / "fold_0" / "checkpoint_final.pth")
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    plot_activations_main(["-d", "601", "-tr", "nnUNetTrainerAllUKAN", "-n", "2"])
+    assert f"Spline grid: grid size 4, order 2, range -2 2 (from {model / 'plans.json'})" in capsys.readouterr().out
+    assert (model / "fold_0" / "activations_checkpoint_final.png").is_file()
+    # options that contradict the recorded grid are refused, nothing written
+    with pytest.raises(SystemExit) as exit_info:
+        plot_activations_main(["-d", "601", "-tr", "nnUNetTrainerAllUKAN", "--grid-size", "5",
+                               "-o", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 1
+    assert "--grid-size 5 contradicts the grid the model was trained with" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+    # outside a model folder the options say it
+    torch.save(network.state_dict(), tmp_path / "weights.pth")
+    plot_activations_main(["-i", str(tmp_path / "weights.pth"), "--grid-size", "4", "--spline-order", "2",
+                           "--grid-range", "-2", "2", "-o", str(tmp_path / "w.png")])
+    assert "Spline grid: grid size 4, order 2, range -2 2 (as given)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "checkpoint not found"),
     (b"garbage", "cannot be loaded as a PyTorch checkpoint"),

@@ -58,6 +58,30 @@ def bspline_bases(x: np.ndarray, grid_size: int = GRID_SIZE, spline_order: int =
     return layer_bases(values, grid_size, spline_order, grid_range).numpy()
 
 
+GRID_OPTIONS = ("grid_size", "spline_order", "grid_range")
+# Where a plans ``architecture`` entry records the KA layers' options: the U-KAN family's convolutions and fc
+# layers, the KA U-Nets' layers.
+_LAYER_OPTION_ENTRIES = ("conv_kwargs", "fc_kwargs", "ka_kwargs")
+
+
+def recorded_grid(architecture: Mapping, where: str = "plans") -> dict:
+    """The spline grid (``grid_size``, ``spline_order``, ``grid_range``) a network was built with, from its plans
+    ``architecture`` entry. An option the entry does not record is the layers' default, the paper's grid."""
+    arch_kwargs = architecture.get("arch_kwargs") or {}
+    found: dict = {}
+    for entry in _LAYER_OPTION_ENTRIES:
+        options = arch_kwargs.get(entry) or {}
+        for name in GRID_OPTIONS:
+            if name not in options:
+                continue
+            value = tuple(float(v) for v in options[name]) if name == "grid_range" else int(options[name])
+            if found.setdefault(name, value) != value:
+                raise EvaluationError(f"{where}: the architecture records two different {name} values "
+                                      f"({found[name]} and {value}); the activation plot takes one grid.")
+    return {"grid_size": found.get("grid_size", GRID_SIZE), "spline_order": found.get("spline_order", SPLINE_ORDER),
+            "grid_range": found.get("grid_range", tuple(GRID_RANGE))}
+
+
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
