@@ -26,7 +26,7 @@ def raw(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def busi(tmp_path) -> Path:
     """A small synthetic BUSI source in the distributed layout (3 benign, 2 malignant, 1 normal)."""
-    from dataset_conversion.synthetic import make_synthetic_busi
+    from nnunet_allukan.synthetic import make_synthetic_busi
 
     return make_synthetic_busi(tmp_path / "busi", n_benign=3, n_malignant=2, n_normal=1, seed=4)
 

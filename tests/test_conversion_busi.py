@@ -9,7 +9,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from dataset_conversion.cli import convert_dataset, main
-from dataset_conversion.synthetic import make_synthetic_busi
+from nnunet_allukan.synthetic import make_synthetic_busi
 
 
 @pytest.fixture(autouse=True)

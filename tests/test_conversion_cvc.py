@@ -9,7 +9,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from dataset_conversion.cli import convert_dataset, main
-from dataset_conversion.synthetic import make_synthetic_cvc
+from nnunet_allukan.synthetic import make_synthetic_cvc
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from PIL import Image
 
 import dataset_conversion.writer as writer
 from dataset_conversion.cli import main
-from dataset_conversion.synthetic import make_synthetic_busi, make_synthetic_cvc, make_synthetic_glas
+from nnunet_allukan.synthetic import make_synthetic_busi, make_synthetic_cvc, make_synthetic_glas
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from dataset_conversion.cli import convert_dataset, main
-from dataset_conversion.synthetic import GLAS_FOLDER, make_synthetic_glas
+from nnunet_allukan.synthetic import GLAS_FOLDER, make_synthetic_glas
 
 
 @pytest.fixture(autouse=True)

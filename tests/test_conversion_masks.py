@@ -17,7 +17,7 @@ from dataset_conversion.cli import convert_dataset, main
 from dataset_conversion.errors import ConversionError
 from dataset_conversion.masks import binarize_binary_mask
 from dataset_conversion.reading import read_mask_array
-from dataset_conversion.synthetic import add_faint_halo, add_faint_strip, add_stray_pixels, jpeg_round_trip, \
+from nnunet_allukan.synthetic import add_faint_halo, add_faint_strip, add_stray_pixels, jpeg_round_trip, \
     make_synthetic_busi, make_synthetic_cvc, resample_mask
 from dataset_conversion.writer import MASK_REPORT_NAME
 
