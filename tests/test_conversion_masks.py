@@ -22,11 +22,7 @@ from nnunet_allukan.synthetic import add_faint_halo, add_faint_strip, add_stray_
 from dataset_conversion.writer import MASK_REPORT_NAME
 
 
-@pytest.fixture(autouse=True)
-def _nnunet_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
+pytestmark = pytest.mark.usefixtures("raw")  # every test: an empty nnUNet_raw (tests/conftest.py)
 
 
 def lesion(height: int = 180, width: int = 220) -> np.ndarray:
