@@ -58,7 +58,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return BCE_WEIGHT * F.binary_cross_entropy_with_logits(logits, target) + (1 - dice).mean()
 
 
-def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                 scaler: torch.amp.GradScaler | None = None) -> None:
     """One step; with ``scaler``, nnU-Net's CUDA default: autocast float16 and a GradScaler."""
     opt.zero_grad(set_to_none=True)
@@ -95,7 +95,7 @@ def child(a: argparse.Namespace, name: str, batch: int) -> dict:
         # backends) so that neither compilation time nor compiler memory is counted below.
         small = build_table2_network(row, a.channels, a.classes, embed_dims=(16, 24, 32), **overrides).to(device)
         xs = torch.randn(2, a.channels, *[a.size if a.dims == 3 else 64] * a.dims, device=device)
-        _train_step(small, torch.optim.Adam(small.parameters()), xs, (xs[:, : a.classes] > 0).float(),
+        train_step(small, torch.optim.Adam(small.parameters()), xs, (xs[:, : a.classes] > 0).float(),
                     torch.amp.GradScaler(device.type) if a.amp else None)
         del small, xs
 
@@ -107,11 +107,11 @@ def child(a: argparse.Namespace, name: str, batch: int) -> dict:
         state["y"] = (torch.rand(batch, a.classes, *[a.size] * a.dims, device=device) > 0.5).float()
         state["scaler"] = torch.amp.GradScaler(device.type) if a.amp else None
         for _ in range(2):
-            _train_step(net, opt, state["x"], state["y"], state["scaler"])
+            train_step(net, opt, state["x"], state["y"], state["scaler"])
 
     state: dict = {}
     peak = peak_memory_of(setup_and_first_steps, device)
-    t = median_time(lambda: _train_step(state["net"], state["opt"], state["x"], state["y"], state["scaler"]), device,
+    t = median_time(lambda: train_step(state["net"], state["opt"], state["x"], state["y"], state["scaler"]), device,
                     a.warmup, a.steps)
     return {"time_s": t, "peak_bytes": peak, "parameters": network_summary(state["net"])["parameters"]}
 

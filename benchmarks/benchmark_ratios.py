@@ -62,7 +62,7 @@ def network_times(a: argparse.Namespace) -> dict:
         y = (torch.rand(a.batch_size, 1, a.size, a.size, device=device) > 0.5).float()
         scaler = torch.amp.GradScaler(device.type) if a.amp else None
         steps[name] = (lambda net=net, opt=opt, x=x, y=y, scaler=scaler:
-                       benchmark_networks._train_step(net, opt, x, y, scaler))
+                       benchmark_networks.train_step(net, opt, x, y, scaler))
     for step in steps.values():  # warm-up: compilation of the basis kernels, lazy initialisation
         for _ in range(2):
             step()
