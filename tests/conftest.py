@@ -43,3 +43,19 @@ def nnunet_datasets(tmp_path_factory) -> dict:
     env = nnunet_environment(root)
     write_and_preprocess_all(root, env)
     return env
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """Every matplotlib figure saved during the test, with its dpi, so that the panels can be checked."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append((self, kwargs.get("dpi")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
