@@ -17,6 +17,7 @@ from dataset_conversion.sources import (CaseSource, DatasetInfo, locate_source_f
                                         sanitize_id, visible_entries)
 from nnunet_allukan.paper import INPUT_SIZES
 
+# The dataset as the writer and the command describe it (the three converters fill the same fields).
 INFO = DatasetInfo(
     key="glas",
     name="GlaS",

@@ -23,6 +23,8 @@ def _raise_on_sigterm(signum, frame):
     raise Terminated
 
 
+# Every command below is a parser, a function of the parsed arguments and a ``*_main`` that joins them here, so
+# that all report errors, interruption and SIGTERM alike.
 def run_reporting_errors(function: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
                          argv: Sequence[str] | None) -> None:
     args = parser.parse_args(argv)
