@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nnunet_allukan.evaluation.collect import EvaluationError, env_folder, resolve_dataset_name
-from nnunet_allukan.paper import BATCH_SIZE, DIVISOR, GRID_RANGE, GRID_SIZE, SPLINE_ORDER
+from nnunet_allukan.paper import BATCH_SIZE, DIVISOR, GRID_RANGE, GRID_SIZE, SPLINE_ORDER, SPLIT_SEEDS
 
 DEFAULT_PLANS = "nnUNetPlans"
 DEFAULT_CONFIGURATION = "2d"
@@ -82,8 +82,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
                     "Table 1 with the paper's numbers alongside. Writes results.md, results.csv, per_case.csv and "
                     "results.json.")
     _add_nnunet_selection(parser)
-    parser.add_argument("-f", nargs="+", type=int, default=[0, 1, 2], metavar="FOLD",
-                        help="folds to evaluate (default 0 1 2 = seeds 2981 6142 1187)")
+    parser.add_argument("-f", nargs="+", type=int, default=list(range(len(SPLIT_SEEDS))), metavar="FOLD",
+                        help=f"folds to evaluate (default {' '.join(map(str, range(len(SPLIT_SEEDS))))} = seeds "
+                             f"{' '.join(map(str, SPLIT_SEEDS))})")
     folders = parser.add_argument_group("plain folders instead of nnU-Net results")
     folders.add_argument("--pred", nargs="+", action="append", metavar=("NAME", "FOLDER"),
                          help="a method name followed by its prediction folder of fold 0, 1, ...; repeat per method")
