@@ -174,6 +174,20 @@ def test_activation_command_reads_the_grid_from_the_model_folder(tmp_path, monke
     assert "Spline grid: grid size 4, order 2, range -2 2 (as given)" in capsys.readouterr().out
 
 
+def test_recorded_grid_of_each_architecture_kind():
+    from nnunet_allukan.evaluation.activations import recorded_grid
+
+    paper = {"grid_size": 5, "spline_order": 3, "grid_range": (-1.0, 1.0)}
+    assert recorded_grid({"arch_kwargs": {"conv_kwargs": {}, "fc_kwargs": {}}}) == paper  # the layers' defaults
+    ka_unet = {"arch_kwargs": {"ka_kwargs": {"grad_free": True, "grid_size": 7}}}  # nnUNetTrainerKAUNet's entry
+    assert recorded_grid(ka_unet) == {**paper, "grid_size": 7}
+    ukan = {"arch_kwargs": {"conv_kwargs": {"grid_range": [-2, 2]}, "fc_kwargs": {"grid_range": [-2.0, 2.0]}}}
+    assert recorded_grid(ukan) == {**paper, "grid_range": (-2.0, 2.0)}
+    mixed = {"arch_kwargs": {"conv_kwargs": {"spline_order": 2}, "fc_kwargs": {"spline_order": 3}}}
+    with pytest.raises(EvaluationError, match="two different spline_order values"):
+        recorded_grid(mixed, "plans.json")
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "checkpoint not found"),
     (b"garbage", "cannot be loaded as a PyTorch checkpoint"),
