@@ -131,8 +131,8 @@ def test_every_module_keeps_the_import_rules():
                                                                             "imports networks"),
     ("nnunet_allukan.layers.x", "from nnunetv2.paths import nnUNet_raw\n", "layers imports nnunetv2.paths"),
     ("nnunet_allukan.paper", "import torch\n", "base imports torch"),
-    ("dataset_conversion.x", "from nnunet_allukan.layers import KALinear\n", "dataset_conversion (dataset_conversion.x) "
-                                                                            "imports layers"),
+    ("dataset_conversion.x", "from nnunet_allukan.layers import KALinear\n",
+     "dataset_conversion (dataset_conversion.x) imports layers"),
     ("nnunet_allukan.commands.x", "from nnunet_allukan.training.trainers import _define\n",
      "imports the private name _define"),
     ("nnunet_allukan.commands.x", "from nnunet_allukan.layers.kernels import native\nnative._LIBRARY = None\n",

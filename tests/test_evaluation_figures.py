@@ -257,7 +257,8 @@ def test_overlay_command(tmp_path, monkeypatch, capsys, saved_figures):
     assert str(png) in out and "case_0, case_2, case_5" in out  # evenly spaced
     (figure, dpi), = saved_figures
     assert_png_of(png, figure, dpi)
-    assert_overlay_panels(figure, tmp_path, ["case_0", "case_2", "case_5"], ["nnUNetTrainerUKAN", "nnUNetTrainerAllUKAN"])
+    assert_overlay_panels(figure, tmp_path, ["case_0", "case_2", "case_5"],
+                          ["nnUNetTrainerUKAN", "nnUNetTrainerAllUKAN"])
     plot_overlays_main(["-d", "601", "-tr", "nnUNetTrainerUKAN", "nnUNetTrainerAllUKAN", "-n", "2",
                         "--select", "disagreement", "--style", "contour", "-o", str(tmp_path / "d.png")])
     assert "Cases: case_4, case_5" in capsys.readouterr().out  # the largest shifts of the second method

@@ -44,8 +44,8 @@ def _evaluate_dataset(name: str, fold_predictions: Sequence[FoldPredictions], la
 
 
 def evaluate_nnunet(datasets: Sequence[str], trainers: Sequence[str], plans: str = "nnUNetPlans",
-                    configuration: str = "2d", folds: Sequence[int] = tuple(range(len(SPLIT_SEEDS))), order: str = "split",
-                    batch_size: int = BATCH_SIZE, ddof: int = 0,
+                    configuration: str = "2d", folds: Sequence[int] = tuple(range(len(SPLIT_SEEDS))),
+                    order: str = "split", batch_size: int = BATCH_SIZE, ddof: int = 0,
                     labels_folder: Path | None = None) -> dict:
     """Results of every trainer x fold of every dataset in $nnUNet_results (see tables.summarise_dataset)."""
     settings = _settings(order, batch_size, ddof)

@@ -1,9 +1,9 @@
 """The paper's training protocol as one nnU-Net trainer base: :class:`nnUNetTrainerPaperProtocol`.
 
 A subclass names its network (a row of the paper's Table 2, ``table2_row``) and may set ``epochs``, ``kan_fc_lr``
-and ``layer_options`` (the KA / KAN layers' options, e.g. another spline grid); the named trainers are in :mod:`nnunet_allukan.training.trainers`. What differs from
-``nnUNetTrainer`` (docs/training.md; the numbers are in :mod:`nnunet_allukan.paper`, the protocol's functions in
-:mod:`nnunet_allukan.training.protocol`):
+and ``layer_options`` (the KA / KAN layers' options, e.g. another spline grid); the named trainers are in
+:mod:`nnunet_allukan.training.trainers`. What differs from ``nnUNetTrainer`` (docs/training.md; the numbers are
+in :mod:`nnunet_allukan.paper`, the protocol's functions in :mod:`nnunet_allukan.training.protocol`):
 
 - network: recorded in the configuration's standard ``architecture`` entry (``nnunet_allukan.networks.UKAN`` with
   the row's layer types), so nnU-Net's own ``get_network_from_plans`` builds it in training and in
