@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset_conversion.synthetic import make_synthetic_busi, make_synthetic_cvc, make_synthetic_glas  # noqa: E402
+from nnunet_allukan.synthetic import make_synthetic_busi, make_synthetic_cvc, make_synthetic_glas  # noqa: E402
 
 EXPECTED_CASES = {"cvc": 612, "busi": 647, "glas": 165}
 

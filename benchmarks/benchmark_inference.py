@@ -47,7 +47,7 @@ def prepare(a: argparse.Namespace, env: dict, log: Path) -> Path:
     raw = Path(env["nnUNet_raw"])
     if not list(raw.glob(f"Dataset{DATASET_ID}_*")):
         sys.path.insert(0, str(ROOT))
-        from dataset_conversion.synthetic import make_synthetic_busi
+        from nnunet_allukan.synthetic import make_synthetic_busi
         n = a.cases + a.extra_training_cases
         make_synthetic_busi(Path(a.work) / "source", n_benign=n - n // 3, n_malignant=n // 3, n_normal=1, seed=0,
                             sizes=((500, 450), (560, 470), (470, 500), (520, 520)))

@@ -30,14 +30,19 @@ from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_proces
 
 from nnunet_allukan.layers import kernels  # noqa: E402
 from nnunet_allukan.networks import build_table2_network, network_summary  # noqa: E402
+from nnunet_allukan.paper import (BATCH1_GPU_MEMORY_GB, BCE_WEIGHT, CHUNK_SIZE, DICE_SMOOTH, INITIAL_LR,  # noqa: E402
+                                  TABLE3, WEIGHT_DECAY)
 
 # name -> (Table 2 row, overrides)
 CONFIGS = {
     "U-KAN_MLP": (4, {}),
     "U-KAN": (5, {}),
     "ALL U-KAN": (13, {}),
-    "ALL U-KAN reference (unfold), chunk 32": (13, dict(chunk_size=32, implementation="reference")),
+    f"ALL U-KAN reference (unfold), chunk {CHUNK_SIZE}": (13, dict(chunk_size=CHUNK_SIZE, implementation="reference")),
 }
+# name -> its row of the paper's Table 3 (GPU memory, time per step), whose ratios the table prints next to ours
+PAPER_TABLE3_ROW = {"U-KAN_MLP": "U-KAN_MLP", "U-KAN": "U-KAN", "ALL U-KAN": f"ALL U-KAN chunk {CHUNK_SIZE}",
+                    f"ALL U-KAN reference (unfold), chunk {CHUNK_SIZE}": f"ALL U-KAN chunk {CHUNK_SIZE}"}
 BATCH1_CONFIGS = {
     "ALL U-KAN (row 13), batch 1": (13, {}),
     "row 11 SaKAN KAonv full-grad, unfold, batch 1": (11, dict(implementation="reference")),
@@ -49,11 +54,11 @@ BATCH1_CONFIGS = {
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     prob = logits.sigmoid()
     inter = (prob * target).flatten(1).sum(1)
-    dice = (2 * inter + 1e-5) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1e-5)
-    return 0.5 * F.binary_cross_entropy_with_logits(logits, target) + (1 - dice).mean()
+    dice = (2 * inter + DICE_SMOOTH) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + DICE_SMOOTH)
+    return BCE_WEIGHT * F.binary_cross_entropy_with_logits(logits, target) + (1 - dice).mean()
 
 
-def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                 scaler: torch.amp.GradScaler | None = None) -> None:
     """One step; with ``scaler``, nnU-Net's CUDA default: autocast float16 and a GradScaler."""
     opt.zero_grad(set_to_none=True)
@@ -90,23 +95,23 @@ def child(a: argparse.Namespace, name: str, batch: int) -> dict:
         # backends) so that neither compilation time nor compiler memory is counted below.
         small = build_table2_network(row, a.channels, a.classes, embed_dims=(16, 24, 32), **overrides).to(device)
         xs = torch.randn(2, a.channels, *[a.size if a.dims == 3 else 64] * a.dims, device=device)
-        _train_step(small, torch.optim.Adam(small.parameters()), xs, (xs[:, : a.classes] > 0).float(),
+        train_step(small, torch.optim.Adam(small.parameters()), xs, (xs[:, : a.classes] > 0).float(),
                     torch.amp.GradScaler(device.type) if a.amp else None)
         del small, xs
 
     def setup_and_first_steps() -> None:  # measured: parameters, gradients, Adam state, activations (+ compile)
         torch.manual_seed(0)
         state["net"] = net = build_table2_network(row, a.channels, a.classes, **overrides).to(device).train()
-        state["opt"] = opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
+        state["opt"] = opt = torch.optim.Adam(net.parameters(), lr=INITIAL_LR, weight_decay=WEIGHT_DECAY)
         state["x"] = torch.randn(batch, a.channels, *[a.size] * a.dims, device=device)
         state["y"] = (torch.rand(batch, a.classes, *[a.size] * a.dims, device=device) > 0.5).float()
         state["scaler"] = torch.amp.GradScaler(device.type) if a.amp else None
         for _ in range(2):
-            _train_step(net, opt, state["x"], state["y"], state["scaler"])
+            train_step(net, opt, state["x"], state["y"], state["scaler"])
 
     state: dict = {}
     peak = peak_memory_of(setup_and_first_steps, device)
-    t = median_time(lambda: _train_step(state["net"], state["opt"], state["x"], state["y"], state["scaler"]), device,
+    t = median_time(lambda: train_step(state["net"], state["opt"], state["x"], state["y"], state["scaler"]), device,
                     a.warmup, a.steps)
     return {"time_s": t, "peak_bytes": peak, "parameters": network_summary(state["net"])["parameters"]}
 
@@ -166,21 +171,26 @@ def main() -> int:
     print(kernels.describe(torch.device(a.device).type))
     main_res = run_all(a, {k: CONFIGS[k] for k in a.configs}, a.batch_size)
     base = main_res.get("U-KAN_MLP", {})
+    paper_base_memory, paper_base_time = TABLE3["U-KAN_MLP"]
     lines = [f"### Training step, batch {a.batch_size}, {shape}, {a.device}", "",
-             "| method | params | time/step | x U-KAN_MLP | peak memory | x U-KAN_MLP |", "|---|---:|---:|---:|---:|---:|"]
+             "| method | params | time/step | x U-KAN_MLP | paper x | peak memory | x U-KAN_MLP | paper x |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in main_res.items():
         if "error" in r:
-            lines.append(f"| {name} | - | failed | - | - | - |")
+            lines.append(f"| {name} | - | failed | - | - | - | - | - |")
             continue
         tr = f"{r['time_s'] / base['time_s']:.2f}" if "time_s" in base else "-"
         mr = f"{r['peak_bytes'] / base['peak_bytes']:.2f}" if base.get("peak_bytes") else "-"
+        paper_memory, paper_time = TABLE3[PAPER_TABLE3_ROW[name]]
         lines.append(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['time_s']:.2f} s | {tr} | "
-                     f"{fmt_bytes(r['peak_bytes'])} | {mr} |")
+                     f"{paper_time / paper_base_time:.2f} | {fmt_bytes(r['peak_bytes'])} | {mr} | "
+                     f"{paper_memory / paper_base_memory:.2f} |")
     b1 = {}
     if not a.skip_batch1:
         b1 = run_all(a, BATCH1_CONFIGS, 1)
         ref = b1.get("ALL U-KAN (row 13), batch 1", {})
-        lines += ["", f"### Batch 1 memory, {a.size}x{a.size} (paper: row 9 12.19 GB, row 13 0.597 GB)", "",
+        lines += ["", f"### Batch 1 memory, {a.size}x{a.size} (paper: "
+                  + ", ".join(f"row {row} {gb:g} GB" for row, gb in BATCH1_GPU_MEMORY_GB.items()) + ")", "",
                   "| configuration | params | time/step | peak memory | x ALL U-KAN |", "|---|---:|---:|---:|---:|"]
         for name, r in b1.items():
             if "error" in r:

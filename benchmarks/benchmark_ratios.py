@@ -33,6 +33,7 @@ from _measure import run_in_fresh_process, sync  # noqa: E402
 
 from nnunet_allukan.layers import kernels  # noqa: E402
 from nnunet_allukan.networks import build_table2_network  # noqa: E402
+from nnunet_allukan.paper import INITIAL_LR, WEIGHT_DECAY  # noqa: E402
 
 NETWORKS = {"U-KAN_MLP": 4, "ALL U-KAN": 13}
 LAYER_CASES = {  # name -> (benchmark_layer arguments, time target, memory target) vs nn.Conv2d / nn.Conv3d
@@ -56,12 +57,12 @@ def network_times(a: argparse.Namespace) -> dict:
     for name, row in NETWORKS.items():
         torch.manual_seed(0)
         net = build_table2_network(row, 3, 1).to(device).train()
-        opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
+        opt = torch.optim.Adam(net.parameters(), lr=INITIAL_LR, weight_decay=WEIGHT_DECAY)
         x = torch.randn(a.batch_size, 3, a.size, a.size, device=device)
         y = (torch.rand(a.batch_size, 1, a.size, a.size, device=device) > 0.5).float()
         scaler = torch.amp.GradScaler(device.type) if a.amp else None
         steps[name] = (lambda net=net, opt=opt, x=x, y=y, scaler=scaler:
-                       benchmark_networks._train_step(net, opt, x, y, scaler))
+                       benchmark_networks.train_step(net, opt, x, y, scaler))
     for step in steps.values():  # warm-up: compilation of the basis kernels, lazy initialisation
         for _ in range(2):
             step()

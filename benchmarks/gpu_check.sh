@@ -121,7 +121,7 @@ train_and_predict() {
     set -e
     "$PYTHON" - "$WORK/source" "$CASES" <<'PY'
 import sys
-from dataset_conversion.synthetic import make_synthetic_busi
+from nnunet_allukan.synthetic import make_synthetic_busi
 n = int(sys.argv[2])
 make_synthetic_busi(sys.argv[1], n_benign=n - n // 3, n_malignant=n // 3, n_normal=2, seed=0)
 PY

@@ -14,9 +14,11 @@ import re
 from pathlib import Path
 
 from dataset_conversion.errors import ConversionError, raise_problems
-from dataset_conversion.sources import CaseSource, DatasetInfo, locate_source_folder, sanitize_id, visible_entries
+from dataset_conversion.sources import (CaseSource, DatasetInfo, locate_source_folder, pair_images_with_masks,
+                                        sanitize_id, visible_entries)
 from nnunet_allukan.paper import INPUT_SIZES
 
+# The dataset as the writer and the command describe it (the three converters fill the same fields).
 INFO = DatasetInfo(
     key="busi",
     name="BUSI",
@@ -98,20 +100,11 @@ def collect_class(class_folder: Path, problems: list[str]) -> list[CaseSource]:
             )
         else:
             images[path.stem] = path
-    for stem in sorted(set(masks) - set(images)):
-        problems.append(
-            f"mask {masks[stem][0]} has no image (expected {class_folder / (stem + '.png')}). Restore the image "
-            "or remove the mask"
-        )
     cases = []
-    for stem, image in sorted(images.items()):
-        if stem not in masks:
-            problems.append(
-                f"image {image} has no mask (expected {class_folder / (stem + '_mask.png')}); "
-                "restore the mask from the dataset archive or remove the image"
-            )
-            continue
-        set_problems = _mask_set_problems(class_folder, stem, masks[stem])
+    for stem, image, image_masks in pair_images_with_masks(
+            images, masks, problems, expected_image=lambda stem, _: class_folder / (stem + ".png"),
+            expected_mask=lambda stem, _: class_folder / (stem + "_mask.png")):
+        set_problems = _mask_set_problems(class_folder, stem, image_masks)
         if set_problems:
             problems.extend(set_problems)
             continue
@@ -119,7 +112,7 @@ def collect_class(class_folder: Path, problems: list[str]) -> list[CaseSource]:
             case_id=case_id_for(class_name, stem),
             original_id=stem,
             image=image,
-            masks=tuple(sorted(masks[stem], key=lambda m: (_mask_index(m), m.name))),
+            masks=tuple(sorted(image_masks, key=lambda m: (_mask_index(m), m.name))),
             mask_kind="binary",
         ))
     return cases

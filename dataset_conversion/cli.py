@@ -19,6 +19,7 @@ from dataset_conversion import busi, cvc, glas
 from dataset_conversion.errors import ConversionError, filesystem_error
 from dataset_conversion.masks import LARGE_DROPPED_LEVEL_FRACTION, SOFT_MASK_THRESHOLD
 from dataset_conversion.writer import MASK_REPORT_NAME, ConversionResult, large_dropped_levels, write_nnunet_dataset
+from nnunet_allukan.paper import INPUT_SIZES
 
 DATASETS: dict[str, ModuleType] = {"busi": busi, "glas": glas, "cvc": cvc}
 MAX_SIZE = 4096
@@ -149,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nnU-Net dataset id (default: 601 busi, 602 glas, 603 cvc)")
     sizing = parser.add_mutually_exclusive_group()
     sizing.add_argument("--size", type=int, default=None,
-                        help="resize to N x N (default: the paper's 256 for busi/cvc, 512 for glas)")
+                        help="resize to N x N (default: the paper's, "
+                             + ", ".join(f"{size} for {name}" for name, size in INPUT_SIZES.items()) + ")")
     sizing.add_argument("--native", action="store_true",
                         help="keep the native resolution (nnU-Net's usual practice) instead of resizing")
     parser.add_argument("--include-normal", action="store_true",

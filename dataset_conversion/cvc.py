@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataset_conversion.errors import raise_problems
-from dataset_conversion.sources import CaseSource, DatasetInfo, locate_source_folder, sanitize_id, visible_entries
+from dataset_conversion.sources import (CaseSource, DatasetInfo, locate_source_folder, pair_images_with_masks,
+                                        sanitize_id, visible_entries)
 from nnunet_allukan.paper import INPUT_SIZES
 
+# The dataset as the writer and the command describe it (the three converters fill the same fields).
 INFO = DatasetInfo(
     key="cvc",
     name="CVCClinicDB",
@@ -72,23 +74,12 @@ def collect_cases(folder: Path, include_normal: bool = False,
     found: list[str] = [] if problems is None else problems
     images = _files_by_stem(folder / IMAGE_FOLDER, found)
     masks = _files_by_stem(folder / MASK_FOLDER, found)
-    for stem in sorted(set(masks) - set(images)):
-        found.append(f"mask {masks[stem]} has no image in {folder / IMAGE_FOLDER}. Restore the image or remove the mask")
-    cases = []
-    for stem, image in sorted(images.items()):
-        if stem not in masks:
-            found.append(
-                f"image {image} has no mask (expected {folder / MASK_FOLDER / (stem + image.suffix)}); "
-                "restore the mask from the dataset archive or remove the image"
-            )
-            continue
-        cases.append(CaseSource(
-            case_id=case_id_for(stem),
-            original_id=stem,
-            image=image,
-            masks=(masks[stem],),
-            mask_kind="binary",
-        ))
+    pairs = pair_images_with_masks(
+        images, {stem: (mask,) for stem, mask in masks.items()}, found,
+        expected_image=lambda stem, mask: folder / IMAGE_FOLDER / (stem + mask.suffix),
+        expected_mask=lambda stem, image: folder / MASK_FOLDER / (stem + image.suffix))
+    cases = [CaseSource(case_id=case_id_for(stem), original_id=stem, image=image, masks=tuple(mask),
+                        mask_kind="binary") for stem, image, mask in pairs]
     if problems is None:
         raise_problems(found)
     return cases, []

@@ -13,9 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataset_conversion.errors import raise_problems
-from dataset_conversion.sources import CaseSource, DatasetInfo, locate_source_folder, sanitize_id, visible_entries
+from dataset_conversion.sources import (CaseSource, DatasetInfo, locate_source_folder, pair_images_with_masks,
+                                        sanitize_id, visible_entries)
 from nnunet_allukan.paper import INPUT_SIZES
 
+# The dataset as the writer and the command describe it (the three converters fill the same fields).
 INFO = DatasetInfo(
     key="glas",
     name="GlaS",
@@ -73,26 +75,12 @@ def collect_cases(folder: Path, include_normal: bool = False,
             found.append(f"duplicate files {group[stem]} and {path}; remove one of them")
             continue
         group[stem] = path
-    for stem in sorted(set(annotations) - set(images)):
-        found.append(
-            f"annotation {annotations[stem]} has no image (expected {folder / (stem + IMAGE_EXTENSION)}). Restore "
-            "the image or remove the annotation"
-        )
-    cases = []
-    for stem, image in sorted(images.items()):
-        if stem not in annotations:
-            found.append(
-                f"image {image} has no annotation (expected {folder / (stem + ANNOTATION_SUFFIX + IMAGE_EXTENSION)}); "
-                "restore it from the dataset archive or remove the image"
-            )
-            continue
-        cases.append(CaseSource(
-            case_id=sanitize_id(stem),
-            original_id=stem,
-            image=image,
-            masks=(annotations[stem],),
-            mask_kind="instance",
-        ))
+    pairs = pair_images_with_masks(
+        images, {stem: (annotation,) for stem, annotation in annotations.items()}, found,
+        expected_image=lambda stem, _: folder / (stem + IMAGE_EXTENSION),
+        expected_mask=lambda stem, _: folder / (stem + ANNOTATION_SUFFIX + IMAGE_EXTENSION), mask_word="annotation")
+    cases = [CaseSource(case_id=sanitize_id(stem), original_id=stem, image=image, masks=tuple(annotation),
+                        mask_kind="instance") for stem, image, annotation in pairs]
     if problems is None:
         raise_problems(found)
     return cases, []

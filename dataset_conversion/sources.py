@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,31 @@ def sanitize_id(text: str) -> str:
     if not cleaned:
         raise ConversionError(f"cannot derive a case id from the file name {text!r}; rename the file")
     return cleaned
+
+
+def pair_images_with_masks(
+    images: Mapping[str, Path], masks: Mapping[str, Sequence[Path]], problems: list[str], *,
+    expected_image: Callable[[str, Path], Path], expected_mask: Callable[[str, Path], Path], mask_word: str = "mask",
+) -> list[tuple[str, Path, Sequence[Path]]]:
+    """``(stem, image, masks)`` of every image that has masks, sorted by stem, from the images and masks of a
+    folder keyed by the image stem they belong to.
+
+    Masks without an image and images without masks are appended to ``problems``, each naming the file that was
+    expected (``expected_image(stem, first mask)``, ``expected_mask(stem, image)``) and what to restore or remove;
+    ``mask_word`` is the dataset's word for a mask file (GlaS: "annotation").
+    """
+    for stem in sorted(set(masks) - set(images)):
+        mask = masks[stem][0]
+        problems.append(f"{mask_word} {mask} has no image (expected {expected_image(stem, mask)}). Restore the "
+                        f"image or remove the {mask_word}")
+    pairs = []
+    for stem, image in sorted(images.items()):
+        if stem in masks:
+            pairs.append((stem, image, masks[stem]))
+        else:
+            problems.append(f"image {image} has no {mask_word} (expected {expected_mask(stem, image)}); restore the "
+                            f"{mask_word} from the dataset archive or remove the image")
+    return pairs
 
 
 def visible_entries(folder: Path) -> list[Path]:

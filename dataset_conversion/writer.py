@@ -353,7 +353,7 @@ def write_nnunet_dataset(
     thresholded ones are listed in ``MASK_REPORT_NAME`` next to dataset.json.
     """
     # imported here, not at module level: scikit-learn takes seconds to import in every spawned worker
-    from dataset_conversion.splits import paper_splits
+    from nnunet_allukan.splits import paper_splits
 
     problems = list(problems) + unique_case_id_problems(cases)
     if not cases:

@@ -17,33 +17,46 @@ except ImportError:  # Windows: no advisory locks; stale temporary folders are t
     fcntl = None
 
 
-def write_error_message(error: OSError, folder: Path, variable: str) -> str:
-    """A clear message for a failed write below ``folder`` (read-only, full, or not a folder), with the fix;
-    ``variable`` is the environment variable that chose ``folder``."""
+def write_error_message(error: OSError, folder: Path, chosen_by: str) -> str:
+    """A clear message for a failed write below ``folder`` (read-only, full, or a file in the way), with the fix;
+    ``chosen_by`` is what chose ``folder``: an environment variable (``nnUNet_raw``) or a command-line option
+    (``-o``)."""
     path = error.filename or folder
     reason = error.strerror or str(error)
+    choose = f"pass {chosen_by} with" if chosen_by.startswith("-") else f"set {chosen_by} to"
     if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        fix = f"Free space on that file system, or set {variable} to a folder on another disk"
+        fix = f"Free space on that file system, or {choose} a folder on another disk"
     elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = f"Make {folder} writable for you, or set {variable} to a folder you can write to"
-    elif error.errno in (errno.ENOTDIR, errno.EEXIST):
-        fix = f"{variable} must name a folder ({folder}): point it to a folder, or move the file away"
+        fix = f"Make {folder} writable for you, or {choose} a folder you can write to"
+    elif error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = f"A file is in the way of {folder}: move it away, or {choose} another folder"
     else:
-        fix = f"Check {folder} and its file system"
+        fix = f"Check {folder} and its file system, or {choose} another folder"
     return f"cannot write {path}: {reason}. {fix}"
 
 
 def make_fresh_folder(parent: Path, prefix: str) -> Path:
     """A new, uniquely named folder created like a plain ``mkdir``: its mode follows the user's umask
     (``tempfile.mkdtemp`` makes 0700, which would stay on the dataset after the rename into place)."""
+    return _make_fresh(parent, prefix, "", Path.mkdir)
+
+
+def make_fresh_file(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A new, uniquely named empty file created like a plain ``open``: its mode follows the user's umask
+    (``tempfile.mkstemp`` makes 0600, which would stay on the file after the rename into place)."""
+    return _make_fresh(parent, prefix, suffix,
+                       lambda path: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+
+
+def _make_fresh(parent: Path, prefix: str, suffix: str, create) -> Path:
     for _ in range(100):
-        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
         try:
-            candidate.mkdir()
+            create(candidate)
             return candidate
         except FileExistsError:
             continue
-    raise FileExistsError(errno.EEXIST, "no free temporary folder name", str(parent / prefix))
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / prefix))
 
 
 def try_lock(folder: Path) -> int | None:

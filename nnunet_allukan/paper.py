@@ -29,15 +29,17 @@ INPUT_SIZES: dict[str, int] = {"busi": 256, "cvc": 256, "glas": 512}
 EMBED_DIMS: tuple[int, int, int] = (128, 160, 256)
 NUM_DOWNSAMPLINGS: int = 5  # three max-pools + two stride-2 patch embeddings
 DIVISOR: int = 2 ** NUM_DOWNSAMPLINGS  # spatial sides of U-KAN / ALL U-KAN inputs are multiples of 32
+# The spline grid of every KA / KAN layer: grid_size intervals on grid_range, B-splines of order spline_order
+# (grid_size + spline_order bases).
 GRID_SIZE: int = 5
 SPLINE_ORDER: int = 3
 GRID_RANGE: tuple[float, float] = (-1.0, 1.0)
-CHUNK_SIZE: int = 32  # Table 3: chunk size at 256x256 ...
-CHUNK_SIZE_512: int = 16  # ... and at 512x512
+CHUNK_SIZE: int = 32  # Table 3: the chunk size of the chunk-wise computation at 256x256
 
 # --- evaluation (reference U-KAN code) ---
-METRIC_THRESHOLD: float = 0.5  # prediction > 0.5 and target > 0.5
-METRIC_SMOOTH: float = 1e-5
+METRIC_THRESHOLD: float = 0.5  # prediction > 0.5 and target > 0.5 (masks scaled to [0, 1])
+METRIC_SMOOTH: float = 1e-5  # iou_score's smoothing: an empty prediction on an empty target scores 1
+# The validation batch size of the reference protocol is the training BATCH_SIZE (the reference loader's).
 
 # --- the paper's numbers ---
 # Table 1: IoU / F1 in percent, (mean, std) over the three seeds, batch-pooled reference protocol.
@@ -73,9 +75,7 @@ TABLE2_BUSI_SEED2981: dict[str, dict[str, float]] = {
 TABLE2_PARAMS_MILLIONS: dict[int, float] = {4: 2.76, 5: 6.35, 6: 2.78, 7: 6.35, 8: 2.78, 9: 30.34, 10: 30.34,
                                             11: 3.17, 12: 3.21, 13: 3.17}
 
-# Table 2: GPU memory in GB at batch 8 (rows 9 and 11 "much more than 24 GB": None) and, Sec. 4.4, at batch 1.
-TABLE2_GPU_MEMORY_GB: dict[int, float | None] = {4: 2.49, 5: 2.52, 6: 2.49, 7: 2.51, 8: 2.49, 9: None, 10: 15.77,
-                                                 11: None, 12: 14.51, 13: 4.44}
+# Sec. 4.4: GPU memory in GB at batch 1 (at batch 8 rows 9 and 11 need "much more than 24 GB").
 BATCH1_GPU_MEMORY_GB: dict[int, float] = {9: 12.19, 10: 10.48, 13: 0.597}
 
 # Table 3 (BUSI, batch 8, 256x256): GPU memory in GB and time per step in s; ALL U-KAN ("Ours") per chunk size.

@@ -26,7 +26,7 @@ def raw(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def busi(tmp_path) -> Path:
     """A small synthetic BUSI source in the distributed layout (3 benign, 2 malignant, 1 normal)."""
-    from dataset_conversion.synthetic import make_synthetic_busi
+    from nnunet_allukan.synthetic import make_synthetic_busi
 
     return make_synthetic_busi(tmp_path / "busi", n_benign=3, n_malignant=2, n_normal=1, seed=4)
 
@@ -43,3 +43,19 @@ def nnunet_datasets(tmp_path_factory) -> dict:
     env = nnunet_environment(root)
     write_and_preprocess_all(root, env)
     return env
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """Every matplotlib figure saved during the test, with its dpi, so that the panels can be checked."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append((self, kwargs.get("dpi")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved

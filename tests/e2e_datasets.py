@@ -57,7 +57,7 @@ def write_disc_dataset(raw_folder: Path, seed: int = 0) -> Path:
 
 def convert_synthetic_busi(root: Path, env: dict) -> None:
     """A small synthetic BUSI source (8 benign, 6 malignant) converted to nnU-Net raw by the project's command."""
-    from dataset_conversion.synthetic import make_synthetic_busi
+    from nnunet_allukan.synthetic import make_synthetic_busi
 
     source = make_synthetic_busi(root / "busi_source", n_benign=8, n_malignant=6, n_normal=0, seed=1)
     run_command(["nnUNetv2_convert_allukan_dataset", "busi", str(source), "-d", str(BUSI_ID), "--size", "64"], env,

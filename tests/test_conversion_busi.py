@@ -9,14 +9,10 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from dataset_conversion.cli import convert_dataset, main
-from dataset_conversion.synthetic import make_synthetic_busi
+from nnunet_allukan.synthetic import make_synthetic_busi
 
 
-@pytest.fixture(autouse=True)
-def _nnunet_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
+pytestmark = pytest.mark.usefixtures("raw")  # every test: an empty nnUNet_raw (tests/conftest.py)
 
 
 @pytest.fixture

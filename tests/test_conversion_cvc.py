@@ -9,14 +9,10 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from dataset_conversion.cli import convert_dataset, main
-from dataset_conversion.synthetic import make_synthetic_cvc
+from nnunet_allukan.synthetic import make_synthetic_cvc
 
 
-@pytest.fixture(autouse=True)
-def _nnunet_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
+pytestmark = pytest.mark.usefixtures("raw")  # every test: an empty nnUNet_raw (tests/conftest.py)
 
 
 def test_synthetic_tif_is_unreadable_by_pillow_and_masks_are_soft(tmp_path):

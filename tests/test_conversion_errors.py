@@ -14,7 +14,7 @@ from PIL import Image
 
 import dataset_conversion.writer as writer
 from dataset_conversion.cli import main
-from dataset_conversion.synthetic import make_synthetic_busi, make_synthetic_cvc, make_synthetic_glas
+from nnunet_allukan.synthetic import make_synthetic_busi, make_synthetic_cvc, make_synthetic_glas
 
 
 @pytest.fixture
@@ -93,9 +93,11 @@ def test_image_without_mask(raw, busi, glas, cvc_tif, capsys):
     (busi / "benign" / "benign (1)_mask.png").unlink()
     fails(capsys, ["busi", str(busi)], "benign (1).png has no mask", "benign (1)_mask.png")
     (glas / "train_2_anno.bmp").unlink()
-    fails(capsys, ["glas", str(glas)], "train_2.bmp has no annotation")
+    fails(capsys, ["glas", str(glas)], "train_2.bmp has no annotation (expected",
+          "train_2_anno.bmp); restore the annotation")
     (cvc_tif / "Ground Truth" / "2.tif").unlink()
-    fails(capsys, ["cvc", str(cvc_tif)], "2.tif has no mask")
+    fails(capsys, ["cvc", str(cvc_tif)], "2.tif has no mask (expected",
+          f"{Path('Ground Truth') / '2.tif'}); restore the mask")
     assert leftovers(raw) == []
 
 
@@ -103,9 +105,11 @@ def test_mask_without_image(raw, busi, glas, cvc_png, capsys):
     shutil.copy(busi / "malignant" / "malignant (1)_mask.png", busi / "malignant" / "malignant (9)_mask.png")
     fails(capsys, ["busi", str(busi)], "malignant (9)_mask.png has no image")
     (glas / "testA_1.bmp").unlink()
-    fails(capsys, ["glas", str(glas)], "testA_1_anno.bmp has no image")
+    fails(capsys, ["glas", str(glas)], "testA_1_anno.bmp has no image (expected",
+          "testA_1.bmp). Restore the image or remove the annotation")
     (cvc_png / "Original" / "3.png").unlink()
-    fails(capsys, ["cvc", str(cvc_png)], "3.png has no image")
+    fails(capsys, ["cvc", str(cvc_png)], "3.png has no image (expected",
+          f"{Path('Original') / '3.png'}). Restore the image or remove the mask")
     assert leftovers(raw) == []
 
 

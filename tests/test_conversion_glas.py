@@ -8,14 +8,10 @@ import pytest
 from PIL import Image
 
 from dataset_conversion.cli import convert_dataset, main
-from dataset_conversion.synthetic import GLAS_FOLDER, make_synthetic_glas
+from nnunet_allukan.synthetic import GLAS_FOLDER, make_synthetic_glas
 
 
-@pytest.fixture(autouse=True)
-def _nnunet_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
+pytestmark = pytest.mark.usefixtures("raw")  # every test: an empty nnUNet_raw (tests/conftest.py)
 
 
 @pytest.fixture

@@ -18,16 +18,12 @@ from dataset_conversion.cli import convert_dataset, main
 from dataset_conversion.errors import ConversionError
 from dataset_conversion.masks import binarize_binary_mask
 from dataset_conversion.reading import read_image_rgb, read_mask_array
-from dataset_conversion.synthetic import add_faint_halo, add_faint_patch, add_faint_strip, add_stray_pixels, \
+from nnunet_allukan.synthetic import add_faint_halo, add_faint_patch, add_faint_strip, add_stray_pixels, \
     jpeg_round_trip, make_synthetic_busi, make_synthetic_cvc, resample_mask
 from dataset_conversion.writer import MASK_REPORT_NAME
 
 
-@pytest.fixture(autouse=True)
-def _nnunet_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
+pytestmark = pytest.mark.usefixtures("raw")  # every test: an empty nnUNet_raw (tests/conftest.py)
 
 
 def lesion(height: int = 180, width: int = 220) -> np.ndarray:

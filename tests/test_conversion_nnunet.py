@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dataset_conversion.cli import convert_dataset
-from dataset_conversion.synthetic import make_synthetic_busi
+from nnunet_allukan.synthetic import make_synthetic_busi
 
 SAMPLES_BUSI = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "BUSI"
 DATASET_ID = 601

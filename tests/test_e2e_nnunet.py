@@ -46,11 +46,6 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def nnunet_env(nnunet_datasets) -> dict:
-    return nnunet_datasets
-
-
-@pytest.fixture(scope="module")
 def preprocessed(nnunet_datasets) -> Path:
     return Path(nnunet_datasets["nnUNet_preprocessed"]) / DATASET_NAME
 
@@ -76,15 +71,15 @@ def run_until_epoch_then_kill(args: list[str], env: dict, epoch: int, timeout: i
 
 
 @pytest.fixture(scope="module")
-def interrupted(nnunet_env, preprocessed) -> dict:
+def interrupted(nnunet_datasets, preprocessed) -> dict:
     """Train, and kill the run at the start of epoch KILL_AT_EPOCH (a crash); meanwhile nnUNetTrainerKAUNet_smoke
     trains on the same data (an independent run, started alongside to share the time)."""
     kaunet = BackgroundCommand(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", KAUNET_TRAINER,
-                                "-device", "cpu"], nnunet_env)
-    model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d"
+                                "-device", "cpu"], nnunet_datasets)
+    model = Path(nnunet_datasets["nnUNet_results"]) / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d"
     fold = model / "fold_0"
     try:
-        first_output = run_until_epoch_then_kill(TRAIN_COMMAND, nnunet_env, KILL_AT_EPOCH, timeout=3600)
+        first_output = run_until_epoch_then_kill(TRAIN_COMMAND, nnunet_datasets, KILL_AT_EPOCH, timeout=3600)
     finally:
         kaunet.finish(timeout=1800)
     # nnU-Net's --c takes checkpoint_final, else checkpoint_latest (every 50 epochs), else checkpoint_best.
@@ -94,9 +89,9 @@ def interrupted(nnunet_env, preprocessed) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(nnunet_env, interrupted) -> dict:
+def trained(nnunet_datasets, interrupted) -> dict:
     """The interrupted run continued with --c to its end."""
-    resumed_run = run_command(TRAIN_COMMAND + ["--c"], nnunet_env, timeout=3600)
+    resumed_run = run_command(TRAIN_COMMAND + ["--c"], nnunet_datasets, timeout=3600)
     resumed = torch.load(interrupted["fold"] / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     return interrupted | {"resumed_output": resumed_run.stdout, "resumed": resumed}
 
@@ -155,17 +150,17 @@ def test_continue_training_resumes_the_exact_cosine_schedule(trained):
 
 
 @pytest.fixture(scope="module")
-def after_training(trained, nnunet_env, tmp_path_factory) -> dict:
+def after_training(trained, nnunet_datasets, tmp_path_factory) -> dict:
     """What runs on the finished models, side by side: ``nnUNetv2_train --val`` (after deleting the validation
     summary) and ``nnUNetv2_predict`` of the test images with the ALL U-KAN and the KAUNet model."""
     summary = trained["fold"] / "validation" / "summary.json"
     summary.unlink()
-    raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+    raw = Path(nnunet_datasets["nnUNet_raw"]) / DATASET_NAME
     out = {trainer: tmp_path_factory.mktemp("predictions_2d") for trainer in (TRAINER, KAUNET_TRAINER)}
     outputs = run_commands([TRAIN_COMMAND + ["--val"]] + [
         ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(folder), "-d", str(DATASET_ID), "-c", "2d",
          "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"] for trainer, folder in out.items()],
-        nnunet_env, timeout=1800)
+        nnunet_datasets, timeout=1800)
     return {"summary": summary, "predictions": out, "predict_output": outputs[1]}
 
 
@@ -173,8 +168,8 @@ def test_validation_only_rerun(after_training):
     assert after_training["summary"].is_file()
 
 
-def test_predict_writes_binary_masks_that_match_the_easy_task(after_training, nnunet_env):
-    raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+def test_predict_writes_binary_masks_that_match_the_easy_task(after_training, nnunet_datasets):
+    raw = Path(nnunet_datasets["nnUNet_raw"]) / DATASET_NAME
     out = after_training["predictions"][TRAINER]
     references = sorted((raw / "labelsTs").glob("*.png"))
     assert len(references) == NUM_TEST_CASES
@@ -192,11 +187,11 @@ def test_predict_writes_binary_masks_that_match_the_easy_task(after_training, nn
     assert np.mean(scores) > np.mean(all_foreground) + 0.1, (scores, all_foreground)
 
 
-def test_find_best_configuration_accepts_the_trainer(after_training, nnunet_env):
+def test_find_best_configuration_accepts_the_trainer(after_training, nnunet_datasets):
     result = run_command(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "2d", "-tr", TRAINER,
-                          "-f", "0", "--disable_ensembling", "-np", "2"], nnunet_env, timeout=1800)
+                          "-f", "0", "--disable_ensembling", "-np", "2"], nnunet_datasets, timeout=1800)
     assert TRAINER in result.stdout
-    assert (Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / "inference_instructions.txt").is_file()
+    assert (Path(nnunet_datasets["nnUNet_results"]) / DATASET_NAME / "inference_instructions.txt").is_file()
 
 
 def _train_in_process(preprocessed: Path, monkeypatch, results: Path, dataset_json: dict | None = None,
@@ -279,15 +274,15 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(prepr
     assert "Training stopped: the loss became NaN in epoch 1" in log
 
 
-def test_kaunet_trains_and_predicts_on_the_2d_data(after_training, nnunet_env):
+def test_kaunet_trains_and_predicts_on_the_2d_data(after_training, nnunet_datasets):
     """nnUNetTrainerKAUNet (nnU-Net's planned 2D U-Net, fully KA, nnU-Net's own protocol) with the console commands
     (trained in the ``interrupted`` fixture, predicting in ``after_training``)."""
-    model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{KAUNET_TRAINER}__nnUNetPlans__2d"
+    model = Path(nnunet_datasets["nnUNet_results"]) / DATASET_NAME / f"{KAUNET_TRAINER}__nnUNetPlans__2d"
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     architecture = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["architecture"]
     assert architecture["network_class_name"] == "nnunet_allukan.networks.ka_unet.KAPlainConvUNet"
     assert architecture["arch_kwargs"]["conv_op"] == "nnunet_allukan.layers.ka.KAConv2d"
-    raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+    raw = Path(nnunet_datasets["nnUNet_raw"]) / DATASET_NAME
     out = after_training["predictions"][KAUNET_TRAINER]
     for reference in sorted((raw / "labelsTs").glob("*.png")):
         predicted = np.asarray(Image.open(out / reference.name))

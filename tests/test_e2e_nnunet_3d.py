@@ -28,34 +28,29 @@ TRAINERS = ("nnUNetTrainerKAUNet_smoke", "nnUNetTrainerAllUKAN_1epoch")
 
 
 @pytest.fixture(scope="module")
-def nnunet_env(nnunet_datasets) -> dict:
-    return nnunet_datasets
-
-
-@pytest.fixture(scope="module")
 def preprocessed(nnunet_datasets) -> Path:
     return Path(nnunet_datasets["nnUNet_preprocessed"]) / DATASET_NAME
 
 
 @pytest.fixture(scope="module")
-def trained(nnunet_env, tmp_path_factory) -> dict:
+def trained(nnunet_datasets, tmp_path_factory) -> dict:
     """Both trainers trained on fold 0, then both predict the test volumes: {trainer: (model folder, predictions)}."""
     run_commands([["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"]
-                  for trainer in TRAINERS], nnunet_env, timeout=2400)
-    raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+                  for trainer in TRAINERS], nnunet_datasets, timeout=2400)
+    raw = Path(nnunet_datasets["nnUNet_raw"]) / DATASET_NAME
     results = {}
     for trainer in TRAINERS:
-        model = Path(nnunet_env["nnUNet_results"]) / DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres"
+        model = Path(nnunet_datasets["nnUNet_results"]) / DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres"
         assert (model / "fold_0" / "checkpoint_final.pth").is_file()
         results[trainer] = (model, tmp_path_factory.mktemp("predictions_3d"))
     run_commands([["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID),
                    "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
-                  for trainer, (_, out) in results.items()], nnunet_env, timeout=1800)
+                  for trainer, (_, out) in results.items()], nnunet_datasets, timeout=1800)
     return results
 
 
-def _check_predictions(out: Path, nnunet_env: dict) -> None:
-    raw = Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+def _check_predictions(out: Path, nnunet_datasets: dict) -> None:
+    raw = Path(nnunet_datasets["nnUNet_raw"]) / DATASET_NAME
     references = sorted((raw / "labelsTs").glob("*.nii.gz"))
     assert len(references) == SPHERES_TEST_CASES
     for reference_file in references:
@@ -71,7 +66,7 @@ def _plans_architecture(model: Path) -> dict:
     return json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"]
 
 
-def test_kaunet_trains_and_predicts_3d_fullres(trained, nnunet_env, preprocessed):
+def test_kaunet_trains_and_predicts_3d_fullres(trained, nnunet_datasets, preprocessed):
     model, out = trained["nnUNetTrainerKAUNet_smoke"]
     architecture = _plans_architecture(model)
     assert architecture["network_class_name"] == "nnunet_allukan.networks.ka_unet.KAPlainConvUNet"
@@ -82,10 +77,10 @@ def test_kaunet_trains_and_predicts_3d_fullres(trained, nnunet_env, preprocessed
     assert planned["configurations"]["3d_fullres"]["architecture"]["network_class_name"].endswith(".PlainConvUNet")
     log = "\n".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
     assert "fully KA" in log and "Conv 0" not in log and "KAConvTranspose" in log
-    _check_predictions(out, nnunet_env)
+    _check_predictions(out, nnunet_datasets)
 
 
-def test_allukan_trains_and_predicts_3d_fullres(trained, nnunet_env):
+def test_allukan_trains_and_predicts_3d_fullres(trained, nnunet_datasets):
     model, out = trained["nnUNetTrainerAllUKAN_1epoch"]
     architecture = _plans_architecture(model)
     assert architecture["network_class_name"] == "nnunet_allukan.networks.ukan.UKAN"
@@ -94,4 +89,4 @@ def test_allukan_trains_and_predicts_3d_fullres(trained, nnunet_env):
     assert len(strides) == 5 and strides[0][0] == 1 and strides[0][1:] == [2, 2]  # z (2 mm) is pooled later
     log = "\n".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
     assert "Table 2 row 13" in log and "KAConv 31, KALinear 12" in log
-    _check_predictions(out, nnunet_env)
+    _check_predictions(out, nnunet_datasets)

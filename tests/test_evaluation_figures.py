@@ -11,6 +11,25 @@ from nnunet_allukan.evaluation.activations import (
     activation_curves, bspline_bases, default_layer_selection, find_ka_layers, load_state_dict, select_layers)
 from nnunet_allukan.commands.evaluation import plot_activations_main, plot_overlays_main
 from nnunet_allukan.evaluation.collect import EvaluationError
+from figure_helpers import assert_png_of
+
+
+def assert_activation_panels(figure, layers: dict, n_outputs: int) -> None:
+    """One row per layer (``{name: outputs}``), titled with the layer's name; ``n_outputs`` panels per row, a
+    panel per shown output with the two curves, the zero line and the band, the rest switched off."""
+    rows = figure.subfigs
+    assert len(rows) == len(layers)
+    for row, (name, outputs) in zip(rows, layers.items()):
+        assert row._suptitle.get_text().startswith(f"{name}  [")
+        axes = row.axes
+        assert len(axes) == n_outputs
+        drawn = [axis for axis in axes if axis.axison]
+        shown = np.unique(np.linspace(0, outputs - 1, min(n_outputs, outputs)).round().astype(int))
+        assert [axis.get_title() for axis in drawn] == [f"out {i}" for i in shown]
+        for axis in drawn:
+            lines = axis.get_lines()
+            assert len(lines) == 3 and len(axis.collections) == 1  # phi, phi + mean u silu, zero line; the band
+            assert np.ptp(lines[0].get_ydata()) > 0 and np.ptp(lines[1].get_ydata()) > 0
 
 
 def ka_layers_module():
@@ -98,7 +117,7 @@ def test_layer_discovery_and_selection():
         activation_curves(layers[0], x, [0], grid_size=4)
 
 
-def test_activation_command_from_nnunet_checkpoint(tmp_path, monkeypatch, capsys):
+def test_activation_command_from_nnunet_checkpoint(tmp_path, monkeypatch, capsys, saved_figures):
     fold = tmp_path / "results" / "Dataset601_BUSI" / "nnUNetTrainerAllUKAN__nnUNetPlans__2d" / "fold_0"
     fold.mkdir(parents=True)
     torch.save({"network_weights": hand_made_state_dict(), "trainer_name": "nnUNetTrainerAllUKAN",
@@ -108,14 +127,65 @@ def test_activation_command_from_nnunet_checkpoint(tmp_path, monkeypatch, capsys
     png = fold / "activations_checkpoint_final.png"
     out = capsys.readouterr().out
     assert str(png) in out and "block1.layer.fc1" in out
-    with Image.open(png) as image:
-        assert image.size[0] > 400 and image.size[1] > 400
+    (figure, dpi), = saved_figures
+    assert_png_of(png, figure, dpi)
+    assert_activation_panels(figure, {"encoder1.conv.0": 8, "block1.layer.dwconv_1.dwconv": 16,
+                                      "block1.layer.fc1": 16, "final": 1}, n_outputs=4)
     plot_activations_main(["-i", str(fold / "checkpoint_final.pth"), "--list"])
     assert "final: u (1, 8, 1, 1), v (1, 8)" in capsys.readouterr().out
     # a plain state_dict file works too; explicit output and layer patterns
     torch.save(hand_made_state_dict(), tmp_path / "weights.pth")
     plot_activations_main(["-i", str(tmp_path / "weights.pth"), "--layers", "final", "-o", str(tmp_path / "a.png")])
-    assert (tmp_path / "a.png").is_file()
+    figure, dpi = saved_figures[-1]
+    assert_png_of(tmp_path / "a.png", figure, dpi)
+    assert_activation_panels(figure, {"final": 1}, n_outputs=8)
+
+
+def test_activation_command_reads_the_grid_from_the_model_folder(tmp_path, monkeypatch, capsys, saved_figures):
+    """A model trained on another spline grid is plotted on that grid, read from the model folder's plans.json."""
+    from nnunet_allukan.training.architectures import plans_with_ukan_architecture
+    from plans_helpers import build_from_plans, minimal_plans
+
+    plans, _ = plans_with_ukan_architecture(minimal_plans("2d", [64, 64]), "2d", "allukan", embed_dims=(16, 24, 32),
+                                            grid_size=4, spline_order=2, grid_range=(-2.0, 2.0))
+    model = tmp_path / "results" / "Dataset601_BUSI" / "nnUNetTrainerAllUKAN__nnUNetPlans__2d"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "plans.json").write_text(json.dumps(plans))
+    network = build_from_plans(plans, "2d", 3, 1)
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainerAllUKAN"},
+               model / "fold_0" / "checkpoint_final.pth")
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    plot_activations_main(["-d", "601", "-tr", "nnUNetTrainerAllUKAN", "-n", "2"])
+    assert f"Spline grid: grid size 4, order 2, range -2 2 (from {model / 'plans.json'})" in capsys.readouterr().out
+    (figure, dpi), = saved_figures
+    assert_png_of(model / "fold_0" / "activations_checkpoint_final.png", figure, dpi)
+    assert len(figure.subfigs) == 4
+    # options that contradict the recorded grid are refused, nothing written
+    with pytest.raises(SystemExit) as exit_info:
+        plot_activations_main(["-d", "601", "-tr", "nnUNetTrainerAllUKAN", "--grid-size", "5",
+                               "-o", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 1
+    assert "--grid-size 5 contradicts the grid the model was trained with" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+    # outside a model folder the options say it
+    torch.save(network.state_dict(), tmp_path / "weights.pth")
+    plot_activations_main(["-i", str(tmp_path / "weights.pth"), "--grid-size", "4", "--spline-order", "2",
+                           "--grid-range", "-2", "2", "-o", str(tmp_path / "w.png")])
+    assert "Spline grid: grid size 4, order 2, range -2 2 (as given)" in capsys.readouterr().out
+
+
+def test_recorded_grid_of_each_architecture_kind():
+    from nnunet_allukan.evaluation.activations import recorded_grid
+
+    paper = {"grid_size": 5, "spline_order": 3, "grid_range": (-1.0, 1.0)}
+    assert recorded_grid({"arch_kwargs": {"conv_kwargs": {}, "fc_kwargs": {}}}) == paper  # the layers' defaults
+    ka_unet = {"arch_kwargs": {"ka_kwargs": {"grad_free": True, "grid_size": 7}}}  # nnUNetTrainerKAUNet's entry
+    assert recorded_grid(ka_unet) == {**paper, "grid_size": 7}
+    ukan = {"arch_kwargs": {"conv_kwargs": {"grid_range": [-2, 2]}, "fc_kwargs": {"grid_range": [-2.0, 2.0]}}}
+    assert recorded_grid(ukan) == {**paper, "grid_range": (-2.0, 2.0)}
+    mixed = {"arch_kwargs": {"conv_kwargs": {"spline_order": 2}, "fc_kwargs": {"spline_order": 3}}}
+    with pytest.raises(EvaluationError, match="two different spline_order values"):
+        recorded_grid(mixed, "plans.json")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -156,7 +226,28 @@ def make_overlay_tree(root: Path) -> None:
     (root / "raw" / name / "dataset.json").write_text(json.dumps({"file_ending": ".png"}))
 
 
-def test_overlay_command(tmp_path, monkeypatch, capsys):
+def assert_overlay_panels(figure, root: Path, cases: list[str], methods: list[str]) -> None:
+    """A row per case (labelled with it): the image, the ground truth over it, each method's prediction over it
+    (titled with its IoU), each overlay changing exactly the pixels of its mask."""
+    name = "Dataset601_BUSI"
+    axes = np.array(figure.axes).reshape(len(cases), 2 + len(methods))
+    for row, case in zip(axes, cases):
+        assert row[0].get_ylabel() == case
+        image = np.asarray(Image.open(root / "raw" / name / "imagesTr" / f"{case}_0000.png"), float)
+        image /= image.max()  # shown scaled to [0, 1]
+        masks = [np.asarray(Image.open(root / "preprocessed" / name / "gt_segmentations" / f"{case}.png")) > 0]
+        masks += [np.asarray(Image.open(root / "results" / name / f"{m}__nnUNetPlans__2d" / "fold_0" / "validation" /
+                                        f"{case}.png")) > 0 for m in methods]
+        np.testing.assert_allclose(row[0].images[0].get_array(), image, atol=1e-6)
+        for axis, mask in zip(row[1:], masks):
+            changed = np.abs(np.asarray(axis.images[0].get_array(), float) - image).max(-1) > 1e-6
+            np.testing.assert_array_equal(changed, mask)
+    assert [axis.get_title() for axis in axes[0][:2]] == ["image", "ground truth"]
+    for column, method in zip(axes[:, 2:].T, methods):
+        assert all(f"{method}\nIoU " in axis.get_title() for axis in column)
+
+
+def test_overlay_command(tmp_path, monkeypatch, capsys, saved_figures):
     make_overlay_tree(tmp_path)
     for name in ("raw", "preprocessed", "results"):
         monkeypatch.setenv(f"nnUNet_{name}", str(tmp_path / name))
@@ -164,9 +255,10 @@ def test_overlay_command(tmp_path, monkeypatch, capsys):
     png = tmp_path / "results" / "Dataset601_BUSI" / "allukan_figures" / "overlays_fold0.png"
     out = capsys.readouterr().out
     assert str(png) in out and "case_0, case_2, case_5" in out  # evenly spaced
-    with Image.open(png) as image:
-        width, height = image.size
-    assert width > height  # 3 rows x 4 columns (image | ground truth | 2 methods)
+    (figure, dpi), = saved_figures
+    assert_png_of(png, figure, dpi)
+    assert_overlay_panels(figure, tmp_path, ["case_0", "case_2", "case_5"],
+                          ["nnUNetTrainerUKAN", "nnUNetTrainerAllUKAN"])
     plot_overlays_main(["-d", "601", "-tr", "nnUNetTrainerUKAN", "nnUNetTrainerAllUKAN", "-n", "2",
                         "--select", "disagreement", "--style", "contour", "-o", str(tmp_path / "d.png")])
     assert "Cases: case_4, case_5" in capsys.readouterr().out  # the largest shifts of the second method
@@ -188,7 +280,7 @@ def test_overlay_command(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "e.png").exists()
 
 
-def test_allukan_state_dict_has_31_kaonv_and_12_ka_layers(tmp_path):
+def test_allukan_state_dict_has_31_kaonv_and_12_ka_layers(tmp_path, saved_figures):
     """On the real network: all 43 KA layers are found from the state_dict alone, and plotted."""
     from nnunet_allukan.networks import ALLUKAN
 
@@ -199,7 +291,9 @@ def test_allukan_state_dict_has_31_kaonv_and_12_ka_layers(tmp_path):
     chosen = default_layer_selection(layers)
     assert [l.kind for l in chosen] == ["KAonv 3x3", "KAonv depthwise 3x3", "KA (fc)", "KAonv 1x1"]
     plot_activations_main(["-i", str(tmp_path / "c.pth"), "-n", "3", "-o", str(tmp_path / "a.png")])
-    assert (tmp_path / "a.png").stat().st_size > 10_000
+    (figure, dpi), = saved_figures
+    assert_png_of(tmp_path / "a.png", figure, dpi)
+    assert_activation_panels(figure, {l.name: l.v.shape[0] for l in chosen}, n_outputs=3)
 
 
 def test_gpu_script_is_valid_and_calls_declared_commands():

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from figure_helpers import assert_png_of
 from nnunet_allukan.commands.evaluation import plot_gradients_main
 from nnunet_allukan.evaluation.gradients import path_input_gradient, spline_and_silu_gradients
 from nnunet_allukan.layers import KAConv2d, KALinear, KANLinear
@@ -41,14 +43,21 @@ def test_every_layer_of_a_network_is_measured():
     assert {r.kind for r in results} == {"KAConv2d", "KALinear"}
 
 
-def test_fresh_fig3b_writes_png_and_json(tmp_path, capsys):
+def test_fresh_fig3b_writes_png_and_json(tmp_path, capsys, saved_figures):
     output = tmp_path / "fig3b.png"
     plot_gradients_main(["-o", str(output)])
     printed = capsys.readouterr().out
     assert "| 0 | KALinear |" in printed and "Wrote:" in printed
     record = json.loads(output.with_suffix(".json").read_text())
     assert [layer["kind"] for layer in record["layers"]] == ["KALinear"] * 3
-    assert output.stat().st_size > 1000
+    (figure, dpi), = saved_figures
+    assert_png_of(output, figure, dpi)
+    axis, = figure.axes  # a pair of bars per layer: |G_L| and |G_S| as in the JSON, the layers on the x axis
+    silu, spline = axis.containers
+    np.testing.assert_allclose([bar.get_height() for bar in silu], [l["mean_abs_silu"] for l in record["layers"]])
+    np.testing.assert_allclose([bar.get_height() for bar in spline],
+                               [l["mean_abs_spline"] for l in record["layers"]])
+    assert [label.get_text() for label in axis.get_xticklabels()] == [str(l["layer"]) for l in record["layers"]]
 
 
 def test_trained_model_folder(tmp_path, capsys):

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from nnunet_allukan.evaluation.metrics import (
-    SMOOTH, CaseCounts, NonBinaryMaskError, binarize, case_counts, f1_from_iou, iou_from_counts, mean_std,
+    CaseCounts, NonBinaryMaskError, binarize, case_counts, f1_from_iou, iou_from_counts, mean_std,
     per_image_scores, reference_batches, reference_scores)
+from nnunet_allukan.paper import METRIC_SMOOTH
 
 # Three 2x2 cases. a: I=1, U=2, |A|=2, |B|=1.  b: empty prediction and target.  c: I=2, U=4, |A|=4, |B|=2.
 PRED = {"a": [[1, 1], [0, 0]], "b": [[0, 0], [0, 0]], "c": [[1, 1], [1, 1]]}
@@ -20,7 +21,7 @@ def test_case_counts_and_per_case_scores(counts):
     assert counts["a"] == CaseCounts(intersection=1, union=2, predicted=2, target=1)
     assert counts["b"] == CaseCounts(0, 0, 0, 0)
     assert counts["c"] == CaseCounts(2, 4, 4, 2)
-    assert counts["a"].iou == pytest.approx((1 + SMOOTH) / (2 + SMOOTH))
+    assert counts["a"].iou == pytest.approx((1 + METRIC_SMOOTH) / (2 + METRIC_SMOOTH))
     assert counts["a"].iou == pytest.approx(0.5, abs=1e-5)
     assert counts["a"].f1 == pytest.approx(2 / 3, abs=1e-5)  # Dice 2*1/(2+1)
     assert counts["b"].iou == 1.0 and counts["b"].f1 == 1.0  # empty vs empty: smoothing gives 1
@@ -67,7 +68,7 @@ def test_reference_batch_weighting_uses_batch_sizes():
     for chunk in (order[:8], order[8:16], order[16:]):
         inter = sum(counts[c].intersection for c in chunk)
         union = sum(counts[c].union for c in chunk)
-        expected.append((inter + SMOOTH) / (union + SMOOTH))
+        expected.append((inter + METRIC_SMOOTH) / (union + METRIC_SMOOTH))
     assert reference_scores(batches).iou == pytest.approx((8 * expected[0] + 8 * expected[1] + 3 * expected[2]) / 19)
 
 

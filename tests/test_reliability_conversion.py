@@ -24,7 +24,7 @@ from dataset_conversion.cli import main
 from dataset_conversion.errors import MAX_PROBLEMS_SHOWN, ConversionError
 from dataset_conversion.masks import binarize_binary_mask
 from dataset_conversion.reading import read_mask_array
-from dataset_conversion.synthetic import make_synthetic_busi, make_synthetic_cvc
+from nnunet_allukan.synthetic import make_synthetic_busi, make_synthetic_cvc
 from nnunet_allukan.filesystem import try_lock
 
 REPOSITORY = Path(__file__).resolve().parents[1]

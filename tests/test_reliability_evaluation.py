@@ -98,7 +98,7 @@ def test_evaluation_output_read_only(tree, monkeypatch, capsys):
     (tree / "shared").mkdir()
     refuse_writes_below(monkeypatch, tree / "shared")
     expect_failure(evaluate_main, pred_args(tree) + ["-o", str(tree / "shared" / "eval")], capsys,
-                   "cannot write", "Permission denied", "Pass -o with a folder you can write to")
+                   "cannot write", "Permission denied", "pass -o with a folder you can write to")
     assert list((tree / "shared").iterdir()) == []
 
 
@@ -107,7 +107,7 @@ def test_plot_output_folder_read_only_or_full(tree, monkeypatch, capsys):
     (tree / "figures").mkdir()
     refuse_writes_below(monkeypatch, tree / "figures")
     expect_failure(plot_activations_main, ["-i", str(tree / "weights.pth"), "-o", str(tree / "figures" / "a.png")],
-                   capsys, "cannot write", str(tree / "figures"), "Permission denied", "Pass -o with a folder")
+                   capsys, "cannot write", str(tree / "figures"), "Permission denied", "pass -o with a folder")
     monkeypatch.undo()
     (tree / "full").mkdir()
     refuse_writes_below(monkeypatch, tree / "full", errno.ENOSPC)

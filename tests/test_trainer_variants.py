@@ -100,3 +100,35 @@ def test_scheduler_anneals_each_group_from_its_own_lr():
             assert group["lr"] == pytest.approx(reference_group["lr"], rel=1e-9)
         reference_optimizer.step()
         reference.step()
+
+
+def test_layer_options_reach_the_plans_and_the_network(tmp_path, monkeypatch):
+    """A paper-protocol trainer's layer_options are recorded in the architecture entry nnU-Net builds from."""
+    from nnunet_allukan.layers import KAConv2d, KALinear
+
+    class nnUNetTrainerAllUKAN_grid4(trainers.nnUNetTrainerAllUKAN):
+        layer_options = {"grid_size": 4, "spline_order": 2, "grid_range": (-2.0, 2.0)}
+
+    monkeypatch.setattr(trainers, "nnUNetTrainerAllUKAN_grid4", nnUNetTrainerAllUKAN_grid4, raising=False)
+    trainer = make_trainer("nnUNetTrainerAllUKAN_grid4", tmp_path, monkeypatch)
+    arch_kwargs = trainer.plans_manager.plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    for entry in ("conv_kwargs", "fc_kwargs"):
+        assert {k: arch_kwargs[entry][k] for k in ("grid_size", "spline_order", "grid_range")} == \
+            {"grid_size": 4, "spline_order": 2, "grid_range": [-2.0, 2.0]}
+    network = build_from_plans(trainer.plans_manager.plans, "2d", 3, 1)
+    ka_layers = [m for m in network.modules() if isinstance(m, (KAConv2d, KALinear))]
+    assert len(ka_layers) == 43
+    assert {(m.grid_size, m.spline_order, tuple(m.grid_range)) for m in ka_layers} == {(4, 2, (-2.0, 2.0))}
+    # the default: the paper's grid, recorded
+    default = make_trainer("nnUNetTrainerAllUKAN", tmp_path, monkeypatch)
+    fc_kwargs = default.plans_manager.plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["fc_kwargs"]
+    assert (fc_kwargs["grid_size"], fc_kwargs["spline_order"], fc_kwargs["grid_range"]) == (5, 3, [-1.0, 1.0])
+
+
+def test_a_misspelt_layer_option_is_refused(tmp_path, monkeypatch):
+    class nnUNetTrainerAllUKAN_typo(trainers.nnUNetTrainerAllUKAN):
+        layer_options = {"grid_sise": 4}
+
+    monkeypatch.setattr(trainers, "nnUNetTrainerAllUKAN_typo", nnUNetTrainerAllUKAN_typo, raising=False)
+    with pytest.raises(ValueError, match="layer options grid_sise are taken by no layer"):
+        make_trainer("nnUNetTrainerAllUKAN_typo", tmp_path, monkeypatch)

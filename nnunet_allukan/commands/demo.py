@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> Path:
-    from dataset_conversion.synthetic import make_synthetic_busi
+    from nnunet_allukan.synthetic import make_synthetic_busi
 
     if args.size < DIVISOR or args.size % DIVISOR:
         raise ValueError(f"--size must be a positive multiple of {DIVISOR} (five 2x down-samplings), got {args.size}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nnunet_allukan.evaluation.collect import EvaluationError, env_folder, resolve_dataset_name
+from nnunet_allukan.paper import BATCH_SIZE, DIVISOR, GRID_RANGE, GRID_SIZE, SPLINE_ORDER, SPLIT_SEEDS
 
 DEFAULT_PLANS = "nnUNetPlans"
 DEFAULT_CONFIGURATION = "2d"
@@ -22,6 +23,8 @@ def _raise_on_sigterm(signum, frame):
     raise Terminated
 
 
+# Every command below is a parser, a function of the parsed arguments and a ``*_main`` that joins them here, so
+# that all report errors, interruption and SIGTERM alike.
 def run_reporting_errors(function: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
                          argv: Sequence[str] | None) -> None:
     args = parser.parse_args(argv)
@@ -79,8 +82,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
                     "Table 1 with the paper's numbers alongside. Writes results.md, results.csv, per_case.csv and "
                     "results.json.")
     _add_nnunet_selection(parser)
-    parser.add_argument("-f", nargs="+", type=int, default=[0, 1, 2], metavar="FOLD",
-                        help="folds to evaluate (default 0 1 2 = seeds 2981 6142 1187)")
+    parser.add_argument("-f", nargs="+", type=int, default=list(range(len(SPLIT_SEEDS))), metavar="FOLD",
+                        help=f"folds to evaluate (default {' '.join(map(str, range(len(SPLIT_SEEDS))))} = seeds "
+                             f"{' '.join(map(str, SPLIT_SEEDS))})")
     folders = parser.add_argument_group("plain folders instead of nnU-Net results")
     folders.add_argument("--pred", nargs="+", action="append", metavar=("NAME", "FOLDER"),
                          help="a method name followed by its prediction folder of fold 0, 1, ...; repeat per method")
@@ -98,7 +102,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                              "else $nnUNet_preprocessed/<dataset>/splits_final.json; train_test_split output order, "
                              "what the reference loader iterates; default; sorted where no split file exists), "
                              "'sorted' = sorted case ids")
-    parser.add_argument("--batch-size", type=int, default=8, help="reference protocol batch size (default 8)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help=f"reference protocol batch size (default {BATCH_SIZE})")
     parser.add_argument("--std-ddof", type=int, choices=(0, 1), default=0,
                         help="std over the seeds: 0 = population (numpy default, default), 1 = sample")
     parser.add_argument("-o", type=Path, default=None, metavar="OUTPUT_FOLDER",
@@ -161,9 +166,13 @@ def activations_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--outputs", type=int, default=8, help="curves (output units) per layer (default 8)")
     parser.add_argument("--x-range", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
                         help="x range (default: the grid range)")
-    parser.add_argument("--grid-size", type=int, default=5)
-    parser.add_argument("--spline-order", type=int, default=3)
-    parser.add_argument("--grid-range", nargs=2, type=float, default=(-1.0, 1.0), metavar=("LOW", "HIGH"))
+    grid = parser.add_argument_group(
+        "spline grid", "read from the model folder's plans.json; give it only for a checkpoint outside an nnU-Net "
+                       f"model folder (default there: the paper's, grid size {GRID_SIZE}, order {SPLINE_ORDER}, "
+                       f"range {GRID_RANGE[0]:g} {GRID_RANGE[1]:g})")
+    grid.add_argument("--grid-size", type=int, default=None)
+    grid.add_argument("--spline-order", type=int, default=None)
+    grid.add_argument("--grid-range", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"))
     parser.add_argument("-o", type=Path, default=None, metavar="OUTPUT_PNG",
                         help="output PNG (default: activations.png next to the checkpoint)")
     return parser
@@ -178,6 +187,51 @@ def _checkpoint_path(args: argparse.Namespace) -> Path:
         raise EvaluationError("give -i CHECKPOINT, or -d DATASET -tr TRAINER (one) [-p PLANS -c CONFIG -f FOLD].")
     from nnunet_allukan.evaluation.collect import nnunet_model_folder
     return nnunet_model_folder(resolve_dataset_name(str(args.d)), args.tr[0], args.p, args.c, args.f) / args.chk
+
+
+def _configuration_of(model_folder: Path, plans: dict, default: str) -> str:
+    """The configuration of a model folder ``TRAINER__PLANS__CONFIGURATION`` (``default`` if none matches)."""
+    return next((c for c in plans.get("configurations", {}) if model_folder.name.endswith(f"__{c}")), default)
+
+
+def _architecture_of(model_folder: Path, plans: dict, default_configuration: str):
+    """(configuration manager, architecture entry) of the model folder's configuration in its plans."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    configuration = _configuration_of(model_folder, plans, default_configuration)
+    try:
+        configuration_manager = PlansManager(plans).get_configuration(configuration)
+    except Exception:
+        raise EvaluationError(f"{model_folder / 'plans.json'} has no configuration {configuration!r}.") from None
+    return configuration_manager, configuration_manager.configuration["architecture"]
+
+
+def _activation_grid(args: argparse.Namespace, checkpoint: Path) -> tuple[dict, str]:
+    """The spline grid of the checkpoint's network and where it came from: the model folder's plans.json (the
+    fold folder's parent), else the options given, else the paper's."""
+    from nnunet_allukan.evaluation.activations import recorded_grid
+    from nnunet_allukan.evaluation.collect import read_json
+
+    given = {name: value for name, value in (("grid_size", args.grid_size), ("spline_order", args.spline_order),
+                                             ("grid_range", tuple(args.grid_range) if args.grid_range else None))
+             if value is not None}
+    plans_file = checkpoint.parent.parent / "plans.json"
+    if not plans_file.is_file():
+        grid = {"grid_size": GRID_SIZE, "spline_order": SPLINE_ORDER, "grid_range": tuple(GRID_RANGE), **given}
+        return grid, "as given" if given else "the paper's (no plans.json next to the fold folder)"
+    _, architecture = _architecture_of(plans_file.parent, read_json(plans_file), args.c)
+    grid = recorded_grid(architecture, str(plans_file))
+    contradicting = {name: value for name, value in given.items() if value != grid[name]}
+    if contradicting:
+        options = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in contradicting.items())
+        raise EvaluationError(f"{options} contradicts the grid the model was trained with ({_grid_text(grid)}, "
+                              f"from {plans_file}): leave the grid options out for a model folder.")
+    return grid, f"from {plans_file}"
+
+
+def _grid_text(grid: dict) -> str:
+    return (f"grid size {grid['grid_size']}, order {grid['spline_order']}, range {grid['grid_range'][0]:g} "
+            f"{grid['grid_range'][1]:g}")
 
 
 def _plot_activations(args: argparse.Namespace) -> None:
@@ -197,8 +251,9 @@ def _plot_activations(args: argparse.Namespace) -> None:
         return
     chosen = select_layers(layers, args.layers) if args.layers else default_layer_selection(layers)
     output = args.o or checkpoint.parent / f"activations_{checkpoint.stem}.png"
-    plot_activations(chosen, output, n_outputs=args.outputs, grid_size=args.grid_size,
-                     spline_order=args.spline_order, grid_range=tuple(args.grid_range),
+    grid, source = _activation_grid(args, checkpoint)
+    print(f"Spline grid: {_grid_text(grid)} ({source}).")
+    plot_activations(chosen, output, n_outputs=args.outputs, **grid,
                      x_range=tuple(args.x_range) if args.x_range else None, title=str(checkpoint))
     print(f"Plotted {len(chosen)} layers ({', '.join(layer.name for layer in chosen)}).\nWrote: {output}")
 
@@ -322,8 +377,6 @@ def _gradient_model(args: argparse.Namespace):
                 row = table2_row(fresh)
             except ValueError as error:
                 raise EvaluationError(f"--fresh: {error}; or 'fig3b'") from None
-            from nnunet_allukan.paper import DIVISOR
-
             if args.size % DIVISOR:
                 raise EvaluationError(f"--size must be a multiple of {DIVISOR}, got {args.size}")
             network = build_table2_network(row.row, 3, 1, dim=args.dim, **({"grad_free": True} if row.row in
@@ -347,14 +400,8 @@ def _trained_gradient_model(args: argparse.Namespace, generator):
     state = load_state_dict(checkpoint)
     model_folder = checkpoint.parent.parent
     plans, dataset_json = (read_json(model_folder / name) for name in ("plans.json", "dataset.json"))
-    configuration = next((c for c in plans.get("configurations", {}) if model_folder.name.endswith(f"__{c}")),
-                         args.c)
     plans_manager = PlansManager(plans)
-    try:
-        configuration_manager = plans_manager.get_configuration(configuration)
-    except Exception:
-        raise EvaluationError(f"{model_folder / 'plans.json'} has no configuration {configuration!r}.") from None
-    architecture = configuration_manager.configuration["architecture"]
+    configuration_manager, architecture = _architecture_of(model_folder, plans, args.c)
     input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],

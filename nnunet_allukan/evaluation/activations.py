@@ -21,6 +21,7 @@ import numpy as np
 
 from nnunet_allukan.evaluation.collect import EvaluationError
 from nnunet_allukan.evaluation.output import save_atomically
+from nnunet_allukan.paper import GRID_RANGE, GRID_SIZE, SPLINE_ORDER
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class KALayerWeights:
         return f"KA u{tuple(self.u.shape)}"
 
 
-def bspline_bases(x: np.ndarray, grid_size: int = 5, spline_order: int = 3,
-                  grid_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+def bspline_bases(x: np.ndarray, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
+                  grid_range: tuple[float, float] = GRID_RANGE) -> np.ndarray:
     """The layers' B-spline bases (:func:`nnunet_allukan.layers.bspline_bases`) of ``x``, in float64 numpy.
 
     x: any shape; returns x.shape + (grid_size + spline_order,).
@@ -55,6 +56,30 @@ def bspline_bases(x: np.ndarray, grid_size: int = 5, spline_order: int = 3,
 
     values = torch.as_tensor(np.asarray(x, dtype=np.float64))
     return layer_bases(values, grid_size, spline_order, grid_range).numpy()
+
+
+GRID_OPTIONS = ("grid_size", "spline_order", "grid_range")
+# Where a plans ``architecture`` entry records the KA layers' options: the U-KAN family's convolutions and fc
+# layers, the KA U-Nets' layers.
+_LAYER_OPTION_ENTRIES = ("conv_kwargs", "fc_kwargs", "ka_kwargs")
+
+
+def recorded_grid(architecture: Mapping, where: str = "plans") -> dict:
+    """The spline grid (``grid_size``, ``spline_order``, ``grid_range``) a network was built with, from its plans
+    ``architecture`` entry. An option the entry does not record is the layers' default, the paper's grid."""
+    arch_kwargs = architecture.get("arch_kwargs") or {}
+    found: dict = {}
+    for entry in _LAYER_OPTION_ENTRIES:
+        options = arch_kwargs.get(entry) or {}
+        for name in GRID_OPTIONS:
+            if name not in options:
+                continue
+            value = tuple(float(v) for v in options[name]) if name == "grid_range" else int(options[name])
+            if found.setdefault(name, value) != value:
+                raise EvaluationError(f"{where}: the architecture records two different {name} values "
+                                      f"({found[name]} and {value}); the activation plot takes one grid.")
+    return {"grid_size": found.get("grid_size", GRID_SIZE), "spline_order": found.get("spline_order", SPLINE_ORDER),
+            "grid_range": found.get("grid_range", tuple(GRID_RANGE))}
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -155,8 +180,9 @@ def select_layers(layers: Sequence[KALayerWeights], patterns: Sequence[str]) -> 
     return chosen
 
 
-def activation_curves(layer: KALayerWeights, x: np.ndarray, outputs: Sequence[int], grid_size: int = 5,
-                      spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0)) -> dict[str, np.ndarray]:
+def activation_curves(layer: KALayerWeights, x: np.ndarray, outputs: Sequence[int], grid_size: int = GRID_SIZE,
+                      spline_order: int = SPLINE_ORDER,
+                      grid_range: tuple[float, float] = GRID_RANGE) -> dict[str, np.ndarray]:
     """Curves of the chosen outputs over x [n_x]: 'phi' [n_out, n_x] = sum_k v[i,k] B_k(x) (Eq. 7);
     'mean_u' [n_out, n_x] = phi + mean_j u[i,j] silu(x); 'low' / 'high' [n_out, n_x]: pointwise envelope of
     phi + u silu(x) for u in [5th, 95th percentile of u[i, :]] (the expression is linear in u)."""
@@ -175,8 +201,9 @@ def activation_curves(layer: KALayerWeights, x: np.ndarray, outputs: Sequence[in
             "low": np.minimum(edge_low, edge_high), "high": np.maximum(edge_low, edge_high)}
 
 
-def plot_activations(layers: Sequence[KALayerWeights], output_png: Path, n_outputs: int = 8, grid_size: int = 5,
-                     spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0),
+def plot_activations(layers: Sequence[KALayerWeights], output_png: Path, n_outputs: int = 8,
+                     grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
+                     grid_range: tuple[float, float] = GRID_RANGE,
                      x_range: tuple[float, float] | None = None, title: str = "") -> Path:
     """One PNG: a row of ``n_outputs`` panels per layer (outputs evenly spaced over the layer's outputs)."""
     import matplotlib

@@ -8,11 +8,10 @@ from typing import Sequence
 from nnunet_allukan.evaluation.collect import (
     EvaluationError, FoldPredictions, check_same_cases_across_methods, count_fold, dataset_file_ending,
     env_folder, folder_folds, nnunet_folds, resolve_dataset_name)
-from nnunet_allukan.evaluation.metrics import REFERENCE_BATCH_SIZE, SMOOTH
 from nnunet_allukan.evaluation.tables import (
     markdown_report, per_case_csv, results_json, summarise_dataset, summary_csv)
 from nnunet_allukan.evaluation.output import write_text_files
-from nnunet_allukan.paper import SPLIT_SEEDS
+from nnunet_allukan.paper import BATCH_SIZE, METRIC_SMOOTH, METRIC_THRESHOLD, SPLIT_SEEDS
 
 BATCH_ORDERS = ("split", "sorted")
 
@@ -24,8 +23,10 @@ def _settings(order: str, batch_size: int, ddof: int) -> dict:
         raise EvaluationError(f"batch size must be >= 1, got {batch_size}")
     if ddof not in (0, 1):
         raise EvaluationError(f"std ddof must be 0 or 1, got {ddof}")
-    return {"unit": "percent", "order": order, "batch_size": batch_size, "std_ddof": ddof, "iou_smoothing": SMOOTH,
-            "thresholds": "prediction > 0.5, target > 0.5 (labels 0/1; 0/255 masks are scaled to 0/1)",
+    return {"unit": "percent", "order": order, "batch_size": batch_size, "std_ddof": ddof,
+            "iou_smoothing": METRIC_SMOOTH,
+            "thresholds": f"prediction > {METRIC_THRESHOLD:g}, target > {METRIC_THRESHOLD:g} (labels 0/1; 0/255 masks "
+                          "are scaled to 0/1)",
             "seeds_of_folds": {str(fold): seed for fold, seed in enumerate(SPLIT_SEEDS)}}
 
 
@@ -43,8 +44,8 @@ def _evaluate_dataset(name: str, fold_predictions: Sequence[FoldPredictions], la
 
 
 def evaluate_nnunet(datasets: Sequence[str], trainers: Sequence[str], plans: str = "nnUNetPlans",
-                    configuration: str = "2d", folds: Sequence[int] = (0, 1, 2), order: str = "split",
-                    batch_size: int = REFERENCE_BATCH_SIZE, ddof: int = 0,
+                    configuration: str = "2d", folds: Sequence[int] = tuple(range(len(SPLIT_SEEDS))),
+                    order: str = "split", batch_size: int = BATCH_SIZE, ddof: int = 0,
                     labels_folder: Path | None = None) -> dict:
     """Results of every trainer x fold of every dataset in $nnUNet_results (see tables.summarise_dataset)."""
     settings = _settings(order, batch_size, ddof)
@@ -63,7 +64,7 @@ def evaluate_nnunet(datasets: Sequence[str], trainers: Sequence[str], plans: str
 
 def evaluate_folders(predictions: Sequence[tuple[str, Sequence[str]]], labels_folder: Path,
                      dataset_label: str = "dataset", splits_file: Path | None = None, file_ending: str = ".png",
-                     order: str = "split", batch_size: int = REFERENCE_BATCH_SIZE, ddof: int = 0) -> dict:
+                     order: str = "split", batch_size: int = BATCH_SIZE, ddof: int = 0) -> dict:
     """Results for plain folders: predictions = [(method, [fold 0 folder, fold 1 folder, ...])]. Without a
     splits file the batch order is the sorted case order and the case sets are only checked across methods."""
     settings = _settings(order, batch_size, ddof)

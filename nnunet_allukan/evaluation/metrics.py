@@ -19,8 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-SMOOTH = 1e-5  # U-KAN's iou_score smoothing; an empty prediction on an empty target scores 1.
-REFERENCE_BATCH_SIZE = 8  # the paper's validation batch size
+from nnunet_allukan.paper import BATCH_SIZE, METRIC_SMOOTH, METRIC_THRESHOLD
 
 
 class NonBinaryMaskError(ValueError):
@@ -43,7 +42,7 @@ class CaseCounts:
     @property
     def f1(self) -> float:
         """Per-image F1 (= Dice) = (2|A and B| + s) / (|A| + |B| + s)."""
-        return (2.0 * self.intersection + SMOOTH) / (self.predicted + self.target + SMOOTH)
+        return (2.0 * self.intersection + METRIC_SMOOTH) / (self.predicted + self.target + METRIC_SMOOTH)
 
 
 def binarize(mask: np.ndarray, what: str = "mask") -> np.ndarray:
@@ -56,9 +55,9 @@ def binarize(mask: np.ndarray, what: str = "mask") -> np.ndarray:
     """
     values = np.unique(mask)
     if np.all(np.isin(values, (0, 1))):
-        return mask > 0.5
+        return mask > METRIC_THRESHOLD
     if np.all(np.isin(values, (0, 255))):
-        return mask > 127.5
+        return mask > 255 * METRIC_THRESHOLD
     shown = ", ".join(str(v) for v in values[:10]) + (" ..." if values.size > 10 else "")
     raise NonBinaryMaskError(
         f"{what} is not binary: it holds the values [{shown}]; expected only 0/1 (nnU-Net labels) or 0/255. "
@@ -84,7 +83,7 @@ def case_counts(prediction: np.ndarray, target: np.ndarray, what: str = "case") 
     )
 
 
-def iou_from_counts(intersection: float, union: float, smooth: float = SMOOTH) -> float:
+def iou_from_counts(intersection: float, union: float, smooth: float = METRIC_SMOOTH) -> float:
     """IoU = (|A and B| + s) / (|A or B| + s), U-KAN's iou_score."""
     return float((intersection + smooth) / (union + smooth))
 
@@ -122,7 +121,7 @@ class BatchScore:
 
 
 def reference_batches(
-    ordered_cases: Sequence[str], counts: Mapping[str, CaseCounts], batch_size: int = REFERENCE_BATCH_SIZE
+    ordered_cases: Sequence[str], counts: Mapping[str, CaseCounts], batch_size: int = BATCH_SIZE
 ) -> list[BatchScore]:
     """Reference protocol, batch by batch: consecutive chunks of ``batch_size`` cases of ``ordered_cases``
     (loader order), IoU pooled over all pixels of the chunk."""

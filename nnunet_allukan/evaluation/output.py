@@ -3,30 +3,18 @@
 the rename into place would keep: unreadable for the rest of a group sharing ``nnUNet_results``)."""
 from __future__ import annotations
 
-import errno
 import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
-from nnunet_allukan.filesystem import make_fresh_folder as _fresh_folder  # umask modes, as the converter's
+from nnunet_allukan.filesystem import make_fresh_file, make_fresh_folder, write_error_message
 from nnunet_allukan.evaluation.collect import EvaluationError
 
 
-def output_error(error: OSError, target: Path, option: str) -> EvaluationError:
-    """A clear message for a failed write of ``target`` (read-only, full, or a file where a folder belongs)."""
-    path = error.filename or target
-    reason = error.strerror or str(error)
-    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        fix = f"Free space on that file system, or pass {option} on another disk"
-    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = f"Pass {option} with a folder you can write to"
-    elif error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        fix = f"A file is in the way of {target}: pass another {option}, or move that file away"
-    else:
-        fix = f"Check {target} and its file system, or pass another {option}"
-    return EvaluationError(f"cannot write {path}: {reason}. {fix}.")
+def output_error(error: OSError, folder: Path, option: str) -> EvaluationError:
+    """A clear message for a failed write into ``folder`` (read-only, full, or a file where a folder belongs)."""
+    return EvaluationError(write_error_message(error, folder, option) + ".")
 
 
 def check_output_folder(folder: Path, option: str = "-o") -> None:
@@ -44,18 +32,6 @@ def check_output_folder(folder: Path, option: str = "-o") -> None:
                               "write to.")
 
 
-def _fresh_file(parent: Path, prefix: str, suffix: str) -> Path:
-    """A new, uniquely named empty file created like a plain open (mode from the umask)."""
-    for _ in range(100):
-        candidate = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
-        try:
-            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return candidate
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / prefix))
-
-
 def write_text_files(folder: Path, files: Mapping[str, str], option: str = "-o") -> list[Path]:
     """Write all files into a temporary sibling folder first, then move them into ``folder`` together.
     A file-system error becomes an :class:`EvaluationError` naming the path (``option``: the command-line
@@ -65,7 +41,7 @@ def write_text_files(folder: Path, files: Mapping[str, str], option: str = "-o")
     staging = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = _fresh_folder(folder.parent, f".{folder.name}.tmp-")
+        staging = make_fresh_folder(folder.parent, f".{folder.name}.tmp-")
         for name, text in files.items():
             (staging / name).write_text(text)
         folder.mkdir(exist_ok=True)
@@ -90,11 +66,11 @@ def save_atomically(path: Path, save: Callable[[Path], None], option: str = "-o"
     temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = _fresh_file(path.parent, f".{path.stem}.tmp-", path.suffix)
+        temporary = make_fresh_file(path.parent, f".{path.stem}.tmp-", path.suffix)
         save(temporary)
         os.replace(temporary, path)
     except OSError as error:
-        raise output_error(error, path, option) from error
+        raise output_error(error, path.parent, option) from error
     finally:
         if temporary is not None and temporary.exists():
             temporary.unlink()

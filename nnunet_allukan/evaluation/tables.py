@@ -11,14 +11,9 @@ import re
 from typing import Sequence
 
 from nnunet_allukan.evaluation.collect import FoldCounts, FoldPredictions
-from nnunet_allukan.evaluation.metrics import (
-    REFERENCE_BATCH_SIZE, SMOOTH, mean_std, per_image_scores, reference_batches, reference_scores)
-from nnunet_allukan.paper import SPLIT_SEEDS, TABLE1, TABLE2_BUSI_SEED2981
-
-# The paper's seeds and numbers live in nnunet_allukan.paper; the names here are the ones this module used.
-PAPER_SEEDS = SPLIT_SEEDS  # folds 0, 1, 2 (paper Sec. 4.1)
-PAPER_TABLE1 = TABLE1
-PAPER_TABLE2_BUSI_SEED2981 = TABLE2_BUSI_SEED2981
+from nnunet_allukan.evaluation.metrics import mean_std, per_image_scores, reference_batches, reference_scores
+from nnunet_allukan.paper import (BATCH_SIZE, METRIC_SMOOTH, METRIC_THRESHOLD, SPLIT_SEEDS, TABLE1,
+                                  TABLE2_BUSI_SEED2981)
 
 PROTOCOLS = {
     "reference": "Reference protocol (U-KAN code): IoU pooled over each validation batch of {batch} cases in "
@@ -60,7 +55,7 @@ def paper_method_for(method: str) -> str | None:
     return None
 
 
-def score_fold(fold: FoldCounts, order: str, batch_size: int = REFERENCE_BATCH_SIZE) -> dict:
+def score_fold(fold: FoldCounts, order: str, batch_size: int = BATCH_SIZE) -> dict:
     """Both protocols of one fold, in percent, with per-case values and the reference batches."""
     if order == "split" and fold.split_order is not None:
         ordered, order_used = list(fold.split_order), "split"
@@ -105,10 +100,10 @@ def summarise_dataset(dataset_name: str, fold_predictions: Sequence[FoldPredicti
             for protocol in ("reference", "per_image")}
         paper_method = entry["paper_method"]
         entry["paper"] = {}
-        if paper_key and paper_method in PAPER_TABLE1:
-            entry["paper"]["table1"] = {m: list(PAPER_TABLE1[paper_method][paper_key][m]) for m in ("iou", "f1")}
-        if paper_key == "BUSI" and paper_method in PAPER_TABLE2_BUSI_SEED2981:
-            entry["paper"]["table2_seed2981_fold0"] = dict(PAPER_TABLE2_BUSI_SEED2981[paper_method])
+        if paper_key and paper_method in TABLE1:
+            entry["paper"]["table1"] = {m: list(TABLE1[paper_method][paper_key][m]) for m in ("iou", "f1")}
+        if paper_key == "BUSI" and paper_method in TABLE2_BUSI_SEED2981:
+            entry["paper"]["table2_seed2981_fold0"] = dict(TABLE2_BUSI_SEED2981[paper_method])
     return {"paper_dataset": paper_key, "methods": methods}
 
 
@@ -120,7 +115,7 @@ def _fmt(mean: float, std: float | None = None) -> str:
 
 def fold_label(fold: str) -> str:
     index = int(fold)
-    return f"{fold} (seed {PAPER_SEEDS[index]})" if index < len(PAPER_SEEDS) else fold
+    return f"{fold} (seed {SPLIT_SEEDS[index]})" if index < len(SPLIT_SEEDS) else fold
 
 
 def method_label(method: str, paper_method: str | None) -> str:
@@ -136,9 +131,9 @@ def markdown_report(results: dict) -> str:
         methods += [m for m in data["methods"] if m not in methods]
     lines = ["# Segmentation results (IoU / F1 in %)", ""]
     lines.append(f"Mean ± std over folds (std with ddof={settings['std_ddof']}); folds 0, 1, 2 are the paper's "
-                 "seeds 2981, 6142, 1187. Thresholds as the paper: prediction > 0.5, target > 0.5, "
-                 f"IoU smoothing {SMOOTH:g}. Paper numbers are Table 1 (reference protocol, the paper's own "
-                 "training pipeline; its U-Net is not nnU-Net's).")
+                 f"seeds {', '.join(map(str, SPLIT_SEEDS))}. Thresholds as the paper: prediction > "
+                 f"{METRIC_THRESHOLD:g}, target > {METRIC_THRESHOLD:g}, IoU smoothing {METRIC_SMOOTH:g}. Paper numbers "
+                 "are Table 1 (reference protocol, the paper's own training pipeline; its U-Net is not nnU-Net's).")
     lines.append("")
     for protocol, title in (("reference", "Reference protocol (batch-pooled, as the paper's numbers)"),
                             ("per_image", "Per-image protocol (standard)")):

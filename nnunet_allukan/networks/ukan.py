@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import KAConv2d, KAConv3d, KALinear, KANLinear
-from ..paper import EMBED_DIMS, NUM_DOWNSAMPLINGS
+from ..paper import EMBED_DIMS, GRID_RANGE, GRID_SIZE, NUM_DOWNSAMPLINGS, SPLINE_ORDER
 from .blocks import (ConvLayer, DConvLayer, LayerTypes, PatchEmbed, TokenKANBlock, conv_op_dim, default_norm_op,
                      optional_kwargs, tokens_to_map)
 from .reference_init import reference_initialisation
@@ -146,8 +146,8 @@ class ALLUKAN(UKAN):
 
     def __init__(self, input_channels: int, num_classes: int, embed_dims: Sequence[int] = EMBED_DIMS, *,
                  dim: int = 2, grad_free: bool = True, implementation: str = "fast",
-                 chunk_size: Optional[int] = None, use_lambda: bool = False, grid_size: int = 5,
-                 spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0),
+                 chunk_size: Optional[int] = None, use_lambda: bool = False, grid_size: int = GRID_SIZE,
+                 spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE,
                  strides: Optional[Sequence] = None, deep_supervision: bool = False) -> None:
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim!r}")

@@ -16,8 +16,9 @@ from typing import Any, Mapping, Optional, Sequence
 import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_allukan.networks import KAPlainConvUNet, KAResidualEncoderUNet, UKAN, table2_row, type_path
-from nnunet_allukan.networks.blocks import default_norm_op
+from nnunet_allukan.networks import (KAPlainConvUNet, KAResidualEncoderUNet, TABLE2_ROWS, UKAN, table2_row,
+                                     type_path)
+from nnunet_allukan.networks.blocks import accepted_options, default_norm_op
 from nnunet_allukan.networks.ka_unet import KA_CONV_OPS, KA_TRANSPCONV_OPS
 from nnunet_allukan.paper import BATCH_SIZE, EMBED_DIMS
 from nnunet_allukan.training.protocol import round_up_patch_size, ukan_strides
@@ -32,7 +33,17 @@ KA_VERSION_OF_PLANNED_NETWORK: dict[str, type] = {"PlainConvUNet": KAPlainConvUN
 
 def ukan_architecture_entry(row: "int | str", dim: int, strides: Sequence[Sequence[int]],
                             embed_dims: Sequence[int] = EMBED_DIMS, **layer_options: Any) -> dict:
-    """The ``architecture`` entry of a U-KAN-family network (a Table 2 row) of dimension ``dim``."""
+    """The ``architecture`` entry of a U-KAN-family network (a Table 2 row) of dimension ``dim``.
+
+    ``layer_options`` go to the row's layer types that take them; an option that no layer type of any row takes
+    (a misspelt name) raises ValueError rather than vanish.
+    """
+    unknown = sorted(set(layer_options) - set().union(*(accepted_options(op, layer_options)
+                                                        for r in TABLE2_ROWS.values()
+                                                        for op in (r.fc_op, *r.conv_ops.values()))))
+    if unknown:
+        raise ValueError(f"layer options {', '.join(unknown)} are taken by no layer of the U-KAN family (e.g. "
+                         "grid_size, spline_order, grid_range, grad_free, implementation, chunk_size)")
     kwargs: dict[str, Any] = {"embed_dims": [int(e) for e in embed_dims], "strides": [list(s) for s in strides],
                               **table2_row(row).network_kwargs(dim, **layer_options),
                               "norm_op": default_norm_op(dim), "norm_op_kwargs": {},

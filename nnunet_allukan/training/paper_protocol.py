@@ -1,9 +1,9 @@
 """The paper's training protocol as one nnU-Net trainer base: :class:`nnUNetTrainerPaperProtocol`.
 
-A subclass names its network (a row of the paper's Table 2, ``table2_row``) and may set ``epochs`` and
-``kan_fc_lr``; the named trainers are in :mod:`nnunet_allukan.training.trainers`. What differs from
-``nnUNetTrainer`` (docs/training.md; the numbers are in :mod:`nnunet_allukan.paper`, the protocol's functions in
-:mod:`nnunet_allukan.training.protocol`):
+A subclass names its network (a row of the paper's Table 2, ``table2_row``) and may set ``epochs``, ``kan_fc_lr``
+and ``layer_options`` (the KA / KAN layers' options, e.g. another spline grid); the named trainers are in
+:mod:`nnunet_allukan.training.trainers`. What differs from ``nnUNetTrainer`` (docs/training.md; the numbers are
+in :mod:`nnunet_allukan.paper`, the protocol's functions in :mod:`nnunet_allukan.training.protocol`):
 
 - network: recorded in the configuration's standard ``architecture`` entry (``nnunet_allukan.networks.UKAN`` with
   the row's layer types), so nnU-Net's own ``get_network_from_plans`` builds it in training and in
@@ -32,8 +32,8 @@ from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_lo
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 from nnunet_allukan.networks import layer_counts_text, network_summary, table2_row
-from nnunet_allukan.paper import (BCE_WEIGHT, DICE_SMOOTH, INITIAL_LR, MIN_LR, NUM_EPOCHS, SPLIT_SEEDS,
-                                  SPLITS_FILE_NAME, WEIGHT_DECAY)
+from nnunet_allukan.paper import (BCE_WEIGHT, DICE_SMOOTH, GRID_RANGE, GRID_SIZE, INITIAL_LR, MIN_LR, NUM_EPOCHS,
+                                  SPLINE_ORDER, SPLIT_SEEDS, SPLITS_FILE_NAME, WEIGHT_DECAY)
 from nnunet_allukan.training.architectures import plans_with_ukan_architecture
 from nnunet_allukan.training.base import KATrainerBase, unwrapped_network
 from nnunet_allukan.training.protocol import (
@@ -62,6 +62,9 @@ class nnUNetTrainerPaperProtocol(KATrainerBase):
     epochs: int = NUM_EPOCHS
     # The reference script's separate lr for the tokenised blocks' fc layers (its kan_lr); None: one lr for all.
     kan_fc_lr: "float | None" = None
+    # Options of the network's KA / KAN layers (each layer type takes those its constructor has), recorded in the
+    # plans' architecture entry, so that prediction and the activation plots rebuild the same layers.
+    layer_options: dict = {"grid_size": GRID_SIZE, "spline_order": SPLINE_ORDER, "grid_range": GRID_RANGE}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -74,7 +77,8 @@ class nnUNetTrainerPaperProtocol(KATrainerBase):
                 f"Fold {fold!r} does not exist for {name}: folds 0, 1, 2 are the paper's three 80/20 splits (seeds "
                 f"{', '.join(map(str, SPLIT_SEEDS))}). Use nnUNetv2_train DATASET {configuration} 0 -tr {name} "
                 "(or 1, 2).")
-        plans, plan_messages = plans_with_ukan_architecture(plans, configuration, self.table2_row)
+        plans, plan_messages = plans_with_ukan_architecture(plans, configuration, self.table2_row,
+                                                            **self.layer_options)
         dataset_json = binary_labels_as_region(dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.epochs

@@ -162,9 +162,9 @@ def paper_splits_for_cases(case_ids: Sequence[str], original_ids: Mapping[str, s
     where the ids are the original image names (``original_ids``: nnU-Net case id -> original image stem,
     recorded by ``nnUNetv2_convert_allukan_dataset`` in dataset.json) or, without them, the nnU-Net case ids.
     Returns ``[{"train": [case ids], "val": [case ids]}, ...]`` in nnU-Net's splits_final.json format.
-    Uses :func:`dataset_conversion.splits.paper_splits`, the same function the converter documents.
+    Uses :func:`nnunet_allukan.splits.paper_splits`, the same function the converter documents.
     """
-    from dataset_conversion.splits import paper_splits
+    from nnunet_allukan.splits import paper_splits
 
     case_ids = sorted(str(c) for c in case_ids)
     if original_ids:

@@ -1,9 +1,10 @@
-"""The paper's seeded 80/20 splits (dataset_conversion.splits) against scikit-learn called directly."""
+"""The paper's seeded 80/20 splits (nnunet_allukan.splits) against scikit-learn called directly."""
 
 import pytest
 from sklearn.model_selection import train_test_split
 
-from dataset_conversion.splits import PAPER_SEEDS, paper_splits
+from nnunet_allukan.paper import SPLIT_SEEDS
+from nnunet_allukan.splits import paper_splits
 
 
 def _busi_like_ids() -> dict[str, str]:
@@ -13,7 +14,7 @@ def _busi_like_ids() -> dict[str, str]:
 
 
 def test_seeds_are_the_papers():
-    assert PAPER_SEEDS == (2981, 6142, 1187)
+    assert SPLIT_SEEDS == (2981, 6142, 1187)
 
 
 def test_splits_equal_sklearn_on_sorted_original_names():

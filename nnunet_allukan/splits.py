@@ -6,8 +6,8 @@ The reference U-KAN code splits ``sorted(image basenames without extension)`` wi
 and only then mapping them to this project's case ids, makes fold k of the trainer hold out exactly
 the images the reference code held out for seed k.
 
-Pure (scikit-learn + stdlib + the constants of nnunet_allukan.paper) so that the trainer imports the
-very same function.
+Pure (scikit-learn + stdlib + the constants of nnunet_allukan.paper): the converter and the trainers call
+this one function.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Mapping, Sequence
 
 from sklearn.model_selection import train_test_split
 
-from nnunet_allukan.paper import SPLIT_SEEDS as PAPER_SEEDS, TEST_SIZE as PAPER_TEST_SIZE
+from nnunet_allukan.paper import SPLIT_SEEDS, TEST_SIZE
 
 
 def paper_splits(
-    original_ids: Mapping[str, str], seeds: Sequence[int] = PAPER_SEEDS, test_size: float = PAPER_TEST_SIZE
+    original_ids: Mapping[str, str], seeds: Sequence[int] = SPLIT_SEEDS, test_size: float = TEST_SIZE
 ) -> list[dict[str, list[str]]]:
     """Split like the reference code, one split per seed.
 
