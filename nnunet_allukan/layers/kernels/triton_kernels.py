@@ -51,7 +51,7 @@ def _sums_kernel(x_ptr, silu_ptr, out_ptr, v_ptr, params_ptr, C, P, G, silu_stri
                  NB: tl.constexpr, NB_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
                  ACC: tl.constexpr, WITH_SILU: tl.constexpr, WITH_V: tl.constexpr, PADDED: tl.constexpr):
     pid = tl.program_id(0)
-    n_blocks = tl.cdiv(P, BLOCK_P)
+    n_blocks = (P + BLOCK_P - 1) // BLOCK_P
     n = (pid // n_blocks).to(tl.int64)
     p = (pid % n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     k = tl.arange(0, NB_PAD)
@@ -89,7 +89,7 @@ def _grads_kernel(x_ptr, grad_silu_ptr, coef_ptr, grad_phi_ptr, v_ptr, grad_x_pt
                   PADDED: tl.constexpr):
     """COEF: 0 no spline-path x gradient, 1 per-basis coefficients coef [N, NB, P], 2 ``grad_phi * v[n % G]``."""
     pid = tl.program_id(0)
-    n_blocks = tl.cdiv(P, BLOCK_P)
+    n_blocks = (P + BLOCK_P - 1) // BLOCK_P
     n = (pid // n_blocks).to(tl.int64)
     p = (pid % n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     k = tl.arange(0, NB_PAD)
