@@ -24,6 +24,8 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _BEFORE
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear, kernels  # noqa: E402
 from nnunet_allukan.layers.kernels import reference, triton_ops  # noqa: E402
 from nnunet_allukan.layers.splines import SplineGrid  # noqa: E402
@@ -151,6 +153,44 @@ def test_layers_forward_and_every_gradient_match_the_reference(dtype):
 
         for a, b in zip(run(), _reference(run)):
             _assert_close(a, b, repr(layer))
+
+
+class _InputDtypes(TorchDispatchMode):
+    """The dtype of x at every call of a Triton operator."""
+
+    def __enter__(self):
+        super().__enter__()
+        return self.seen
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "nnunet_allukan.triton" in str(func):
+            self.seen[str(func)] = args[0].dtype
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)])
+def test_layers_under_autocast_match_float32(dtype, tolerance):
+    """Autocast (nnU-Net's AMP): the layers hand their half-precision inputs to the Triton kernels as they are;
+    forward and every gradient within the AMP tolerances of tests/test_layers_amp_compile.py (relative norm)."""
+    for layer, shape in _layers():
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(5), requires_grad=True)
+
+        def run():
+            y = layer(x)
+            return (y,) + torch.autograd.grad(y.float().square().sum(), [x] + list(layer.parameters()))
+
+        want = _reference(run)
+        with torch.autocast("cpu", dtype=dtype), _InputDtypes() as seen:
+            got = run()
+        assert got[0].dtype == dtype
+        assert seen and all(d == dtype for d in seen.values()), seen  # no float32 copy of x on the way
+        for a, b in zip(got, want):
+            err = ((a.float() - b).norm() / b.norm()).item()
+            assert err <= tolerance, f"{layer!r}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

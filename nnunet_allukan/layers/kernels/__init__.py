@@ -1,6 +1,7 @@
 """The kernel seam: the basis passes the KA layers need, served by one of three backends.
 
-Passes (no autograd unless said; x in the compute dtype, float32 for half precision):
+Passes (no autograd unless said; x in the compute dtype, float32 for half precision, except on a backend that
+reads half-precision inputs itself, ``READS_HALF``, and accumulates in float32):
 
 - ``basis_sums``: x [N, C, P] -> ``S_k = sum_c B_k(x_c)`` [N, n_bases, P] (minus ``C B_k(0)`` when padded);
 - ``silu_and_basis_sums``: x [N, C, P] -> ``[silu(x), S]`` [N, C + n_bases, P] (KALinear's augmented input);
@@ -127,14 +128,18 @@ def describe(device_type: str = "cpu", grid: SplineGrid = SplineGrid()) -> str:
 
 
 def _call(kernel: str, x: torch.Tensor, grid: SplineGrid, *args, full_grad: bool = False):
-    return getattr(_BACKENDS[_backend(kernel, x.device.type, grid, full_grad)], kernel)(x, grid, *args)
+    backend = _BACKENDS[_backend(kernel, x.device.type, grid, full_grad)]
+    if not backend.READS_HALF:  # it computes in the dtype it is given: the compute dtype
+        dtype = compute_dtype(x)
+        x, args = x.to(dtype), [a.to(dtype) if isinstance(a, torch.Tensor) else a for a in args]
+    return getattr(backend, kernel)(x, grid, *args)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# What the layers call: grouped shapes [B, G, C, *sp] in, casts and reshapes to the passes' shapes, no autograd.
+# What the layers call: grouped shapes [B, G, C, *sp] in, reshapes to the passes' shapes, no autograd.
 # ---------------------------------------------------------------------------------------------------------------
 def _flat(x: torch.Tensor, *shape: int) -> torch.Tensor:
-    return x.to(compute_dtype(x)).reshape(*shape).contiguous()
+    return x.reshape(*shape).contiguous()
 
 
 @torch.no_grad()
@@ -176,7 +181,7 @@ def silu_and_activation_sums(x: torch.Tensor, v: torch.Tensor, grid: SplineGrid,
     ``C phi_g(0)`` when ``zero_padded``), both in x's dtype."""
     b, g, c = x.shape[:3]
     xc = _flat(x, b, g, c, -1)
-    silu, phi = _call("activation_sums", xc, grid, _flat(v, g, -1).to(xc.dtype), zero_padded)
+    silu, phi = _call("activation_sums", xc, grid, _flat(v, g, -1), zero_padded)
     return silu.to(x.dtype).reshape(x.shape), phi.to(x.dtype).reshape(b, g, *x.shape[3:])
 
 
@@ -188,9 +193,8 @@ def silu_and_activation_sums_backward(x: torch.Tensor, grad_silu: torch.Tensor, 
     silu path only unless ``full_grad``) and dL/dv ``[G, n_bases]`` (compute dtype)."""
     b, g, c = x.shape[:3]
     xc = _flat(x, b, g, c, -1)
-    gx, gv = _call("activation_sums_backward", xc, grid, _flat(grad_silu, b, g, c, -1).to(xc.dtype),
-                   _flat(grad_phi, b, g, 1, -1).to(xc.dtype), _flat(v, g, -1).to(xc.dtype), zero_padded,
-                   bool(full_grad), full_grad=bool(full_grad))
+    gx, gv = _call("activation_sums_backward", xc, grid, _flat(grad_silu, b, g, c, -1), _flat(grad_phi, b, g, 1, -1),
+                   _flat(v, g, -1), zero_padded, bool(full_grad), full_grad=bool(full_grad))
     return gx.to(x.dtype).reshape(x.shape), gv
 
 
@@ -199,4 +203,4 @@ def basis_derivative_dot(x: torch.Tensor, g: torch.Tensor, grid: SplineGrid) -> 
     """``sum_k g[:, :, k] * B'_k(x)``: x ``[B, G, C, *sp]``, g ``[B, G, n_bases, *sp]`` -> ``[B, G, C, *sp]``."""
     b, gr, c = x.shape[:3]
     xc = _flat(x, b * gr, c, -1)
-    return _call("basis_derivative_dot", xc, grid, _flat(g, b * gr, grid.n_bases, -1).to(xc.dtype)).reshape(x.shape)
+    return _call("basis_derivative_dot", xc, grid, _flat(g, b * gr, grid.n_bases, -1)).reshape(x.shape)

@@ -36,6 +36,7 @@ from ..splines import SplineGrid
 __all__ = ["available", "unavailable_reason", "library_path", "covers", "cache_dir"]
 
 ABI = 2  # KA_ABI in native_kernels.c
+READS_HALF = False  # float32/float64 kernels: the seam casts half precision to float32
 _SOURCE = Path(__file__).with_name("native_kernels.c")
 # -ffast-math at compile time only: linked with it, gcc would add crtfastmath.o, which sets the process's
 # flush-to-zero mode when the library loads.

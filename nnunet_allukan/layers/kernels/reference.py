@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from ..splines import SplineGrid, bspline_bases
 
+READS_HALF = False  # computes in the dtype it is given: the seam casts half precision to float32
+
 
 def _bases(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
     """``[N, C, ...] -> [N, C, n_bases, ...]``."""

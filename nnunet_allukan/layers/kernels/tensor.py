@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from ..splines import SplineGrid, cardinal, cardinal_derivative
 
+READS_HALF = False  # computes in the dtype it is given: the seam casts half precision to float32
+
 
 def _scaled(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
     return (x - grid.t0) * (1.0 / grid.h)

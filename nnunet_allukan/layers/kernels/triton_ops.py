@@ -25,6 +25,7 @@ from . import tensor
 
 __all__ = ["available", "unavailable_reason", "interpreted", "reset", "covers"]
 
+READS_HALF = True  # half-precision inputs are read as they are and accumulated in float32
 _KERNELS = None
 _FAILURE: Optional[str] = None
 _TRIED = False
