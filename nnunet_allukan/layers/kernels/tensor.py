@@ -1,9 +1,9 @@
 """The ``torch`` backend: each pass as one vectorised tensor form, no basis tensor per input.
 
 Serves every pass on every device and grid, uncompiled: where the native (CPU) or Triton (CUDA) kernels do not
-run, and for whoever chooses it (``NNUNET_ALLUKAN_KERNELS=torch``). The cubic bases use the
-centred form ``6 B_k = relu(2 - |t|)^3 - 4 relu(1 - |t|)^3``, ``t = s - k - 2``, in place on one scratch tensor
-per basis, the 1/6 applied after the reduction; other orders the truncated-power form of splines.py.
+run, and for whoever chooses it (``NNUNET_ALLUKAN_KERNELS=torch``). The cubic bases are splines.py's centred
+form ``6 B_k = cubic6(s - k - 2)``, one basis at a time, the 1/6 applied after the reduction; other orders the
+truncated-power form of splines.py.
 Inputs arrive in the compute dtype (the seam casts); shapes are the seam's (see ``kernels/__init__.py``).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..splines import SplineGrid, cardinal, cardinal_derivative
+from ..splines import SplineGrid, cardinal, cardinal_derivative, cubic6
 
 READS_HALF = False  # computes in the dtype it is given: the seam casts half precision to float32
 
@@ -24,11 +24,7 @@ def _scaled(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
 
 def _basis(s: torch.Tensor, k: int, order: int) -> torch.Tensor:
     """B_k of the scaled input s as a new tensor; times 6 for the cubic grid (see the module docstring)."""
-    if order != 3:
-        return cardinal(s - k, order)
-    t = (s - (k + 2.0)).abs_()
-    inner = torch.rsub(t, 1.0).clamp_min_(0.0).pow_(3).mul_(4.0)
-    return t.neg_().add_(2.0).clamp_min_(0.0).pow_(3).sub_(inner)
+    return cubic6(s - (k + 2.0)) if order == 3 else cardinal(s - k, order)
 
 
 def _scale(grid: SplineGrid) -> float:
