@@ -234,6 +234,28 @@ def test_operators_pass_opcheck():
         torch.library.opcheck(op, args)
 
 
+def test_operators_name_a_bad_argument():
+    ops, grid = torch.ops.nnunet_allukan, (GRID.t0, GRID.h)
+    x = torch.randn(2, 5, 7)
+    x4, v = x.reshape(2, 1, 5, 7), torch.randn(1, 8)
+    bad = {
+        r"x must be a 3-d floating-point tensor, got torch.float32 \(5, 7\)":
+            lambda: ops.triton_basis_sums(x[0], *grid, 8, False, False),
+        "x must be a 3-d floating-point tensor, got torch.int64":
+            lambda: ops.triton_silu_and_basis_sums(x.long(), *grid, 8, False),
+        "65 bases, the kernels' limit is 64": lambda: ops.triton_basis_sums(x, *grid, 65, False, False),
+        r"v must be \[1, n_bases\], got \(2, 8\)":
+            lambda: ops.triton_activation_sums(x4, torch.randn(2, 8), *grid, False),
+        r"gradients of shapes \(2, 1, 5, 7\) and \(2, 1, 1, 7\)":
+            lambda: ops.triton_activation_sums_backward(x4, x4, x4, v, *grid, False, False),
+        r"gradients of shapes \(2, 5, 7\) and \[N, n_bases, P\], got None and \(2, 8, 6\)":
+            lambda: ops.triton_basis_sums_backward(x, None, torch.randn(2, 8, 6), *grid),
+    }
+    for message, call in bad.items():
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
 def test_registered_autograd_is_the_exact_gradient():
     """gradcheck in float64: the spline path's gradient (B') included, v's exact."""
     gen = torch.Generator().manual_seed(8)

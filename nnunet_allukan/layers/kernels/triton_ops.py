@@ -89,9 +89,11 @@ def _check(name: str, t: torch.Tensor, dims: int) -> None:
                          f"{t.dtype} {tuple(t.shape)}")
 
 
-def _kernels():
+def _kernels(n_bases: int):
     if _load() is None:
         raise RuntimeError(f"nnunet_allukan triton kernels unavailable: {_FAILURE}")
+    if not 1 <= n_bases <= _KERNELS.MAX_BASES:
+        raise ValueError(f"nnunet_allukan triton kernel: {n_bases} bases, the kernels' limit is {_KERNELS.MAX_BASES}")
     return _KERNELS
 
 
@@ -101,7 +103,7 @@ def _basis_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int, padded: b
     """x [N, C, P] -> ``S_k = sum_c B_k(x_c) (- C B_k(0))`` [N, n_bases, P], or with ``with_silu``
     ``[silu(x), S]`` [N, C + n_bases, P] (KALinear's augmented input), in the accumulation dtype."""
     _check("x", x, 3)
-    k = _kernels()
+    k = _kernels(n_bases)
     x = x.contiguous()
     n, c, p = x.shape
     c_out = c * int(with_silu)
@@ -120,7 +122,7 @@ def _silu_and_basis_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int,
                             padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, C, P] -> (silu(x) in x's dtype, S [N, n_bases, P] in the accumulation dtype), one pass."""
     _check("x", x, 3)
-    k = _kernels()
+    k = _kernels(n_bases)
     x = x.contiguous()
     silu, s = torch.empty_like(x), x.new_empty((x.shape[0], n_bases, x.shape[2]), dtype=compute_dtype(x))
     k.sums(x, t0, h, n_bases, padded, silu, s)
@@ -139,7 +141,10 @@ def _basis_sums_backward_op(x: torch.Tensor, grad_silu: Optional[torch.Tensor], 
     ``grad_silu * silu'(x) + sum_k grad_sums_k B'_k(x)``, in x's dtype."""
     _check("x", x, 3)
     _check("grad_sums", grad_sums, 3)
-    k = _kernels()
+    if grad_sums.shape[::2] != x.shape[::2] or (grad_silu is not None and grad_silu.shape != x.shape):
+        raise ValueError(f"nnunet_allukan triton kernel: gradients of shapes {tuple(x.shape)} and [N, n_bases, P], "
+                         f"got {None if grad_silu is None else tuple(grad_silu.shape)} and {tuple(grad_sums.shape)}")
+    k = _kernels(grad_sums.shape[1])
     x = x.contiguous()
     grad_x = torch.empty_like(x)
     k.grads(x, t0, h, grad_sums.shape[1], None if grad_silu is None else grad_silu.contiguous(),
@@ -188,7 +193,7 @@ def _activation_sums_op(x: torch.Tensor, v: torch.Tensor, t0: float, h: float,
     b, g, c, p = x.shape
     if v.shape[0] != g:
         raise ValueError(f"nnunet_allukan triton kernel: v must be [{g}, n_bases], got {tuple(v.shape)}")
-    k = _kernels()
+    k = _kernels(v.shape[1])
     x = x.contiguous()
     silu, phi = torch.empty_like(x), x.new_empty((b, g, 1, p), dtype=compute_dtype(x))
     k.sums(x.view(b * g, c, p), t0, h, v.shape[1], padded, silu.view(b * g, c, p), phi.view(b * g, 1, p),
@@ -213,7 +218,7 @@ def _activation_sums_backward_op(x: torch.Tensor, grad_silu: torch.Tensor, grad_
         raise ValueError(f"nnunet_allukan triton kernel: gradients of shapes {tuple(x.shape)} and {(b, g, 1, p)} "
                          f"and v [{g}, n_bases], got {tuple(grad_silu.shape)}, {tuple(grad_phi.shape)}, "
                          f"{tuple(v.shape)}")
-    k = _kernels()
+    k = _kernels(v.shape[1])
     x = x.contiguous()
     grad_x = torch.empty_like(x)
     parts = k.grads(x.view(b * g, c, p), t0, h, v.shape[1], grad_silu.contiguous().view(b * g, c, p), None,
