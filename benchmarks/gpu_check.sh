@@ -65,6 +65,7 @@ if [ "$DRY" = 1 ]; then
     NET_ARGS="--batch-size 2 --size 64 --steps 1 --warmup 1"
     RATIO_ARGS="--batch-size 2 --size 64 --rounds 1"
     NET3D_ARGS="--batch-size 2 --size 32 --steps 1 --warmup 1"
+    FIRST_ARGS="--batch-size 2 --size 64"; FIRST3D_ARGS="--batch-size 1 --size 32"
     CASES=12; IMAGE_SIZE=64; T_LAYERS=300; T_FIRST=300; T_LBENCH=600; T_NET=600; T_RATIO=600; T_TRAIN=900
     T_NET3D=600; T_TRAIN3D=900; T_TRAINC=900
     export nnUNet_compile=f  # whole-network compile on CPU takes many minutes (docs/performance.md)
@@ -74,6 +75,7 @@ else
     NET_ARGS="--batch-size 8 --size 256 --steps 10 --warmup 3"
     RATIO_ARGS="--batch-size 8 --size 256 --rounds 10"
     NET3D_ARGS="--batch-size 2 --size 64 --steps 5 --warmup 2"
+    FIRST_ARGS=""; FIRST3D_ARGS=""
     # estimates (see above): 60 + 2 x 40 + 45 + 70 + 55 + 110 + 45 = 465 s, train_3d the rest of 480
     CASES=48; IMAGE_SIZE=256; T_LAYERS=60; T_FIRST=40; T_LBENCH=45; T_NET=70; T_RATIO=55; T_TRAIN=110
     T_NET3D=45; T_TRAIN3D=""; T_TRAINC=240  # train_3d: what is left of BUDGET when it starts
@@ -121,10 +123,12 @@ fi
 
 # shellcheck disable=SC2086
 stage layers "$T_LAYERS" "$PYTHON" "$ROOT/benchmarks/gpu_layer_check.py" --device "$DEVICE" --json "$OUT_DIR/layers.json"
+# shellcheck disable=SC2086
 stage first_step "$T_FIRST" "$PYTHON" "$ROOT/benchmarks/gpu_layer_check.py" --device "$DEVICE" --first-step 2 \
-    --json "$OUT_DIR/first_step.json"
+    $FIRST_ARGS --json "$OUT_DIR/first_step.json"
+# shellcheck disable=SC2086
 stage first_step_3d "$T_FIRST" "$PYTHON" "$ROOT/benchmarks/gpu_layer_check.py" --device "$DEVICE" --first-step 3 \
-    --json "$OUT_DIR/first_step_3d.json"
+    $FIRST3D_ARGS --json "$OUT_DIR/first_step_3d.json"
 # shellcheck disable=SC2086
 stage layer_bench "$T_LBENCH" "$PYTHON" "$ROOT/benchmarks/benchmark_ratios.py" --device "$DEVICE" --skip network memory \
     $LAYER_ARGS --json "$OUT_DIR/layer_bench.json"
@@ -236,7 +240,7 @@ if "layers" in summary:
     md += ["", f"Layer checks on {device}: {'all passed' if summary['layers'].get('ok') else 'FAILED (see layers.json)'}"]
 steps = [summary[n] for n in ("first_step", "first_step_3d") if n in summary]
 if steps:
-    md += ["", "## first training step of a fresh process (AMP)", "", "| network | first step done | second step done |",
+    md += ["", "## first training step of a fresh process (AMP on CUDA)", "", "| network | first step done | second step done |",
            "|---|---:|---:|"]
     md += [f"| ALL U-KAN {r['dims']}D, batch {r['batch']}, {r['size']}^{r['dims']} | {r['first_step_done_s']:.1f} s | "
            f"{r['second_step_done_s']:.1f} s |" for r in steps]

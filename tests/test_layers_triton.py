@@ -4,8 +4,9 @@ accumulate in float32; the operators pass opcheck and gradcheck, and their fake 
 torch.compile(fullgraph=True). Skipped where Triton is not installed.
 
 Triton decides interpreted or compiled when a function is decorated (its own language's functions at its import,
-ours at theirs), reading TRITON_INTERPRET then (and again when it imports more of itself): this
-module sets it before Triton is first imported, and within each of its tests. Collection imports this module before any test runs, so no earlier test can have imported Triton."""
+ours at theirs), reading TRITON_INTERPRET then (and again when it imports more of itself): this module sets it
+before Triton is first imported, and within each of its tests. Collection imports this module before any test
+runs, so no earlier test can have imported Triton."""
 import importlib
 import os
 import sys

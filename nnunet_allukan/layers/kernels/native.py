@@ -247,7 +247,8 @@ def _shift(n_bases: int, zero: Optional[Sequence[float]], c: int) -> ctypes.Arra
     if n_bases > _LIBRARY.max_bases:
         raise ValueError(f"nnunet_allukan native kernel: {n_bases} bases, the library's limit is {_LIBRARY.max_bases}")
     if zero is not None and len(zero) != n_bases:
-        raise ValueError(f"nnunet_allukan native kernel: B(0) must have one value per basis ({n_bases}), got {len(zero)}")
+        raise ValueError(f"nnunet_allukan native kernel: B(0) must have one value per basis ({n_bases}), "
+                         f"got {len(zero)}")
     return (ctypes.c_double * n_bases)(*([0.0] * n_bases if zero is None else [c * z for z in zero]))
 
 

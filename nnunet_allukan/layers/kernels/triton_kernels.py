@@ -46,7 +46,9 @@ def _cubic6_derivative(t):
     return tl.where(t < 0.0, magnitude, -magnitude)
 
 
-@triton.jit
+# Sizes are not specialised on (Triton would compile a variant per divisibility of each): a network's layers then
+# share a few compiled variants, told apart only by the constexpr arguments.
+@triton.jit(do_not_specialize=["C", "P", "G", "silu_stride", "out_stride"])
 def _sums_kernel(x_ptr, silu_ptr, out_ptr, v_ptr, params_ptr, C, P, G, silu_stride, out_stride,
                  NB: tl.constexpr, NB_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
                  ACC: tl.constexpr, WITH_SILU: tl.constexpr, WITH_V: tl.constexpr, PADDED: tl.constexpr):
@@ -82,7 +84,7 @@ def _sums_kernel(x_ptr, silu_ptr, out_ptr, v_ptr, params_ptr, C, P, G, silu_stri
                  mask=p_in[:, None] & (k[None, :] < NB))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C", "P", "G"])
 def _grads_kernel(x_ptr, grad_silu_ptr, coef_ptr, grad_phi_ptr, v_ptr, grad_x_ptr, parts_ptr, params_ptr, C, P, G,
                   NB: tl.constexpr, NB_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
                   ACC: tl.constexpr, WITH_SILU: tl.constexpr, COEF: tl.constexpr, GRAD_V: tl.constexpr,
