@@ -1,4 +1,4 @@
-"""The kernel seam: the basis passes the KA layers need, served by one of three backends.
+"""The kernel seam: the basis passes the KA layers need, served by one of four backends.
 
 Passes (no autograd unless said; x in the compute dtype, float32 for half precision, except on a backend that
 reads half-precision inputs itself, ``READS_HALF``, and accumulates in float32):
@@ -45,7 +45,8 @@ ENVIRONMENT_VARIABLE = "NNUNET_ALLUKAN_KERNELS"
 _BACKENDS = {"native": native, "triton": triton_ops, "torch": tensor, "reference": reference}
 # The kernel backend of each device type under ``auto``, and what it needs to serve a call.
 _KERNEL_BACKEND = {"cpu": "native", "cuda": "triton"}
-_SERVES = {"native": "CPU, cubic grid, library built", "triton": "CUDA, cubic grid, Triton imports"}
+_SERVES = {"native": "CPU, cubic grid, library built",
+           "triton": "CUDA (or Triton's interpreter), cubic grid, Triton imports"}
 
 
 def _parse(value: str) -> str:
@@ -109,7 +110,8 @@ def active(device_type: str = "cpu", grid: SplineGrid = SplineGrid()) -> list[Ch
         if backend == wanted:
             reason = f"policy {_POLICY}: {_SERVES[wanted]}"
         elif wanted is not None:
-            reason = f"policy {_POLICY}; not {wanted}: {_BACKENDS[wanted].covers(kernel, device_type, grid, full_grad)}"
+            why_not = _BACKENDS[wanted].covers(kernel, device_type, grid, full_grad)
+            reason = f"policy {_POLICY}; not {wanted}: {why_not}"
         elif _POLICY == "auto":
             reason = f"policy auto: no kernel backend for {device_type} tensors"
         else:
