@@ -19,6 +19,8 @@ The cubic basis is written in its centred form ``6 B_k(x) = relu(2 - |t|)^3 - 4 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -145,8 +147,21 @@ def _blocks(n_bases: int, c: int, p: int) -> tuple[int, int, int]:
     return nb_pad, block_p, block_c
 
 
+_PARAMS: dict = {}
+
+
 def _params(x: torch.Tensor, t0: float, h: float, acc: torch.dtype) -> torch.Tensor:
-    return torch.tensor([t0, 1.0 / h], dtype=acc, device=x.device)
+    """[t0, 1/h] on x's device, made once per grid, dtype and device: a copy from pageable host memory at every
+    call would wait for the device's queue to drain."""
+    key = (t0, h, acc, x.device)
+    if key not in _PARAMS:
+        _PARAMS[key] = torch.tensor([t0, 1.0 / h], dtype=acc, device=x.device)
+    return _PARAMS[key]
+
+
+def _on_device_of(x: torch.Tensor):
+    """Triton launches on the current CUDA device: make it x's."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -161,10 +176,11 @@ def sums(x: torch.Tensor, t0: float, h: float, n_bases: int, padded: bool, silu:
     acc = accumulation_dtype(x.dtype)
     nb_pad, block_p, block_c = _blocks(n_bases, c, p)
     grid = (n * triton.cdiv(p, block_p),)
-    _sums_kernel[grid](x, x if silu is None else silu, out, x if v is None else v, _params(x, t0, h, acc), c, p,
-                       groups, 0 if silu is None else silu.stride(0), out.stride(0), NB=n_bases, NB_PAD=nb_pad,
-                       BLOCK_P=block_p, BLOCK_C=block_c, ACC=_ACC.get(acc, tl.float32), WITH_SILU=silu is not None,
-                       WITH_V=v is not None, PADDED=padded)
+    with _on_device_of(x):
+        _sums_kernel[grid](x, x if silu is None else silu, out, x if v is None else v, _params(x, t0, h, acc), c,
+                           p, groups, 0 if silu is None else silu.stride(0), out.stride(0), NB=n_bases,
+                           NB_PAD=nb_pad, BLOCK_P=block_p, BLOCK_C=block_c, ACC=_ACC.get(acc, tl.float32),
+                           WITH_SILU=silu is not None, WITH_V=v is not None, PADDED=padded)
 
 
 def grads(x: torch.Tensor, t0: float, h: float, n_bases: int, grad_silu: torch.Tensor | None,
@@ -179,10 +195,11 @@ def grads(x: torch.Tensor, t0: float, h: float, n_bases: int, grad_silu: torch.T
     grad_v = grad_phi is not None and v is not None
     parts = torch.empty((n, n_blocks, n_bases), dtype=acc, device=x.device) if grad_v else None
     mode = 1 if coef is not None else 2 if spline_grad else 0
-    _grads_kernel[(n * n_blocks,)](x, x if grad_silu is None else grad_silu, x if coef is None else coef,
-                                   x if grad_phi is None else grad_phi, x if v is None else v, grad_x,
-                                   x if parts is None else parts, _params(x, t0, h, acc), c, p, groups,
-                                   NB=n_bases, NB_PAD=nb_pad, BLOCK_P=block_p, BLOCK_C=block_c,
-                                   ACC=_ACC.get(acc, tl.float32), WITH_SILU=grad_silu is not None, COEF=mode,
-                                   GRAD_V=grad_v, PADDED=padded)
+    with _on_device_of(x):
+        _grads_kernel[(n * n_blocks,)](x, x if grad_silu is None else grad_silu, x if coef is None else coef,
+                                       x if grad_phi is None else grad_phi, x if v is None else v, grad_x,
+                                       x if parts is None else parts, _params(x, t0, h, acc), c, p, groups,
+                                       NB=n_bases, NB_PAD=nb_pad, BLOCK_P=block_p, BLOCK_C=block_c,
+                                       ACC=_ACC.get(acc, tl.float32), WITH_SILU=grad_silu is not None, COEF=mode,
+                                       GRAD_V=grad_v, PADDED=padded)
     return parts
