@@ -122,6 +122,7 @@ def unfold_fields(x_pad: torch.Tensor, geo: ConvGeometry) -> torch.Tensor:
 
 
 def check_chunk(chunk_size: Optional[int]) -> Optional[int]:
+    """A layer's ``chunk_size`` argument: a positive integer or None."""
     if chunk_size is None:
         return None
     if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
@@ -135,7 +136,7 @@ def apply_in_amp_dtype(function, tensors: tuple, spline_weights: tuple, *constan
     autocast, the autocast dtype with autocast off inside (the functions call their convolutions and GEMMs
     themselves, so forward and backward run in that one dtype); otherwise x's dtype. ``spline_weights`` (v,
     lambda) keep their own dtype: their gradients sum over every position and input of the layer and are
-    computed in float32 for half inputs, where float16 would overflow (splines._compute_dtype)."""
+    computed in float32 for half inputs, where float16 would overflow (splines.compute_dtype)."""
     x = tensors[0]
     dev = x.device.type
     if torch.is_autocast_enabled(dev):
