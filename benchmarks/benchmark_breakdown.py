@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
 from _measure import run_in_fresh_process  # noqa: E402
 
-from nnunet_allukan.layers import KAConv2d, ka, kernels  # noqa: E402
+from nnunet_allukan.layers import KAConv2d, ka_autograd, kernels  # noqa: E402
 from nnunet_allukan.networks import build_table2_network  # noqa: E402
 
 ROWS = {"U-KAN_MLP": 4, "ALL U-KAN": 13}
@@ -50,7 +50,7 @@ def forward_child(row: int, mode: str) -> dict:
 def layer_split(keep_window_sums: bool, mode: str) -> dict:
     kernels.use(mode)
     if not keep_window_sums:
-        ka._KEEP_WINDOW_SUMS_MAX_FRACTION = 0.0
+        ka_autograd.KEEP_WINDOW_SUMS_MAX_FRACTION = 0.0
     torch.manual_seed(0)
     layers = {"KAConv2d": KAConv2d(32, 32, 3, padding=1), "nn.Conv2d": torch.nn.Conv2d(32, 32, 3, padding=1)}
     inputs = {name: torch.randn(2, 32, 128, 128, requires_grad=True) for name in layers}

@@ -1,12 +1,21 @@
 """The KA layers on one device against the unfold reference in float64: the fast layers in float64 (exact, 1e-10),
 float32 (1e-4) and under float16 / bfloat16 autocast (the relative tolerances of
-tests/test_layers_amp_compile.py), forward and every gradient (largest relative error over them).
+tests/test_layers_amp_compile.py), forward and every gradient (largest relative error over them), under each
+kernel policy given (default ``auto torch``: on CUDA the Triton kernels and the plain tensor form).
 
     python benchmarks/gpu_layer_check.py --device cuda --json gpu_layer_check.json
+    python benchmarks/gpu_layer_check.py --device cuda --first-step 2 --json first_step_2d.json
+
+``--first-step DIMS``: instead, the seconds from this process's start to the end of its first ALL U-KAN training
+step (nnU-Net's AMP on CUDA; 2D: batch 8, 256x256; 3D: batch 2, 64^3; ``--batch-size``, ``--size``), and of the second.
 
 Exit code 1 if any check fails. Runs on CPU too (``--device cpu``), where the test suite checks the same.
 """
 from __future__ import annotations
+
+import time
+
+START = time.perf_counter()
 
 import argparse
 import json
@@ -16,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear  # noqa: E402
+from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear, kernels  # noqa: E402
 
 CASES = {  # name -> (class, constructor arguments, input shape)
     "dense 3x3 pad 1": (KAConv2d, dict(in_channels=8, out_channels=16, kernel_size=3, padding=1), (2, 8, 17, 16)),
@@ -76,12 +85,7 @@ def check_case(name, device) -> dict:
     return {k: {"max_relative_error": v, "tolerance": tolerances[k], "ok": v <= tolerances[k]} for k, v in res.items()}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--json", type=Path, default=Path("benchmark_results/gpu_layer_check.json"))
-    a = p.parse_args()
-    device = torch.device(a.device)
+def check_layers(device) -> dict:
     results = {name: check_case(name, device) for name in CASES}
     # KALinear: fast (one GEMM) vs the literal grouped KA layer is covered by the CPU tests; here float16 only.
     torch.manual_seed(0)
@@ -92,14 +96,71 @@ def main() -> int:
         err = max_rel_error(outputs_and_grads(lin, x), got32)
     results["KALinear"] = {"float16 autocast vs float32": {"max_relative_error": err, "tolerance": 2e-3,
                                                            "ok": err <= 2e-3}}
-    ok = all(c["ok"] for r in results.values() for c in r.values())
-    for name, r in results.items():
-        print(f"{name:26s} " + "  ".join(f"{k}: {c['max_relative_error']:.1e}{'' if c['ok'] else ' FAIL'}"
-                                        for k, c in r.items()))
-    print("all layer checks passed" if ok else "SOME LAYER CHECKS FAILED")
+    return results
+
+
+def first_step(device, dims: int, batch: int, size: int) -> dict:
+    """Seconds from process start to the end of the first and second ALL U-KAN training steps."""
+    from nnunet_allukan.networks import build_table2_network
+    from nnunet_allukan.training.protocol import ukan_strides
+
+    downsamplings = min(5, max(0, (size // 4).bit_length() - 1))  # as benchmark_networks.py's 3D networks
+    strides = None if dims == 2 else ukan_strides([[1] * 3] + [[2] * 3] * downsamplings, 3)
+    torch.manual_seed(0)
+    net = build_table2_network(13, 3, 1, dim=dims, strides=strides).to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    amp = device.type == "cuda"  # nnU-Net's AMP is a CUDA setting; CPU float16 convolutions are no measure
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    x = torch.randn(batch, 3, *[size] * dims, device=device)
+    y = (torch.rand(batch, 1, *[size] * dims, device=device) > 0.5).float()
+    ends = []
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x).float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ends.append(time.perf_counter() - START)
+    return {"dims": dims, "batch": batch, "size": size, "amp": amp, "first_step_done_s": ends[0],
+            "second_step_done_s": ends[1], "kernels": kernels.describe(device.type)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--policies", nargs="+", default=["auto", "torch"], choices=kernels.POLICIES)
+    p.add_argument("--first-step", type=int, choices=(2, 3), default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="--first-step: default 8 (2D), 2 (3D)")
+    p.add_argument("--size", type=int, default=None, help="--first-step: default 256 (2D), 64 (3D)")
+    p.add_argument("--json", type=Path, default=Path("benchmark_results/gpu_layer_check.json"))
+    a = p.parse_args()
+    device = torch.device(a.device)
     a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps({"device": str(device), "torch": torch.__version__, "ok": ok, "results": results},
-                                 indent=2))
+    if a.first_step:
+        r = first_step(device, a.first_step, a.batch_size or (8 if a.first_step == 2 else 2),
+                       a.size or (256 if a.first_step == 2 else 64))
+        print(f"ALL U-KAN {a.first_step}D, batch {r['batch']}, {r['size']}^{a.first_step}, AMP {r['amp']}: "
+              f"first step done "
+              f"{r['first_step_done_s']:.1f} s after start, second {r['second_step_done_s']:.1f} s\n{r['kernels']}")
+        a.json.write_text(json.dumps(r, indent=2))
+        return 0
+    results, described = {}, {}
+    for policy in a.policies:
+        kernels.use(policy)
+        described[policy] = kernels.describe(device.type)
+        print(described[policy])
+        results[policy] = check_layers(device)
+    ok = all(c["ok"] for by_case in results.values() for r in by_case.values() for c in r.values())
+    for policy, by_case in results.items():
+        for name, r in by_case.items():
+            print(f"{policy:9s} {name:26s} " + "  ".join(
+                f"{k}: {c['max_relative_error']:.1e}{'' if c['ok'] else ' FAIL'}" for k, c in r.items()))
+    print("all layer checks passed" if ok else "SOME LAYER CHECKS FAILED")
+    a.json.write_text(json.dumps({"device": str(device), "torch": torch.__version__, "ok": ok, "kernels": described,
+                                  "results": results}, indent=2))
     return 0 if ok else 1
 
 

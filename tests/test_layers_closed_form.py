@@ -61,7 +61,7 @@ def test_ka_linear_fast_path_gradients_of_every_parameter(grad_free):
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
     x = torch.randn(4, 3, 11, dtype=torch.float64, requires_grad=True)
-    from nnunet_allukan.layers.ka import ka_grouped
+    from nnunet_allukan.layers.ka_grouped import ka_grouped
     y = m(x)
     ref = ka_grouped(x.reshape(-1, 1, 11), m.u[None], m.v[None], None, m.grid, grad_free, None,
                      literal=True).reshape(4, 3, 5) + m.bias

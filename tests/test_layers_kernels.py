@@ -1,6 +1,7 @@
 """The kernel seam (layers/kernels): every backend agrees with the reference on every pass it covers, the native
 kernels are torch operators (opcheck, whole-network torch.compile), the policy is explicit, and the native
 library is built and loaded only from a private folder and only when its checksum matches."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear, kernels
-from nnunet_allukan.layers.kernels import native
+from nnunet_allukan.layers.kernels import native, triton_ops
 from nnunet_allukan.layers.splines import SplineGrid
 
 GRID = SplineGrid()
@@ -28,12 +29,13 @@ def policy():
 
 @pytest.fixture
 def fresh_native(monkeypatch, tmp_path):
-    """The native loader with nothing loaded yet, its cache under tmp_path; the loaded library restored after."""
-    saved = native._LIBRARY, native._FAILURE, native._TRIED
+    """The native loader with nothing loaded yet, its cache under tmp_path; afterwards loaded again from the
+    user's cache, with the test's patches undone."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    native._LIBRARY, native._FAILURE, native._TRIED = None, None, False
+    native.reset()
     yield tmp_path / "nnunet_allukan"
-    native._LIBRARY, native._FAILURE, native._TRIED = saved
+    monkeypatch.undo()
+    native.reset()
 
 
 def _with(policy_, call, use):
@@ -172,23 +174,26 @@ def test_native_operators_check_their_arguments_before_calling_c():
     assert native.available(), native.unavailable_reason()
     ops = torch.ops.nnunet_allukan
     x = torch.randn(2, 5, 7)
-    bad = {
-        "non-contiguous": lambda: ops.basis_sums(x.transpose(1, 2), GRID.t0, GRID.h, 8, None, False),
-        "integer": lambda: ops.basis_sums(x.int(), GRID.t0, GRID.h, 8, None, False),
-        "rank": lambda: ops.basis_sums(x[0], GRID.t0, GRID.h, 8, None, False),
-        "too many bases": lambda: ops.basis_sums(x, GRID.t0, GRID.h, 1000, None, False),
-        "B(0) length": lambda: ops.basis_sums(x, GRID.t0, GRID.h, 8, [0.0] * 3, False),
-        "v dtype": lambda: ops.activation_sums(x.reshape(2, 1, 5, 7), torch.randn(1, 8, dtype=torch.float64),
-                                               GRID.t0, GRID.h, None),
-        "gradient shape": lambda: ops.activation_sums_backward(x.reshape(2, 1, 5, 7), x.reshape(2, 1, 5, 7),
-                                                               x.reshape(2, 1, 5, 7), GRID.t0, GRID.h, 8, None),
-        "geometry": lambda: ops.silu_and_window_sums(x.reshape(1, 2, 5, 7), GRID.t0, GRID.h, 8, None, [3],
-                                                     [1], [0], [1]),
+    v64 = torch.randn(1, 8, dtype=torch.float64)
+    x4 = x.reshape(2, 1, 5, 7)
+    bad = {  # each bad argument, the message that names it
+        "contiguous, got strides": lambda: ops.basis_sums(x.transpose(1, 2), GRID.t0, GRID.h, 8, None, False),
+        "x must be float32 or float64, got torch.int32": lambda: ops.basis_sums(x.int(), GRID.t0, GRID.h, 8, None,
+                                                                              False),
+        r"x must be 3-d, got shape \(5, 7\)": lambda: ops.basis_sums(x[0], GRID.t0, GRID.h, 8, None, False),
+        "1000 bases, the library's limit is": lambda: ops.basis_sums(x, GRID.t0, GRID.h, 1000, None, False),
+        r"B\(0\) must have one value per basis \(8\), got 3": lambda: ops.basis_sums(x, GRID.t0, GRID.h, 8,
+                                                                                   [0.0] * 3, False),
+        "v must have x's dtype torch.float32, got torch.float64": lambda: ops.activation_sums(x4, v64, GRID.t0,
+                                                                                            GRID.h, None),
+        r"gradients of shapes \(2, 1, 5, 7\) and \(2, 1, 1, 7\)": lambda: ops.activation_sums_backward(
+            x4, x4, x4, GRID.t0, GRID.h, 8, None),
+        "a 2D or 3D geometry": lambda: ops.silu_and_window_sums(x.reshape(1, 2, 5, 7), GRID.t0, GRID.h, 8, None,
+                                                                [3], [1], [0], [1]),
     }
-    for what, call in bad.items():
-        with pytest.raises((ValueError, RuntimeError), match="native kernel"):
+    for message, call in bad.items():
+        with pytest.raises(ValueError, match=message):
             call()
-        assert what
 
 
 @needs_native
@@ -221,37 +226,6 @@ def test_native_kernels_stay_in_a_whole_network_compile_and_it_is_quiet(policy):
     assert used >= {"silu_and_window_sums", "activation_sums", "basis_sums"}, targets
 
 
-def test_compiled_torch_passes_match_the_reference(policy, monkeypatch):
-    """The torch backend as it runs on CUDA, compiled (here on CPU): the same results, one compiled copy per pass
-    and dtype, no dynamo setting changed."""
-    import torch._dynamo
-
-    monkeypatch.setattr(kernels, "_COMPILED_ON", ("cpu",))
-    monkeypatch.setattr(kernels, "_COMPILED", {})
-    monkeypatch.setattr(kernels, "_COMPILE_FAILED", set())
-    config = {k: getattr(torch._dynamo.config, k) for k in ("recompile_limit", "cache_size_limit")
-              if hasattr(torch._dynamo.config, k)}
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(2, 3, 5, 9, 9, generator=gen) * 1.5
-    v, g_silu, g_phi = torch.randn(3, 8, generator=gen), torch.randn_like(x), torch.randn(2, 3, 9, 9, generator=gen)
-    calls = {
-        "silu_and_window_sums": lambda: kernels.silu_and_window_sums(x, GRID, (3, 3), (2, 1), (1, 1), (1, 2)),
-        "activation_sums_backward": lambda: kernels.silu_and_activation_sums_backward(
-            x, g_silu, g_phi, v, GRID, True, True),
-    }
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        compiled = {name: _with("torch", call, policy) for name, call in calls.items()}
-    if kernels._COMPILE_FAILED:
-        pytest.skip(f"torch.compile unavailable here: {[str(w.message) for w in caught]}")
-    assert {key[0] for key in kernels._COMPILED} == set(calls)
-    for name, call in calls.items():
-        for a, b in zip(compiled[name], _with("reference", call, policy)):
-            _assert_close(a, b, f"compiled {name}")
-    assert {k: getattr(torch._dynamo.config, k) for k in config} == config
-    torch._dynamo.reset()
-
-
 # ---- policy -----------------------------------------------------------------------------------------------------
 def test_policy_is_explicit_and_reported(policy):
     with pytest.raises(ValueError, match="NNUNET_ALLUKAN_KERNELS"):
@@ -267,12 +241,65 @@ def test_policy_is_explicit_and_reported(policy):
     assert "grad_free=False" in choices["basis_derivative_dot"].reason
     expected = "native" if native.available() else "torch"
     assert choices["silu_and_window_sums"].backend == expected
-    assert {c.backend for c in kernels.active("cuda")} == {"torch"}
-    assert "compiled" in kernels.active("cuda")[0].reason
     quintic = {c.kernel: c for c in kernels.active(grid=SplineGrid(5, 5))}
     assert quintic["basis_sums"].backend == "torch" and "order 5" in quintic["basis_sums"].reason
     text = kernels.describe()
     assert "NNUNET_ALLUKAN_KERNELS=auto" in text and all(k in text for k in kernels.KERNELS)
+
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton not installed")
+
+
+@pytest.fixture
+def fresh_triton():
+    """The Triton loader with nothing loaded yet; loaded again afterwards, as it was."""
+    triton_ops.reset()
+    yield
+    triton_ops.reset()
+
+
+@needs_triton
+def test_cuda_runs_the_triton_kernels_where_triton_imports(policy, fresh_triton):
+    policy("auto")
+    choices = kernels.active("cuda")
+    assert [c.backend for c in choices] == ["triton"] * len(kernels.KERNELS), choices
+    assert all("Triton imports" in c.reason for c in choices)
+    quintic = {c.kernel: c for c in kernels.active("cuda", SplineGrid(5, 5))}
+    assert quintic["silu_and_window_sums"].backend == "torch"
+    assert "order 5" in quintic["silu_and_window_sums"].reason and "uncompiled" in quintic["basis_sums"].reason
+    policy("torch")
+    assert {(c.backend, c.reason) for c in kernels.active("cuda")} == {("torch", "policy torch, uncompiled")}
+    policy("triton")
+    if not triton_ops.interpreted():  # Triton's kernels run on CUDA tensors (or in its interpreter)
+        assert {c.backend for c in kernels.active("cpu")} == {"torch"}
+        assert "cpu tensors (triton: CUDA)" in kernels.describe("cpu")
+
+
+def test_cuda_runs_the_uncompiled_torch_form_without_triton(policy, fresh_triton, monkeypatch):
+    """Where Triton does not import (CPU builds of torch), CUDA calls run on the torch backend and say why; the
+    triton policy refuses to fall back; the layers still import and run."""
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "triton", None)  # import triton raises ImportError
+        m.delitem(sys.modules, "nnunet_allukan.layers.kernels.triton_kernels", raising=False)
+        policy("auto")
+        choices = kernels.active("cuda")
+        assert {c.backend for c in choices} == {"torch"}
+        assert all("not triton: Triton does not import" in c.reason and c.reason.endswith("uncompiled")
+                   for c in choices), choices
+        assert kernels.active("cpu")[0].backend == ("native" if native.available() else "torch")
+        policy("triton")
+        with pytest.raises(RuntimeError, match="NNUNET_ALLUKAN_KERNELS=triton, but the triton kernels are "
+                                               "unavailable: Triton does not import"):
+            kernels.active("cuda")
+        policy("auto")
+        KAConv2d(2, 2, 3, padding=1)(torch.randn(1, 2, 5, 5)).sum().backward()
+    triton_ops.reset()
+
+
+def test_importing_the_layers_imports_no_triton():
+    code = "import sys, nnunet_allukan.layers, nnunet_allukan.networks; print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["False"], out.stderr
 
 
 def test_the_environment_variable_is_read_once_at_import():
@@ -301,7 +328,7 @@ def test_library_is_built_once_into_a_private_cache(fresh_native):
     built = sorted(p.suffix for p in fresh_native.iterdir())
     assert built == [".sha256", ".so"]  # no temporary build folder left behind
     stamps = [p.stat().st_mtime_ns for p in sorted(fresh_native.iterdir())]
-    native._LIBRARY, native._TRIED = None, False
+    native.reset()
     assert native.available()
     assert [p.stat().st_mtime_ns for p in sorted(fresh_native.iterdir())] == stamps
 
@@ -410,7 +437,7 @@ def test_loading_changes_no_process_wide_state():
     code = textwrap.dedent("""
         import torch
         from nnunet_allukan.layers import KAConv2d
-        from nnunet_allukan.layers.kernels import native
+        from nnunet_allukan.layers.kernels import native, triton_ops
         threads = torch.get_num_threads()
         tiny = torch.tensor([1e-310], dtype=torch.float64)
         assert native.available(), native.unavailable_reason()

@@ -5,7 +5,8 @@
 - :class:`KANLinear`, :class:`KANConv2d`: vanilla KAN layers (U-KAN baseline, ablation rows 9/10).
 - :func:`bspline_bases`: the spline bases (closed form); :func:`bspline_bases_cox_de_boor`: the textbook recursion.
 - :mod:`kernels`: the one seam through which the layers run their basis passes (backends ``reference``, ``torch``,
-  ``native``); ``kernels.describe()`` says which serves what, ``kernels.use()`` / ``NNUNET_ALLUKAN_KERNELS`` choose.
+  ``native`` on CPU, ``triton`` on CUDA); ``kernels.describe()`` says which serves what, ``kernels.use()`` /
+  ``NNUNET_ALLUKAN_KERNELS`` choose.
 """
 from . import kernels
 from .ka import KAConv2d, KAConv3d, KALinear

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from .splines import SplineGrid
 
-__all__ = ["IntOrTuple", "ntuple", "ConvGeometry", "unfold_fields", "init_ka_parameters", "SplineGridAttributes"]
+__all__ = ["IntOrTuple", "ntuple", "ConvGeometry", "unfold_fields", "init_ka_parameters", "SplineGridAttributes",
+           "check_chunk", "apply_in_amp_dtype"]
 
 IntOrTuple = Union[int, Sequence[int]]
 
@@ -118,3 +119,28 @@ def unfold_fields(x_pad: torch.Tensor, geo: ConvGeometry) -> torch.Tensor:
     nd = geo.nd
     perm = [0] + list(range(2, 2 + nd)) + [1] + list(range(2 + nd, 2 + 2 * nd))
     return x_pad.permute(perm)
+
+
+def check_chunk(chunk_size: Optional[int]) -> Optional[int]:
+    """A layer's ``chunk_size`` argument: a positive integer or None."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def apply_in_amp_dtype(function, tensors: tuple, spline_weights: tuple, *constants):
+    """``function.apply(*tensors, *spline_weights, *constants)`` with ``tensors`` (x first; None allowed) in the
+    dtype the function runs in, as ``torch.amp.custom_fwd(cast_inputs=)`` does, for any device type: under
+    autocast, the autocast dtype with autocast off inside (the functions call their convolutions and GEMMs
+    themselves, so forward and backward run in that one dtype); otherwise x's dtype. ``spline_weights`` (v,
+    lambda) keep their own dtype: their gradients sum over every position and input of the layer and are
+    computed in float32 for half inputs, where float16 would overflow (splines.compute_dtype)."""
+    x = tensors[0]
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        with torch.autocast(dev, enabled=False):
+            return function.apply(*(None if t is None else t.to(dt) for t in tensors), *spline_weights, *constants)
+    return function.apply(*(None if t is None else t.to(x.dtype) for t in tensors), *spline_weights, *constants)

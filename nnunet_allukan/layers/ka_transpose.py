@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .common import IntOrTuple, SplineGridAttributes, init_ka_parameters, ntuple
-from .ka import ka_grouped
+from .ka_grouped import ka_grouped
 from .kernels import basis_sum, differentiable_basis_sum
 from .splines import SplineGrid
 

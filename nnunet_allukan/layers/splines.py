@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = ["SplineGrid", "bspline_bases", "bspline_bases_cox_de_boor", "cardinal", "cardinal_derivative",
-           "compute_dtype"]
+           "compute_dtype", "cubic6"]
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,17 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def cubic6(t: torch.Tensor) -> torch.Tensor:
+    """Six times the centred cubic B-spline, ``relu(2 - |t|)^3 - 4 relu(1 - |t|)^3`` (support (-2, 2)): the one
+    Python form of the cubic (the C and Triton kernels have their own). ``t`` may carry autograd."""
+    a = t.abs()
+    return (2.0 - a).clamp_min(0.0).pow(3) - 4.0 * (1.0 - a).clamp_min(0.0).pow(3)
+
+
 def cardinal(u: torch.Tensor, order: int) -> torch.Tensor:
     """Cardinal B-spline N_p(u), support [0, p + 1). ``u`` may carry autograd."""
     if order == 3:
-        t = (u - 2.0).abs()
-        return ((2.0 - t).clamp_min(0.0).pow(3) - 4.0 * (1.0 - t).clamp_min(0.0).pow(3)) * (1.0 / 6.0)
+        return cubic6(u - 2.0) * (1.0 / 6.0)
     # Truncated powers on the clamped support; outside it N_p is exactly 0 (masked).
     inside = (u >= 0) & (u < order + 1)
     uc = u.clamp(0.0, float(order + 1))

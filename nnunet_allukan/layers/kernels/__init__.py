@@ -1,6 +1,7 @@
-"""The kernel seam: the basis passes the KA layers need, served by one of three backends.
+"""The kernel seam: the basis passes the KA layers need, served by one of four backends.
 
-Passes (no autograd unless said; x in the compute dtype, float32 for half precision):
+Passes (no autograd unless said; x in the compute dtype, float32 for half precision, except on a backend that
+reads half-precision inputs itself, ``READS_HALF``, and accumulates in float32):
 
 - ``basis_sums``: x [N, C, P] -> ``S_k = sum_c B_k(x_c)`` [N, n_bases, P] (minus ``C B_k(0)`` when padded);
 - ``silu_and_basis_sums``: x [N, C, P] -> ``[silu(x), S]`` [N, C + n_bases, P] (KALinear's augmented input);
@@ -10,28 +11,28 @@ Passes (no autograd unless said; x in the compute dtype, float32 for half precis
   ``sum_c phi_g(x_c)`` [B, G, 1, P], ``phi_g = sum_k v[g, k] B_k`` (groups with one output: depthwise KAonv);
 - ``basis_derivative_dot``: x [N, C, P], g [N, n_bases, P] -> ``sum_k g_k B'_k(x)`` (only ``grad_free=False``).
 
-Backends, each a module with these functions and ``covers(kernel, device_type, grid, full_grad)``:
-``reference`` (the definitions: dense bases, unfold, autograd), ``torch`` (one vectorised tensor form per pass,
-compiled with ``torch.compile`` on CUDA), ``native`` (C kernels as torch operators, CPU, cubic grids).
+Backends, each a module with every one of these functions: ``reference`` (the definitions: dense bases, unfold,
+autograd), ``torch`` (one vectorised tensor form per pass, uncompiled, any device and grid), ``native`` (C kernels
+as torch operators: CPU, cubic grids) and ``triton`` (Triton kernels as torch operators: CUDA, cubic grids; Triton
+is imported at its first use). The two kernel backends also say per call whether they run it
+(``covers(kernel, device_type, grid, full_grad)``: None, or why not).
 
-Policy: ``NNUNET_ALLUKAN_KERNELS`` (read once, at import) or :func:`use`: ``auto`` (default) and ``native``
-run every call the native backend covers natively and the rest on ``torch``; ``native`` raises where the library
-cannot be built instead of warning once and falling back; ``torch`` and ``reference`` run everything on that
-backend. Nothing else changes the choice. :func:`active` says which backend serves each pass and why,
-:func:`describe` says it in a few lines for a log.
+Policy: ``NNUNET_ALLUKAN_KERNELS`` (read once, at import) or :func:`use`: ``auto`` (default) runs every call on
+the kernel backend of its device (``native`` on CPU, ``triton`` on CUDA) where that covers it, the rest on
+``torch``; ``native`` and ``triton`` run every call that backend covers on it and the rest on ``torch``, and raise
+where it cannot be built or imported instead of falling back; ``torch`` and ``reference`` run everything on that
+backend. Nothing is compiled: a first training step starts at once on every device. :func:`active` says which
+backend serves each pass and why, :func:`describe` says it in a few lines for a log.
 """
 from __future__ import annotations
 
 import os
-import types
-import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..splines import SplineGrid, bspline_bases, compute_dtype
-from . import native, reference, tensor
+from . import native, reference, tensor, triton_ops
 
 __all__ = ["KERNELS", "POLICIES", "Choice", "use", "policy", "active", "describe", "basis_sum",
            "differentiable_basis_sum", "silu_and_basis_sums", "silu_and_window_sums", "silu_and_activation_sums",
@@ -39,9 +40,13 @@ __all__ = ["KERNELS", "POLICIES", "Choice", "use", "policy", "active", "describe
 
 KERNELS = ("basis_sums", "silu_and_basis_sums", "silu_and_window_sums", "activation_sums",
            "activation_sums_backward", "basis_derivative_dot")
-POLICIES = ("auto", "native", "torch", "reference")
+POLICIES = ("auto", "native", "triton", "torch", "reference")
 ENVIRONMENT_VARIABLE = "NNUNET_ALLUKAN_KERNELS"
-_BACKENDS = {"native": native, "torch": tensor, "reference": reference}
+_BACKENDS = {"native": native, "triton": triton_ops, "torch": tensor, "reference": reference}
+# The kernel backend of each device type under ``auto``, and what it needs to serve a call.
+_KERNEL_BACKEND = {"cpu": "native", "cuda": "triton"}
+_SERVES = {"native": "CPU, cubic grid, library built",
+           "triton": "CUDA (or Triton's interpreter), cubic grid, Triton imports"}
 
 
 def _parse(value: str) -> str:
@@ -55,7 +60,7 @@ _POLICY = _parse(os.environ.get(ENVIRONMENT_VARIABLE, "auto"))
 
 
 def use(policy_: str) -> None:
-    """Set the kernel policy for this process: ``auto``, ``native``, ``torch`` or ``reference``."""
+    """Set the kernel policy for this process: ``auto``, ``native``, ``triton``, ``torch`` or ``reference``."""
     global _POLICY
     _POLICY = _parse(policy_)
 
@@ -71,22 +76,48 @@ class Choice:
     reason: str
 
 
-def _choose(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = False) -> Choice:
+def _kernel_backend(device_type: str) -> str | None:
+    """The kernel backend the policy asks for on this device (None: the policy names a tensor backend, or the
+    device has no kernel backend)."""
+    if _POLICY in ("native", "triton"):
+        return _POLICY
+    return _KERNEL_BACKEND.get(device_type) if _POLICY == "auto" else None
+
+
+def _backend(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool) -> str:
+    """The backend that runs this call."""
     if _POLICY in ("torch", "reference"):
-        return Choice(kernel, _POLICY, f"policy {_POLICY}")
-    why_not = native.covers(kernel, device_type, grid, full_grad)
-    if why_not is None:
-        return Choice(kernel, "native", f"policy {_POLICY}: CPU, cubic grid, library built")
-    if _POLICY == "native" and not native.available():
-        raise RuntimeError(f"{ENVIRONMENT_VARIABLE}=native, but the native kernels are unavailable: {why_not}")
-    compiled = ", compiled" if device_type in _COMPILED_ON else ""
-    return Choice(kernel, "torch", f"policy {_POLICY}; not native: {why_not}{compiled}")
+        return _POLICY
+    wanted = _kernel_backend(device_type)
+    if wanted is None:
+        return "torch"
+    if _BACKENDS[wanted].covers(kernel, device_type, grid, full_grad) is None:
+        return wanted
+    if _POLICY == wanted and not _BACKENDS[wanted].available():
+        raise RuntimeError(f"{ENVIRONMENT_VARIABLE}={_POLICY}, but the {_POLICY} kernels are unavailable: "
+                           f"{_BACKENDS[wanted].unavailable_reason()}")
+    return "torch"
 
 
 def active(device_type: str = "cpu", grid: SplineGrid = SplineGrid()) -> list[Choice]:
     """Which backend serves each pass on ``device_type`` for ``grid`` under the current policy, and why (the
-    native library is built at this call if it was not yet)."""
-    return [_choose(kernel, device_type, grid, full_grad=kernel == "basis_derivative_dot") for kernel in KERNELS]
+    kernel backend of the device is built or imported at this call if it was not yet)."""
+    choices = []
+    for kernel in KERNELS:
+        full_grad = kernel == "basis_derivative_dot"
+        backend = _backend(kernel, device_type, grid, full_grad)
+        wanted = _kernel_backend(device_type)
+        if backend == wanted:
+            reason = f"policy {_POLICY}: {_SERVES[wanted]}"
+        elif wanted is not None:
+            why_not = _BACKENDS[wanted].covers(kernel, device_type, grid, full_grad)
+            reason = f"policy {_POLICY}; not {wanted}: {why_not}"
+        elif _POLICY == "auto":
+            reason = f"policy auto: no kernel backend for {device_type} tensors"
+        else:
+            reason = f"policy {_POLICY}"
+        choices.append(Choice(kernel, backend, reason + (", uncompiled" if backend == "torch" else "")))
+    return choices
 
 
 def describe(device_type: str = "cpu", grid: SplineGrid = SplineGrid()) -> str:
@@ -98,48 +129,19 @@ def describe(device_type: str = "cpu", grid: SplineGrid = SplineGrid()) -> str:
     return "\n".join(lines)
 
 
-# Compiled torch-backend passes, one per (pass, device type, dtype): each gets a code object of its own, so dynamo's
-# per-code-object recompile limit is never reached and its process-wide configuration stays untouched. Only on
-# CUDA: on CPU compiling costs seconds per pass for what the native backend already does in one pass.
-_COMPILED_ON = ("cuda",)
-_COMPILED: dict = {}
-_COMPILE_FAILED: set = set()
-
-
-def _torch_pass(kernel: str, x: torch.Tensor):
-    fn = getattr(tensor, kernel)
-    key = (kernel, x.device.type, x.dtype)
-    if x.device.type not in _COMPILED_ON or torch.compiler.is_compiling() or key in _COMPILE_FAILED:
-        return fn
-    if key not in _COMPILED:
-        code = fn.__code__.replace(co_name=f"{kernel}__{x.device.type}_{str(x.dtype).replace('torch.', '')}")
-        _COMPILED[key] = torch.compile(types.FunctionType(code, fn.__globals__, code.co_name), dynamic=True)
-    compiled = _COMPILED[key]
-
-    def run(*args):
-        try:
-            return compiled(*args)
-        except Exception as e:  # no working inductor toolchain for this device
-            _COMPILE_FAILED.add(key)
-            warnings.warn(f"nnunet_allukan: torch.compile of the {kernel} kernel failed ({type(e).__name__}: {e}); "
-                          f"running it uncompiled.")
-            return fn(*args)
-    return run
-
-
 def _call(kernel: str, x: torch.Tensor, grid: SplineGrid, *args, full_grad: bool = False):
-    backend = _choose(kernel, x.device.type, grid, full_grad).backend
-    if kernel == "silu_and_basis_sums" and backend != "native":
-        return torch.cat([F.silu(x), _call("basis_sums", x, grid, *args)], dim=1)
-    fn = _torch_pass(kernel, x) if backend == "torch" else getattr(_BACKENDS[backend], kernel)
-    return fn(x, grid, *args)
+    backend = _BACKENDS[_backend(kernel, x.device.type, grid, full_grad)]
+    if not backend.READS_HALF:  # it computes in the dtype it is given: the compute dtype
+        dtype = compute_dtype(x)
+        x, args = x.to(dtype), [a.to(dtype) if isinstance(a, torch.Tensor) else a for a in args]
+    return getattr(backend, kernel)(x, grid, *args)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# What the layers call: grouped shapes [B, G, C, *sp] in, casts and reshapes to the passes' shapes, no autograd.
+# What the layers call: grouped shapes [B, G, C, *sp] in, reshapes to the passes' shapes, no autograd.
 # ---------------------------------------------------------------------------------------------------------------
 def _flat(x: torch.Tensor, *shape: int) -> torch.Tensor:
-    return x.to(compute_dtype(x)).reshape(*shape).contiguous()
+    return x.reshape(*shape).contiguous()
 
 
 @torch.no_grad()
@@ -181,7 +183,7 @@ def silu_and_activation_sums(x: torch.Tensor, v: torch.Tensor, grid: SplineGrid,
     ``C phi_g(0)`` when ``zero_padded``), both in x's dtype."""
     b, g, c = x.shape[:3]
     xc = _flat(x, b, g, c, -1)
-    silu, phi = _call("activation_sums", xc, grid, _flat(v, g, -1).to(xc.dtype), zero_padded)
+    silu, phi = _call("activation_sums", xc, grid, _flat(v, g, -1), zero_padded)
     return silu.to(x.dtype).reshape(x.shape), phi.to(x.dtype).reshape(b, g, *x.shape[3:])
 
 
@@ -193,9 +195,8 @@ def silu_and_activation_sums_backward(x: torch.Tensor, grad_silu: torch.Tensor, 
     silu path only unless ``full_grad``) and dL/dv ``[G, n_bases]`` (compute dtype)."""
     b, g, c = x.shape[:3]
     xc = _flat(x, b, g, c, -1)
-    gx, gv = _call("activation_sums_backward", xc, grid, _flat(grad_silu, b, g, c, -1).to(xc.dtype),
-                   _flat(grad_phi, b, g, 1, -1).to(xc.dtype), _flat(v, g, -1).to(xc.dtype), zero_padded,
-                   bool(full_grad), full_grad=bool(full_grad))
+    gx, gv = _call("activation_sums_backward", xc, grid, _flat(grad_silu, b, g, c, -1), _flat(grad_phi, b, g, 1, -1),
+                   _flat(v, g, -1), zero_padded, bool(full_grad), full_grad=bool(full_grad))
     return gx.to(x.dtype).reshape(x.shape), gv
 
 
@@ -204,4 +205,4 @@ def basis_derivative_dot(x: torch.Tensor, g: torch.Tensor, grid: SplineGrid) -> 
     """``sum_k g[:, :, k] * B'_k(x)``: x ``[B, G, C, *sp]``, g ``[B, G, n_bases, *sp]`` -> ``[B, G, C, *sp]``."""
     b, gr, c = x.shape[:3]
     xc = _flat(x, b * gr, c, -1)
-    return _call("basis_derivative_dot", xc, grid, _flat(g, b * gr, grid.n_bases, -1).to(xc.dtype)).reshape(x.shape)
+    return _call("basis_derivative_dot", xc, grid, _flat(g, b * gr, grid.n_bases, -1)).reshape(x.shape)

@@ -33,9 +33,10 @@ import torch
 
 from ..splines import SplineGrid
 
-__all__ = ["available", "unavailable_reason", "library_path", "covers", "cache_dir"]
+__all__ = ["available", "unavailable_reason", "library_path", "covers", "cache_dir", "reset"]
 
 ABI = 2  # KA_ABI in native_kernels.c
+READS_HALF = False  # float32/float64 kernels: the seam casts half precision to float32
 _SOURCE = Path(__file__).with_name("native_kernels.c")
 # -ffast-math at compile time only: linked with it, gcc would add crtfastmath.o, which sets the process's
 # flush-to-zero mode when the library loads.
@@ -187,6 +188,13 @@ def _load() -> Optional[_Library]:
     return None
 
 
+def reset() -> None:
+    """Forget the loaded library and any failure: the next use builds or loads it again (tests, after changing
+    the cache folder or the compiler)."""
+    global _LIBRARY, _FAILURE, _TRIED
+    _LIBRARY, _FAILURE, _TRIED = None, None, False
+
+
 def available() -> bool:
     """Whether the library is built and loaded (builds it at the first call)."""
     return _load() is not None
@@ -222,17 +230,25 @@ def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = Fa
 # ``zero`` = B(0) when the convolution pads (then C B(0) is subtracted from the channel sums), else None.
 # ---------------------------------------------------------------------------------------------------------------
 def _check(name: str, t: torch.Tensor, dims: int, dtype: Optional[torch.dtype] = None) -> None:
-    if t.device.type != "cpu" or t.dtype not in _DTYPES or t.dim() != dims or not t.is_contiguous() \
-            or (dtype is not None and t.dtype != dtype):
-        raise ValueError(f"nnunet_allukan native kernel: {name} must be a contiguous {dims}-d CPU float32/float64 "
-                         f"tensor{'' if dtype is None else f' of dtype {dtype}'}, got {t.dtype} {tuple(t.shape)} on "
-                         f"{t.device} (contiguous: {t.is_contiguous()})")
+    what = f"nnunet_allukan native kernel: {name} must"
+    if t.device.type != "cpu":
+        raise ValueError(f"{what} be a CPU tensor, got one on {t.device}")
+    if t.dtype not in _DTYPES:
+        raise ValueError(f"{what} be float32 or float64, got {t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{what} have x's dtype {dtype}, got {t.dtype}")
+    if t.dim() != dims:
+        raise ValueError(f"{what} be {dims}-d, got shape {tuple(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{what} be contiguous, got strides {t.stride()} for shape {tuple(t.shape)}")
 
 
 def _shift(n_bases: int, zero: Optional[Sequence[float]], c: int) -> ctypes.Array:
-    if n_bases > _LIBRARY.max_bases or (zero is not None and len(zero) != n_bases):
-        raise ValueError(f"nnunet_allukan native kernel: {n_bases} bases (at most {_LIBRARY.max_bases}), "
-                         f"B(0) of length {None if zero is None else len(zero)}")
+    if n_bases > _LIBRARY.max_bases:
+        raise ValueError(f"nnunet_allukan native kernel: {n_bases} bases, the library's limit is {_LIBRARY.max_bases}")
+    if zero is not None and len(zero) != n_bases:
+        raise ValueError(f"nnunet_allukan native kernel: B(0) must have one value per basis ({n_bases}), "
+                         f"got {len(zero)}")
     return (ctypes.c_double * n_bases)(*([0.0] * n_bases if zero is None else [c * z for z in zero]))
 
 

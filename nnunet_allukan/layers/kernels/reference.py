@@ -12,9 +12,7 @@ import torch.nn.functional as F
 
 from ..splines import SplineGrid, bspline_bases
 
-
-def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = False) -> str | None:
-    return None  # every pass, device and grid
+READS_HALF = False  # computes in the dtype it is given: the seam casts half precision to float32
 
 
 def _bases(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
@@ -30,6 +28,11 @@ def basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
     """x [N, C, P] -> ``sum_c B_k(x_c)``, minus ``C B_k(0)`` when ``padded`` [N, n_bases, P]."""
     s = _bases(x, grid).sum(1)
     return s - x.shape[1] * _zero(grid, s).reshape(-1, 1) if padded else s
+
+
+def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
+    """x [N, C, P] -> ``[silu(x), basis_sums(x)]`` [N, C + n_bases, P]."""
+    return torch.cat([F.silu(x), basis_sums(x, grid, padded)], dim=1)
 
 
 def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel, stride, padding, dilation):

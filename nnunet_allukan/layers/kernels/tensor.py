@@ -1,9 +1,9 @@
 """The ``torch`` backend: each pass as one vectorised tensor form, no basis tensor per input.
 
-Used where the native kernels do not run (CUDA, other spline orders, ``grad_free=False``'s derivative pass) and
-compiled there by the seam on CUDA, where inductor fuses each pass into one kernel. The cubic bases use the
-centred form ``6 B_k = relu(2 - |t|)^3 - 4 relu(1 - |t|)^3``, ``t = s - k - 2``, in place on one scratch tensor
-per basis, the 1/6 applied after the reduction; other orders the truncated-power form of splines.py.
+Serves every pass on every device and grid, uncompiled: where the native (CPU) or Triton (CUDA) kernels do not
+run, and for whoever chooses it (``NNUNET_ALLUKAN_KERNELS=torch``). The cubic bases are splines.py's centred
+form ``6 B_k = cubic6(s - k - 2)``, one basis at a time, the 1/6 applied after the reduction; other orders the
+truncated-power form of splines.py.
 Inputs arrive in the compute dtype (the seam casts); shapes are the seam's (see ``kernels/__init__.py``).
 """
 from __future__ import annotations
@@ -13,11 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..splines import SplineGrid, cardinal, cardinal_derivative
+from ..splines import SplineGrid, cardinal, cardinal_derivative, cubic6
 
-
-def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = False) -> str | None:
-    return None  # every pass, device and grid
+READS_HALF = False  # computes in the dtype it is given: the seam casts half precision to float32
 
 
 def _scaled(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
@@ -26,11 +24,7 @@ def _scaled(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
 
 def _basis(s: torch.Tensor, k: int, order: int) -> torch.Tensor:
     """B_k of the scaled input s as a new tensor; times 6 for the cubic grid (see the module docstring)."""
-    if order != 3:
-        return cardinal(s - k, order)
-    t = (s - (k + 2.0)).abs_()
-    inner = torch.rsub(t, 1.0).clamp_min_(0.0).pow_(3).mul_(4.0)
-    return t.neg_().add_(2.0).clamp_min_(0.0).pow_(3).sub_(inner)
+    return cubic6(s - (k + 2.0)) if order == 3 else cardinal(s - k, order)
 
 
 def _scale(grid: SplineGrid) -> float:
@@ -48,17 +42,27 @@ def basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
     return out.sub_(x.shape[1] * _zero(grid, out).reshape(-1, 1)) if padded else out
 
 
-def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel, stride, padding, dilation):
-    """x [N, C, *sp] -> (silu(x), window sums P [N, n_bases, *sp_out]). The channel sums are shifted by
-    ``C B(0)`` so that the convolution's zero padding is exact, and ``n_taps C B(0)`` is added back."""
-    n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
-    padded = any(padding)
-    s = basis_sums(x.reshape(n, c, -1), grid, padded).reshape(n, grid.n_bases, *sp)
+def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
+    """x [N, C, P] -> ``[silu(x), basis_sums(x)]`` [N, C + n_bases, P] (KALinear's augmented input)."""
+    return torch.cat([F.silu(x), basis_sums(x, grid, padded)], dim=1)
+
+
+def window_sums(s: torch.Tensor, grid: SplineGrid, channels: int, kernel, stride, padding, dilation) -> torch.Tensor:
+    """The channel sums s [N, n_bases, *sp] of ``channels`` inputs summed over a convolution's receptive fields
+    [N, n_bases, *sp_out]. With padding, s must be shifted by ``-channels B(0)`` (zero padding is then exact) and
+    ``n_taps channels B(0)`` is added back."""
     conv = F.conv2d if len(kernel) == 2 else F.conv3d
     p = conv(s, s.new_ones((grid.n_bases, 1, *kernel)), None, stride, padding, dilation, grid.n_bases)
-    if padded:
-        p += (math.prod(kernel) * c * _zero(grid, p)).reshape(1, -1, *([1] * len(kernel)))
-    return F.silu(x), p
+    if any(padding):
+        p += (math.prod(kernel) * channels * _zero(grid, p)).reshape(1, -1, *([1] * len(kernel)))
+    return p
+
+
+def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel, stride, padding, dilation):
+    """x [N, C, *sp] -> (silu(x), window sums P [N, n_bases, *sp_out]), see :func:`window_sums`."""
+    n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
+    s = basis_sums(x.reshape(n, c, -1), grid, any(padding)).reshape(n, grid.n_bases, *sp)
+    return F.silu(x), window_sums(s, grid, c, kernel, stride, padding, dilation)
 
 
 def activation_sums(x: torch.Tensor, grid: SplineGrid, v: torch.Tensor, padded: bool):

@@ -1,0 +1,205 @@
+"""The Triton kernels of the ``triton`` backend (imported only by ``triton_ops``, and only when Triton imports).
+
+Two kernels, each one pass over an input ``x [N, C, P]`` (P positions per row, contiguous) on a 1-D launch grid
+of (row n, block of positions): tiles ``[BLOCK_P, BLOCK_C, NB_PAD]`` of (position, channel, basis) are reduced
+over the channels in registers, so no tensor with one value per basis and channel is ever written.
+
+- :func:`sums`: ``S_k = sum_c B_k(x_c)`` [N, n_bases, P] (minus ``C B_k(0)`` when padded), optionally
+  ``silu(x)`` written on the way and, with per-row spline weights v, ``phi = sum_k v[n % G, k] S_k`` [N, 1, P]
+  instead of S (the activation sums of groups with one output).
+- :func:`grads`: the gradient with respect to x, ``grad_silu * silu'(x) + sum_k w_k B'_k(x)`` with w either a
+  per-basis gradient ``[N, n_bases, P]`` or ``grad_phi * v[n % G]``, and, for v's gradient, per-block partial
+  sums of ``grad_phi * S_k`` [N, n_blocks, n_bases] (the caller sums them).
+
+Inputs of any float dtype are read as they are and computed in float32 (float64 for float64 inputs); sums and
+partials are written in that dtype, silu and the x gradient in the output tensors' dtype. The grid constants
+arrive as a tensor of that dtype ([t0, 1/h]): a Python float would reach the kernel as float32.
+The cubic basis is written in its centred form ``6 B_k(x) = relu(2 - |t|)^3 - 4 relu(1 - |t|)^3``,
+``t = (x - t0) / h - k - 2``; the 1/6 is applied after the reductions.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+# Decided when the kernels below are decorated: TRITON_INTERPRET=1 runs them on CPU tensors, in numpy.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+MAX_BASES = 64
+_TILE = 4096  # BLOCK_P * BLOCK_C * NB_PAD values per program: a few tens of registers per thread
+
+
+@triton.jit
+def _cubic6(t):
+    a = tl.abs(t)
+    outer = tl.maximum(2.0 - a, 0.0)
+    inner = tl.maximum(1.0 - a, 0.0)
+    return outer * outer * outer - 4.0 * inner * inner * inner
+
+
+@triton.jit
+def _cubic6_derivative(t):
+    a = tl.abs(t)
+    outer = tl.maximum(2.0 - a, 0.0)
+    inner = tl.maximum(1.0 - a, 0.0)
+    magnitude = 3.0 * outer * outer - 12.0 * inner * inner
+    return tl.where(t < 0.0, magnitude, -magnitude)
+
+
+# Sizes are not specialised on (Triton would compile a variant per divisibility of each): a network's layers then
+# share a few compiled variants, told apart only by the constexpr arguments.
+@triton.jit(do_not_specialize=["C", "P", "G", "silu_stride", "out_stride"])
+def _sums_kernel(x_ptr, silu_ptr, out_ptr, v_ptr, params_ptr, C, P, G, silu_stride, out_stride,
+                 NB: tl.constexpr, NB_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                 ACC: tl.constexpr, WITH_SILU: tl.constexpr, WITH_V: tl.constexpr, PADDED: tl.constexpr):
+    pid = tl.program_id(0)
+    n_blocks = (P + BLOCK_P - 1) // BLOCK_P
+    n = (pid // n_blocks).to(tl.int64)
+    p = (pid % n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    k = tl.arange(0, NB_PAD)
+    shift = (k + 2).to(ACC)
+    t0 = tl.load(params_ptr)
+    inv_h = tl.load(params_ptr + 1)
+    p_in = p < P
+    acc = tl.zeros((BLOCK_P, NB_PAD), dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        inside = p_in[:, None] & (c[None, :] < C)
+        offset = c[None, :].to(tl.int64) * P + p[:, None]
+        x = tl.load(x_ptr + n * C * P + offset, mask=inside, other=0.0).to(ACC)
+        if WITH_SILU:
+            silu = x / (1.0 + tl.exp(-x))
+            tl.store(silu_ptr + n * silu_stride + offset, silu.to(silu_ptr.dtype.element_ty), mask=inside)
+        bases = _cubic6(((x - t0) * inv_h)[:, :, None] - shift[None, None, :])
+        acc += tl.sum(tl.where(inside[:, :, None], bases, 0.0), axis=1)
+    if PADDED:  # zero padding is exact for S - C B(0)
+        acc -= C * _cubic6(-t0 * inv_h - shift)[None, :]
+    acc = acc / 6.0
+    if WITH_V:
+        v = tl.load(v_ptr + (n % G) * NB + k, mask=k < NB, other=0.0).to(ACC)
+        phi = tl.sum(acc * v[None, :], axis=1)
+        tl.store(out_ptr + n * out_stride + p, phi.to(out_ptr.dtype.element_ty), mask=p_in)
+    else:
+        tl.store(out_ptr + n * out_stride + k[None, :] * P + p[:, None], acc.to(out_ptr.dtype.element_ty),
+                 mask=p_in[:, None] & (k[None, :] < NB))
+
+
+@triton.jit(do_not_specialize=["C", "P", "G"])
+def _grads_kernel(x_ptr, grad_silu_ptr, coef_ptr, grad_phi_ptr, v_ptr, grad_x_ptr, parts_ptr, params_ptr, C, P, G,
+                  NB: tl.constexpr, NB_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                  ACC: tl.constexpr, WITH_SILU: tl.constexpr, COEF: tl.constexpr, GRAD_V: tl.constexpr,
+                  PADDED: tl.constexpr):
+    """COEF: 0 no spline-path x gradient, 1 per-basis coefficients coef [N, NB, P], 2 ``grad_phi * v[n % G]``."""
+    pid = tl.program_id(0)
+    n_blocks = (P + BLOCK_P - 1) // BLOCK_P
+    n = (pid // n_blocks).to(tl.int64)
+    p = (pid % n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    k = tl.arange(0, NB_PAD)
+    shift = (k + 2).to(ACC)
+    t0 = tl.load(params_ptr)
+    inv_h = tl.load(params_ptr + 1)
+    p_in = p < P
+    k_in = k < NB
+    if COEF == 1:
+        w = tl.load(coef_ptr + n * NB * P + k[None, :] * P + p[:, None], mask=p_in[:, None] & k_in[None, :],
+                    other=0.0).to(ACC)
+    if COEF == 2 or GRAD_V:
+        grad_phi = tl.load(grad_phi_ptr + n * P + p, mask=p_in, other=0.0).to(ACC)
+    if COEF == 2 or GRAD_V:
+        v = tl.load(v_ptr + (n % G) * NB + k, mask=k_in, other=0.0).to(ACC)
+    if COEF == 2:
+        w = grad_phi[:, None] * v[None, :]
+    acc = tl.zeros((BLOCK_P, NB_PAD), dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        inside = p_in[:, None] & (c[None, :] < C)
+        offset = n * C * P + c[None, :].to(tl.int64) * P + p[:, None]
+        x = tl.load(x_ptr + offset, mask=inside, other=0.0).to(ACC)
+        grad_x = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
+        if WITH_SILU:
+            sigmoid = 1.0 / (1.0 + tl.exp(-x))
+            grad_silu = tl.load(grad_silu_ptr + offset, mask=inside, other=0.0).to(ACC)
+            grad_x += grad_silu * sigmoid * (1.0 + x * (1.0 - sigmoid))
+        t = ((x - t0) * inv_h)[:, :, None] - shift[None, None, :]
+        if COEF != 0:
+            grad_x += tl.sum(_cubic6_derivative(t) * w[:, None, :], axis=2) * (inv_h / 6.0)
+        tl.store(grad_x_ptr + offset, grad_x.to(grad_x_ptr.dtype.element_ty), mask=inside)
+        if GRAD_V:
+            acc += tl.sum(tl.where(inside[:, :, None], _cubic6(t), 0.0), axis=1)
+    if GRAD_V:
+        if PADDED:
+            acc -= C * _cubic6(-t0 * inv_h - shift)[None, :]
+        part = tl.sum(acc * grad_phi[:, None], axis=0) / 6.0
+        tl.store(parts_ptr + pid * NB + k, part, mask=k_in)
+
+
+_ACC = {torch.float64: tl.float64}
+
+
+def _blocks(n_bases: int, c: int, p: int) -> tuple[int, int, int]:
+    """(NB_PAD, BLOCK_P, BLOCK_C): positions first (coalesced loads along P), channels fill the rest of the tile;
+    a row of one position (KALinear) gets a tile of channels."""
+    nb_pad = triton.next_power_of_2(n_bases)
+    block_p = min(triton.next_power_of_2(p), 64)
+    block_c = max(1, min(triton.next_power_of_2(c), _TILE // (nb_pad * block_p)))
+    return nb_pad, block_p, block_c
+
+
+_PARAMS: dict = {}
+
+
+def _params(x: torch.Tensor, t0: float, h: float, acc: torch.dtype) -> torch.Tensor:
+    """[t0, 1/h] on x's device, made once per grid, dtype and device: a copy from pageable host memory at every
+    call would wait for the device's queue to drain."""
+    key = (t0, h, acc, x.device)
+    if key not in _PARAMS:
+        _PARAMS[key] = torch.tensor([t0, 1.0 / h], dtype=acc, device=x.device)
+    return _PARAMS[key]
+
+
+def _on_device_of(x: torch.Tensor):
+    """Triton launches on the current CUDA device: make it x's."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sums(x: torch.Tensor, t0: float, h: float, n_bases: int, padded: bool, silu: torch.Tensor | None,
+         out: torch.Tensor, v: torch.Tensor | None = None, groups: int = 1) -> None:
+    """Writes S (or phi with v) into ``out`` (rows of ``out.stride(0)``; ``out[n, k, p]`` at ``k * P + p``) and
+    silu(x) into ``silu`` (rows of ``silu.stride(0)``) when given. x: contiguous [N, C, P]."""
+    n, c, p = x.shape
+    acc = accumulation_dtype(x.dtype)
+    nb_pad, block_p, block_c = _blocks(n_bases, c, p)
+    grid = (n * triton.cdiv(p, block_p),)
+    with _on_device_of(x):
+        _sums_kernel[grid](x, x if silu is None else silu, out, x if v is None else v, _params(x, t0, h, acc), c,
+                           p, groups, 0 if silu is None else silu.stride(0), out.stride(0), NB=n_bases,
+                           NB_PAD=nb_pad, BLOCK_P=block_p, BLOCK_C=block_c, ACC=_ACC.get(acc, tl.float32),
+                           WITH_SILU=silu is not None, WITH_V=v is not None, PADDED=padded)
+
+
+def grads(x: torch.Tensor, t0: float, h: float, n_bases: int, grad_silu: torch.Tensor | None,
+          coef: torch.Tensor | None, grad_phi: torch.Tensor | None, v: torch.Tensor | None, groups: int,
+          spline_grad: bool, padded: bool, grad_x: torch.Tensor) -> torch.Tensor | None:
+    """Writes dL/dx into ``grad_x``; returns the per-block partials of v's gradient [N, n_blocks, n_bases] when
+    ``grad_phi`` and ``v`` are given. ``coef`` [N, n_bases, P] or ``grad_phi * v`` (``spline_grad``) weight B'."""
+    n, c, p = x.shape
+    acc = accumulation_dtype(x.dtype)
+    nb_pad, block_p, block_c = _blocks(n_bases, c, p)
+    n_blocks = triton.cdiv(p, block_p)
+    grad_v = grad_phi is not None and v is not None
+    parts = torch.empty((n, n_blocks, n_bases), dtype=acc, device=x.device) if grad_v else None
+    mode = 1 if coef is not None else 2 if spline_grad else 0
+    with _on_device_of(x):
+        _grads_kernel[(n * n_blocks,)](x, x if grad_silu is None else grad_silu, x if coef is None else coef,
+                                       x if grad_phi is None else grad_phi, x if v is None else v, grad_x,
+                                       x if parts is None else parts, _params(x, t0, h, acc), c, p, groups,
+                                       NB=n_bases, NB_PAD=nb_pad, BLOCK_P=block_p, BLOCK_C=block_c,
+                                       ACC=_ACC.get(acc, tl.float32), WITH_SILU=grad_silu is not None, COEF=mode,
+                                       GRAD_V=grad_v, PADDED=padded)
+    return parts
