@@ -242,13 +242,13 @@ def main() -> int:
         step()
         step()
     start = time.monotonic()
-    result, lines = {"args": {k: str(v) for k, v in vars(a).items()}, "threads": torch.get_num_threads()}, []
+    result = {"args": {k: str(v) for k, v in vars(a).items()}, "threads": torch.get_num_threads()}
     for i, kind in enumerate(a.loads):
         deadline = start + a.budget_s * (i + 1) / len(a.loads)
         with Load(kind, a) as load:
             result[kind] = measure(load, steps, a, deadline)
-        lines += report(kind, result[kind], a)
-    print("\n" + "\n".join(lines))
+        lines = report(kind, result[kind], a)
+        print("\n" + "\n".join(lines), flush=True)  # each load's table at once: a run cut short keeps it
     print(f"{time.monotonic() - start:.0f} s measured; load average after "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if a.json:
