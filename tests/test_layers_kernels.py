@@ -1,6 +1,7 @@
 """The kernel seam (layers/kernels): every backend agrees with the reference on every pass it covers, the native
 kernels are torch operators (opcheck, whole-network torch.compile), the policy is explicit, and the native
 library is built and loaded only from a private folder and only when its checksum matches."""
+import ctypes
 import importlib.util
 import os
 import subprocess
@@ -429,6 +430,38 @@ def test_results_do_not_depend_on_the_thread_count(policy):
         torch.set_num_threads(before)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@needs_native
+def test_passes_the_helper_threads_did_not_share_make_the_next_ones_run_alone(policy):
+    """After a two-thread pass whose helper claimed no chunk, the next 2 (then 4, ... 64) passes run on the calling
+    thread alone, counted down; a shared pass resets the count. Results are the same either way."""
+    policy("auto")
+    assert native.available(), native.unavailable_reason()
+    library = ctypes.CDLL(native.library_path())  # the same handle: dlopen of a loaded path
+    left, run = (ctypes.c_int64.in_dll(library, name) for name in ("ka_solo_left", "ka_solo_run"))
+    x = torch.randn(4, 8, 256, 256, generator=torch.Generator().manual_seed(6))  # 2M values: two threads
+    call = lambda: native.basis_sums(x.view(4, 8, -1), GRID, True)  # noqa: E731  (one parallel pass)
+    saved, threads = (left.value, run.value), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = call()
+        torch.set_num_threads(2)
+        left.value, run.value = 3, 4
+        assert torch.equal(call(), expected)
+        assert (left.value, run.value) == (2, 4)  # this pass ran alone: one fewer to go, nothing learnt
+        shared = False
+        for _ in range(50):  # a pass of ~10 ms: the helper claims a chunk unless it gets no core for that long
+            left.value, run.value = 0, 8
+            assert torch.equal(call(), expected)
+            assert (left.value, run.value) in ((0, 0), (16, 16))
+            shared = run.value == 0
+            if shared:
+                break
+        assert shared or os.cpu_count() < 2, "the helper thread never shared a pass of 2M values"
+    finally:
+        left.value, run.value = saved
+        torch.set_num_threads(threads)
 
 
 @needs_native

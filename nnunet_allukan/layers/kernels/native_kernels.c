@@ -38,48 +38,87 @@ void ka_constants(int64_t *out) { out[0] = KA_ABI; out[1] = MAX_BASES; out[2] = 
 
 typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
 
+/* Items [0, total) of one parallel pass, claimed in chunks by whichever thread is free: a thread that starts late
+ * (asleep, or descheduled behind another process) finds its share already taken instead of holding up the pass. */
+typedef struct { range_fn fn; void *ctx; int64_t total, chunk, next, helped; } shared_work;
+
+#define CHUNKS_PER_THREAD 4
+#define MAX_SOLO 64
+
+static void claim_and_run(shared_work *w, int helper) {
+    int64_t begin, claimed = 0;
+    while ((begin = __atomic_fetch_add(&w->next, w->chunk, __ATOMIC_RELAXED)) < w->total) {
+        w->fn(w->ctx, begin, begin + w->chunk < w->total ? begin + w->chunk : w->total);
+        claimed++;
+    }
+    if (helper && claimed) __atomic_store_n(&w->helped, 1, __ATOMIC_RELAXED);
+}
+
+/* A pass whose helper threads claimed nothing (the calling thread had taken every chunk before any of them ran)
+ * only waited for them at its end: on a machine where other processes hold the cores, that wait is a scheduler
+ * time slice. After such a pass the next 2, then 4, ... up to MAX_SOLO passes run on the calling thread alone;
+ * a pass that the helpers do share resets the count. Shared by all callers without a lock: a lost update only
+ * moves the next try. */
+#ifdef KA_DOUBLE
+extern int64_t ka_solo_left, ka_solo_run;
+#else
+int64_t ka_solo_left = 0, ka_solo_run = 0;  /* one state for both precisions, exported for the tests */
+#endif
+
+static int run_solo(void) {
+    if (__atomic_load_n(&ka_solo_left, __ATOMIC_RELAXED) <= 0) return 0;
+    __atomic_fetch_sub(&ka_solo_left, 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
+static void record_help(int helped) {
+    int64_t run = 0;
+    if (!helped) {
+        run = __atomic_load_n(&ka_solo_run, __ATOMIC_RELAXED);
+        run = run ? (2 * run < MAX_SOLO ? 2 * run : MAX_SOLO) : 2;
+    }
+    __atomic_store_n(&ka_solo_run, run, __ATOMIC_RELAXED);
+    __atomic_store_n(&ka_solo_left, run, __ATOMIC_RELAXED);
+}
+
 #ifdef _OPENMP
 #include <omp.h>
-/* Items [0, total) in n_threads contiguous ranges. OpenMP resolves to the runtime torch already loaded (same
- * soname), so these ranges run on torch's own worker threads: threads of our own would compete with those
- * workers, which spin for a while after each of torch's parallel regions. */
+/* Items [0, total) on up to n_threads threads. OpenMP resolves to the runtime torch already loaded (same soname),
+ * so the chunks run on torch's own worker threads: threads of our own would compete with those workers, which
+ * spin for a while after each of torch's parallel regions. */
 static void parallel_for(range_fn fn, void *ctx, int64_t total, int64_t n_threads) {
     if (n_threads > total) n_threads = total;
-    if (n_threads <= 1) { fn(ctx, 0, total); return; }
+    if (n_threads <= 1 || run_solo()) { fn(ctx, 0, total); return; }
+    shared_work w = {fn, ctx, total, (total + n_threads * CHUNKS_PER_THREAD - 1) / (n_threads * CHUNKS_PER_THREAD),
+                     0, 0};
+    int team = 1;
 #pragma omp parallel num_threads((int)n_threads)
     {
-        const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
-        fn(ctx, total * t / n, total * (t + 1) / n);
+        if (omp_get_thread_num() == 0) team = omp_get_num_threads();
+        claim_and_run(&w, omp_get_thread_num() != 0);
     }
+    if (team > 1) record_help((int)w.helped);  /* a nested call gets a team of one: nothing learnt */
 }
 #else
-typedef struct { range_fn fn; void *ctx; int64_t begin, end; } range_job;
-
-static void *run_range(void *arg) {
-    range_job *job = (range_job *)arg;
-    job->fn(job->ctx, job->begin, job->end);
+static void *run_helper(void *arg) {
+    claim_and_run((shared_work *)arg, 1);
     return NULL;
 }
 
-/* Without OpenMP: items [0, total) in n_threads contiguous ranges, the caller's thread takes the first. */
+/* Without OpenMP: items [0, total) on the caller's thread and up to n_threads - 1 threads started for the pass. */
 static void parallel_for(range_fn fn, void *ctx, int64_t total, int64_t n_threads) {
     if (n_threads > total) n_threads = total;
-    if (n_threads <= 1) { fn(ctx, 0, total); return; }
+    if (n_threads <= 1 || run_solo()) { fn(ctx, 0, total); return; }
     if (n_threads > 64) n_threads = 64;
+    shared_work w = {fn, ctx, total, (total + n_threads * CHUNKS_PER_THREAD - 1) / (n_threads * CHUNKS_PER_THREAD),
+                     0, 0};
     pthread_t threads[64];
-    range_job jobs[64];
     int started[64];
-    for (int64_t t = 0; t < n_threads; t++) {
-        jobs[t].fn = fn; jobs[t].ctx = ctx;
-        jobs[t].begin = total * t / n_threads; jobs[t].end = total * (t + 1) / n_threads;
-    }
+    for (int64_t t = 1; t < n_threads; t++) started[t] = pthread_create(&threads[t], NULL, run_helper, &w) == 0;
+    claim_and_run(&w, 0);
     for (int64_t t = 1; t < n_threads; t++)
-        started[t] = pthread_create(&threads[t], NULL, run_range, &jobs[t]) == 0;
-    fn(ctx, jobs[0].begin, jobs[0].end);
-    for (int64_t t = 1; t < n_threads; t++) {
         if (started[t]) pthread_join(threads[t], NULL);
-        else fn(ctx, jobs[t].begin, jobs[t].end);  /* no thread: run it here */
-    }
+    record_help((int)w.helped);
 }
 #endif
 
