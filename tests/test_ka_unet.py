@@ -175,6 +175,10 @@ def _initialized_trainer(trainer_class, tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
     monkeypatch.delenv("nnUNet_compile", raising=False)
+    data = tmp_path / "preprocessed" / "Dataset999_X" / "x"  # initialize only lists its cases
+    data.mkdir(parents=True)
+    for case in ("case_0", "case_1"):
+        (data / f"{case}.b2nd").touch()
     plans = minimal_plans("2d", [32, 32], strides=[[1, 1], [2, 2], [2, 2]])
     plans["configurations"]["2d"]["batch_dice"] = True
     dataset_json = {"channel_names": {"0": "x"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
