@@ -149,19 +149,23 @@ def _gradients(network: nn.Module, x: torch.Tensor, autocast_dtype=None) -> dict
     return {name: p.grad.clone() for name, p in network.named_parameters()}
 
 
-@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
-def test_scale_spline_gradients_scales_the_spline_coefficients_only(autocast_dtype):
-    """Every v gradient (convolutions, upsampling, heads) times n_bases / fan_in, every other gradient untouched; also
-    under CPU autocast (AMP) and undone by removing the hooks."""
+@pytest.mark.parametrize("configuration, residual, autocast_dtype", [
+    ("2d", False, None), ("2d", False, torch.bfloat16), ("2d", True, None), ("3d_fullres", False, None)])
+def test_scale_spline_gradients_scales_the_spline_coefficients_only(configuration, residual, autocast_dtype):
+    """Every v gradient (convolutions, residual shortcuts, upsampling, heads) times n_bases / fan_in, every other
+    gradient untouched, 2D and 3D, plain and ResEnc; also under CPU autocast (AMP) and undone by removing the hooks."""
     torch.manual_seed(0)
-    network = _build(plans_with_ka_architecture(_plans(), "2d", {}), "2d", 1, 2, deep_supervision=True)
-    x = torch.randn(2, 1, 16, 32)
+    plans = _plans()
+    dim = 2 if configuration == "2d" else 3
+    plans["configurations"][configuration]["architecture"] = _architecture(dim, residual)
+    network = _build(plans_with_ka_architecture(plans, configuration, {}), configuration, 1, 2, deep_supervision=True)
+    x = torch.randn(2, 1, 16, 32) if dim == 2 else torch.randn(1, 1, 16, 32, 32)
     plain = _gradients(network, x, autocast_dtype)
     handles = scale_spline_gradients(network)
     scaled = _gradients(network, x, autocast_dtype)
     layers = {name: m for name, m in network.named_modules() if isinstance(m, KA_LAYER_TYPES)}
     assert len(handles) == len(layers) > 10
-    assert any(isinstance(m, KAConvTranspose2d) for m in layers.values())
+    assert any(isinstance(m, (KAConvTranspose2d, KAConvTranspose3d)) for m in layers.values())
     for name, grad in plain.items():
         owner, _, kind = name.rpartition(".")
         expected = grad * spline_gradient_scale(layers[owner]) if kind == "v" else grad
