@@ -11,11 +11,13 @@ supervision, ``decoder.deep_supervision`` and the state-dict layout of the other
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
+import torch
 import torch.nn as nn
-from torch.utils.hooks import RemovableHandle
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from torch.utils.hooks import RemovableHandle
 
 from ..layers import KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d
 from .blocks import accepted_options, conv_op_dim
@@ -92,7 +94,7 @@ def spline_gradient_scale(layer: nn.Module) -> float:
     receptive field. Inside the grid the bases of one input sum to 1, so ``|P|^2 ~ fan_in^2 / n_bases`` while the
     silu path's input has ``|silu(x)|^2 ~ fan_in``: an SGD step (``-lr * grad``) moves the spline path's output about
     ``fan_in / n_bases`` times as far as the silu path's (36x for a 3x3 convolution of 32 channels, 576x at 512), and
-    ``v`` takes most of the gradient norm that nnU-Net clips."""
+    ``v`` takes most of the network's gradient."""
     fan_in = spline_fan_in(layer)
     return layer.grid.n_bases / fan_in
 
@@ -109,7 +111,8 @@ def scale_spline_gradients(network: nn.Module) -> list[RemovableHandle]:
         if isinstance(module, KA_LAYER_TYPES) and id(module.v) not in seen:
             seen.add(id(module.v))
             scale = spline_gradient_scale(module)
-            handles.append(module.v.register_hook(lambda grad, scale=scale: grad * scale))
+            # a partial, not a lambda: a network carrying the hooks can still be pickled (torch.save(network))
+            handles.append(module.v.register_hook(partial(torch.mul, other=scale)))
     return handles
 
 

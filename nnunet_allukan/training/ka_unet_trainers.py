@@ -9,7 +9,8 @@ own ``get_network_from_plans``. Everything else -- deep supervision, loss, SGD w
 1000 epochs of 250 iterations, 5-fold cross-validation, augmentation, inference -- is ``nnUNetTrainer``'s, with
 one addition that SGD needs for KA layers: ``spline_gradient_scaling`` (on by default) scales the gradient of every
 KA layer's spline coefficients ``v`` by ``n_bases / fan_in`` (:func:`nnunet_allukan.networks.scale_spline_gradients`;
-why and what it changes: docs/learning.md). This is "nnU-Net, fully Kolmogorov-Arnold", not the paper's protocol (for that: ``nnUNetTrainerAllUKAN``).
+why and what it changes: docs/learning.md). This is "nnU-Net, fully Kolmogorov-Arnold", not the paper's protocol
+(for that: ``nnUNetTrainerAllUKAN``).
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ class nnUNetTrainerKAUNet(KATrainerBase):
     # Options of every KA layer (the fast KAonv builds no per-input bases: no chunk_size to record).
     ka_kwargs: dict = {"grad_free": True, "implementation": "fast"}
     epochs: Optional[int] = None  # None: nnUNetTrainer's default
-    # Without it nnU-Net's SGD moves the spline path fan_in / n_bases times faster than the silu path: v takes the
-    # gradient norm, the spline path swamps the output and training collapses to background (docs/learning.md).
+    # Without it nnU-Net's SGD moves the spline path fan_in / n_bases times faster than the silu path: v takes almost
+    # all of the gradient, grows unchecked, and training on BUSI collapses to background (docs/learning.md).
     spline_gradient_scaling: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
