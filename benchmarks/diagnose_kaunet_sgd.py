@@ -18,7 +18,7 @@ optimisation, not nnU-Net's training (for that: ``benchmark_learning.py``). Vari
 - ``scaled_1/fan``: v's gradient times ``1 / fan_in`` instead (8x smaller steps than ``scaled``);
 - ``frozen_v``: v never moves (the spline path stays as initialised).
 
-Every ``--every`` steps: the loss, the whole gradient norm (before clipping) and v's share of it, |v| over all
+Every ``--every`` steps: the loss, the whole gradient norm (before clipping) and v's share of its square, |v| over all
 layers, and on the first ``--val-cases`` validation cases the Dice of the foreground and the predicted foreground
 fraction (0 = collapsed to background).
 """
