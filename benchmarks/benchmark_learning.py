@@ -12,9 +12,10 @@ iteration (default: the plans' batch size), ``--val-iterations`` validation iter
 applied by a subclass of each trainer (``<trainer>__budget``) that a child process hands to nnU-Net's own
 ``nnUNetv2_train`` entry point. ``NAME:attribute=value,...`` also sets class attributes of the trainer (values
 as Python literals; each must be an attribute the trainer has), reported as ``NAME__attribute-value``; everything
-else (loss, optimiser, schedule, augmentation, deep
-supervision, the final sliding-window validation) is the trainer's own. The models go to ``OUTPUT/results``
-(the user's ``nnUNet_results`` is not touched), the logs to ``OUTPUT/logs``, and at the end
+else (loss, optimiser, schedule, augmentation, deep supervision, the final sliding-window validation) is the
+trainer's own. The paper-protocol trainers keep the paper's batch size 8 whatever ``--batch`` says; each log states
+the budget it ran (``Benchmark budget: ...``). The models go to ``OUTPUT/results`` (the user's ``nnUNet_results``
+is not touched), the logs to ``OUTPUT/logs``, and at the end
 
 - the table (also ``OUTPUT/learning_summary.json``): nnU-Net's validation Dice of the fold (mean over the
   foreground classes of ``validation/summary.json``), the last epoch's pseudo-Dice, the mean epoch time;
@@ -59,6 +60,16 @@ class Budget(base):
         self.num_epochs = budget["epochs"]
         self.num_iterations_per_epoch = budget["iterations"]
         self.num_val_iterations_per_epoch = budget["val_iterations"]
+
+    def initialize(self):
+        super().initialize()
+        # Again: the paper-protocol trainers derive their iterations from the split in initialize.
+        self.num_iterations_per_epoch = budget["iterations"]
+        self.num_val_iterations_per_epoch = budget["val_iterations"]
+        self.print_to_log_file(
+            f"Benchmark budget: {self.num_epochs} epochs of {self.num_iterations_per_epoch} training / "
+            f"{self.num_val_iterations_per_epoch} validation iterations, batch size "
+            f"{self.configuration_manager.batch_size}")
 
 
 for attribute, value in budget["attributes"].items():

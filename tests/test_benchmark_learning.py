@@ -34,6 +34,7 @@ def test_two_trainers_at_an_equal_budget(nnunet_datasets, tmp_path):
         assert len(run["pseudo_dice"]) == len(run["train_loss"]) == 1  # --epochs 1
         log = (output / "logs" / f"{trainer}.log").read_text()
         assert "'batch_size': 3" in log  # --batch reached the trainer's configuration
+        assert "Benchmark budget: 1 epochs of 2 training / 1 validation iterations, batch size 3" in log
         assert (output / "results" / DISC_NAME / f"{trainer}__budget__nnUNetPlans__2d" / "fold_0" /
                 "checkpoint_final.pth").is_file()
         assert trainer in result.stdout
