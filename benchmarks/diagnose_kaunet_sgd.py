@@ -102,8 +102,9 @@ def dice_and_foreground(network: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     with torch.no_grad():
         prediction = network(x).argmax(1)
     network.train()
-    tp = ((prediction == 1) & (y == 1)).sum().item()
-    return 2 * tp / max(1, (prediction == 1).sum().item() + (y == 1).sum().item()), (prediction == 1).float().mean().item()
+    predicted, reference = prediction == 1, y == 1
+    tp = (predicted & reference).sum().item()
+    return 2 * tp / max(1, predicted.sum().item() + reference.sum().item()), predicted.float().mean().item()
 
 
 def run(variant: str, args: argparse.Namespace, arch_kwargs: dict, patch: list[int], train: list[str],
