@@ -3,14 +3,19 @@ their validation Dice side by side, with the per-epoch curves as a plot.
 
     python benchmarks/benchmark_learning.py -d 601 -c 2d -f 0 -tr nnUNetTrainer nnUNetTrainerKAUNet \\
         --epochs 10 --iterations 62 --batch 8 -o learning_601 -device cpu
+    python benchmarks/benchmark_learning.py -d 601 -tr nnUNetTrainerKAUNet \\
+        nnUNetTrainerKAUNet:spline_gradient_scaling=False --epochs 10 --iterations 62 --batch 8 -o off -device cpu
 
 Every trainer runs ``nnUNetv2_train`` on the dataset already planned and preprocessed in ``nnUNet_preprocessed``,
 with the same budget: ``--epochs`` epochs of ``--iterations`` training iterations, ``--batch`` cases per
 iteration (default: the plans' batch size), ``--val-iterations`` validation iterations per epoch. The budget is
 applied by a subclass of each trainer (``<trainer>__budget``) that a child process hands to nnU-Net's own
-``nnUNetv2_train`` entry point; everything else (loss, optimiser, schedule, augmentation, deep
-supervision, the final sliding-window validation) is the trainer's own. The models go to ``OUTPUT/results``
-(the user's ``nnUNet_results`` is not touched), the logs to ``OUTPUT/logs``, and at the end
+``nnUNetv2_train`` entry point. ``NAME:attribute=value,...`` also sets class attributes of the trainer (values
+as Python literals; each must be an attribute the trainer has), reported as ``NAME__attribute-value``; everything
+else (loss, optimiser, schedule, augmentation, deep supervision, the final sliding-window validation) is the
+trainer's own. The paper-protocol trainers keep the paper's batch size 8 whatever ``--batch`` says; each log states
+the budget it ran (``Benchmark budget: ...``). The models go to ``OUTPUT/results`` (the user's ``nnUNet_results``
+is not touched), the logs to ``OUTPUT/logs``, and at the end
 
 - the table (also ``OUTPUT/learning_summary.json``): nnU-Net's validation Dice of the fold (mean over the
   foreground classes of ``validation/summary.json``), the last epoch's pseudo-Dice, the mean epoch time;
@@ -22,6 +27,7 @@ trainers on several datasets (or folds) before drawing conclusions.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -46,7 +52,7 @@ import torch
 from nnunetv2.run import run_training
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-budget, base_name = json.loads(sys.argv[1]), sys.argv[2]
+budget, base_name, label = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 base = recursive_find_trainer_class_by_name(base_name)
 
 
@@ -61,11 +67,25 @@ class Budget(base):
         self.num_iterations_per_epoch = budget["iterations"]
         self.num_val_iterations_per_epoch = budget["val_iterations"]
 
+    def initialize(self):
+        super().initialize()
+        # Again: the paper-protocol trainers derive their iterations from the split in initialize.
+        self.num_iterations_per_epoch = budget["iterations"]
+        self.num_val_iterations_per_epoch = budget["val_iterations"]
+        self.print_to_log_file(
+            f"Benchmark budget: {self.num_epochs} epochs of {self.num_iterations_per_epoch} training / "
+            f"{self.num_val_iterations_per_epoch} validation iterations, batch size "
+            f"{self.configuration_manager.batch_size}")
 
-Budget.__name__ = Budget.__qualname__ = base_name + BUDGET_SUFFIX
+
+for attribute, value in budget["attributes"].items():
+    if not hasattr(base, attribute):
+        raise SystemExit(f"ERROR: {base_name} has no attribute {attribute!r} to set.")
+    setattr(Budget, attribute, value)
+Budget.__name__ = Budget.__qualname__ = label + BUDGET_SUFFIX
 run_training.recursive_find_trainer_class_by_name = (
     lambda name: Budget if name == Budget.__name__ else recursive_find_trainer_class_by_name(name))
-sys.argv = ["nnUNetv2_train"] + sys.argv[3:]
+sys.argv = ["nnUNetv2_train"] + sys.argv[4:]
 run_training.run_training_entry()
 """.replace("BUDGET_SUFFIX", repr(BUDGET_SUFFIX))
 
@@ -77,7 +97,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-c", dest="configuration", default="2d", help="configuration (default: 2d)")
     p.add_argument("-f", dest="fold", default="0", help="fold (default: 0)")
     p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    p.add_argument("-tr", dest="trainers", nargs="+", required=True, help="two or more trainer class names")
+    p.add_argument("-tr", dest="trainers", nargs="+", required=True,
+                   help="two or more trainer class names, each optionally NAME:attribute=value,... (class attributes "
+                        "set for this run)")
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--iterations", type=int, required=True, help="training iterations per epoch")
     p.add_argument("--val-iterations", type=int, default=None,
@@ -89,8 +111,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_trainer(spec: str) -> tuple[str, dict, str]:
+    """``NAME`` or ``NAME:attribute=value,...`` -> (trainer class name, attributes, label of the run)."""
+    name, _, assignments = spec.partition(":")
+    attributes = {}
+    for assignment in filter(None, assignments.split(",")):
+        attribute, equals, text = assignment.partition("=")
+        if not equals or not attribute.isidentifier():
+            raise SystemExit(f"ERROR: -tr {spec}: expected NAME:attribute=value,..., got {assignment!r}.")
+        try:
+            attributes[attribute] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"ERROR: -tr {spec}: {text!r} is not a Python literal (True, 0.5, 'text', ...).") from None
+    label = name + "".join(f"__{k}-{v}" for k, v in attributes.items())
+    if not name.isidentifier() or not all(c.isalnum() or c in "_-." for c in label):
+        raise SystemExit(f"ERROR: -tr {spec}: use a trainer class name and simple values (letters, digits, . - _).")
+    return name, attributes, label
+
+
 def check_args(args: argparse.Namespace) -> None:
-    if len(set(args.trainers)) < 2:
+    if len({parse_trainer(spec)[2] for spec in args.trainers}) < 2:
         raise SystemExit("ERROR: give two or more different trainers to compare (-tr A B ...).")
     for name in ("epochs", "iterations", "val_iterations", "batch"):
         value = getattr(args, name)
@@ -110,10 +150,12 @@ def check_args(args: argparse.Namespace) -> None:
                          "(nnUNetv2_plan_and_preprocess -d DATASET -c CONFIGURATION).")
 
 
-def run_training(args: argparse.Namespace, trainer: str, budget: dict, env: dict, log_path: Path) -> int:
+def run_training(args: argparse.Namespace, spec: str, budget: dict, env: dict, log_path: Path) -> int:
+    name, attributes, trainer = parse_trainer(spec)
     train_args = [str(args.dataset), args.configuration, str(args.fold), "-tr", trainer + BUDGET_SUFFIX,
                   "-p", args.plans, "-device", args.device]
-    command = [sys.executable, "-c", _RUNNER, json.dumps(budget), trainer, *train_args]
+    command = [sys.executable, "-c", _RUNNER, json.dumps(dict(budget, attributes=attributes)), name, trainer,
+               *train_args]
     print(f"[{trainer}] nnUNetv2_train {' '.join(train_args)}  (log: {log_path})", flush=True)
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -178,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     failed: list[str] = []
     env = dict(os.environ, nnUNet_results=str(output / "results"))
-    for trainer in args.trainers:
-        code = run_training(args, trainer, budget, env, output / "logs" / f"{trainer}.log")
+    for spec in args.trainers:
+        trainer = parse_trainer(spec)[2]
+        code = run_training(args, spec, budget, env, output / "logs" / f"{trainer}.log")
         fold_folder = (output / "results" / dataset_name /
                        f"{trainer}{BUDGET_SUFFIX}__{args.plans}__{args.configuration}" / f"fold_{args.fold}")
         if code != 0 or not (fold_folder / "validation" / "summary.json").is_file():
@@ -197,12 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         plot_curves(results, output / "learning_curves.png", title)
 
     print(f"\n{title}")
-    print(f"{'trainer':<40} {'val Dice':>9} {'last pseudo-Dice':>17} {'s/epoch':>8}")
+    width = max([40] + [len(t) for t in list(results) + failed])
+    print(f"{'trainer':<{width}} {'val Dice':>9} {'last pseudo-Dice':>17} {'s/epoch':>8}")
     for trainer, result in results.items():
         last = result["pseudo_dice"][-1] if result["pseudo_dice"] else float("nan")
-        print(f"{trainer:<40} {result['validation_dice']:>9.4f} {last:>17.4f} {result['mean_epoch_seconds']:>8.1f}")
+        print(f"{trainer:<{width}} {result['validation_dice']:>9.4f} {last:>17.4f} "
+              f"{result['mean_epoch_seconds']:>8.1f}")
     for trainer in failed:
-        print(f"{trainer:<40} {'failed':>9}")
+        print(f"{trainer:<{width}} {'failed':>9}")
     print(f"\nWrote: {output / 'learning_summary.json'}" +
           (f"\n       {output / 'learning_curves.png'}" if results else "") + f"\n       {output / 'results'}")
     return 1 if failed else 0

@@ -10,7 +10,9 @@ disc goes backward. Printed per encoder convolution: the input's std and the sha
 B-spline grid [-1, 1]; for KAonv layers the spline path's output std relative to the silu path's (``v/u``).
 Then, per convolution of encoder and decoder, the relative gradient |grad w| / |w| of the plain weights, of the
 KAonv's silu-path weights ``u`` and of its spline weights ``v``: with SGD, the fraction of each tensor that
-one step of learning rate 1 moves.
+one step of learning rate 1 moves; ``v scaled`` is v's with nnUNetTrainerKAUNet's spline gradient scaling
+(``n_bases / fan_in``, :func:`nnunet_allukan.networks.scale_spline_gradients`). Last, the share of the whole
+gradient norm (the norm nnU-Net clips at 12) that the spline coefficients take, without and with that scaling.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, n
 from dynamic_network_architectures.architectures.unet import PlainConvUNet  # noqa: E402
 
 from nnunet_allukan.layers import KAConv2d  # noqa: E402
-from nnunet_allukan.networks.ka_unet import KAPlainConvUNet  # noqa: E402
+from nnunet_allukan.networks.ka_unet import KAPlainConvUNet, spline_gradient_scale  # noqa: E402
 
 
 def unet_kwargs(stages: int) -> dict:
@@ -76,6 +78,19 @@ def relative(p: torch.Tensor) -> float:
     return (p.grad.norm() / p.norm()).item()
 
 
+def spline_share(network: nn.Module, scaled: bool) -> float:
+    """Share of the squared gradient norm of all parameters that the spline coefficients v take."""
+    scales = {id(m.v): spline_gradient_scale(m) if scaled else 1.0 for m in network.modules() if hasattr(m, "v")}
+    total = spline = 0.0
+    for p in network.parameters():
+        if p.grad is None:
+            continue
+        squared = (p.grad.norm().item() * scales.get(id(p), 1.0)) ** 2
+        total += squared
+        spline += squared if id(p) in scales else 0.0
+    return spline / total
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=128)
@@ -98,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {row['layer']:<34}" + "".join(f"  {k} {v:6.3f}" for k, v in row.items() if k != "layer"))
 
     print("\nrelative gradient |grad w| / |w| per convolution")
-    print(f"  {'layer':<34} {'plain w':>9} {'KA u':>9} {'KA v':>9} {'u/plain':>8}")
+    print(f"  {'layer':<34} {'plain w':>9} {'KA u':>9} {'KA v':>9} {'v scaled':>9} {'u/plain':>8}")
     ka_params = dict(ka.named_parameters())
+    ka_modules = dict(ka.named_modules())
     ratios = []
     for name, weight in plain.named_parameters():
         if not (name.endswith("conv.weight") and weight.dim() == 4):
@@ -107,8 +123,12 @@ def main(argv: list[str] | None = None) -> None:
         base = name[: -len("weight")]
         u, v = ka_params[base + "u"], ka_params[base + "v"]
         ratios.append(relative(u) / relative(weight))
-        print(f"  {base[:-1]:<34} {relative(weight):9.2e} {relative(u):9.2e} {relative(v):9.2e} {ratios[-1]:8.2f}")
+        v_scaled = relative(v) * spline_gradient_scale(ka_modules[base[:-1]])
+        print(f"  {base[:-1]:<34} {relative(weight):9.2e} {relative(u):9.2e} {relative(v):9.2e} {v_scaled:9.2e} "
+              f"{ratios[-1]:8.2f}")
     print(f"  median u/plain {statistics.median(ratios):.2f}")
+    print(f"\nshare of the squared gradient norm in the spline coefficients v: {spline_share(ka, False):.3f} "
+          f"unscaled, {spline_share(ka, True):.3f} with spline gradient scaling")
 
 
 if __name__ == "__main__":

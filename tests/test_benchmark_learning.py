@@ -34,6 +34,7 @@ def test_two_trainers_at_an_equal_budget(nnunet_datasets, tmp_path):
         assert len(run["pseudo_dice"]) == len(run["train_loss"]) == 1  # --epochs 1
         log = (output / "logs" / f"{trainer}.log").read_text()
         assert "'batch_size': 3" in log  # --batch reached the trainer's configuration
+        assert "Benchmark budget: 1 epochs of 2 training / 1 validation iterations, batch size 3" in log
         assert (output / "results" / DISC_NAME / f"{trainer}__budget__nnUNetPlans__2d" / "fold_0" /
                 "checkpoint_final.pth").is_file()
         assert trainer in result.stdout
@@ -46,3 +47,48 @@ def test_refuses_a_single_trainer(tmp_path):
                              "--iterations", "1", "-o", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode != 0 and "two or more different trainers" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_learning", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("nnUNetTrainerKAUNet", ("nnUNetTrainerKAUNet", {}, "nnUNetTrainerKAUNet")),
+    ("nnUNetTrainerKAUNet:spline_gradient_scaling=False",
+     ("nnUNetTrainerKAUNet", {"spline_gradient_scaling": False}, "nnUNetTrainerKAUNet__spline_gradient_scaling-False")),
+    ("T:a=1,b=0.5", ("T", {"a": 1, "b": 0.5}, "T__a-1__b-0.5")),
+])
+def test_trainer_specs_name_the_class_its_attributes_and_the_run(spec, expected):
+    assert _script_module().parse_trainer(spec) == expected
+
+
+@pytest.mark.parametrize("spec, message", [("T:spline_gradient_scaling", "expected NAME:attribute=value"),
+                                           ("T:a=off", "not a Python literal"),
+                                           ("T:a='x/y'", "simple values")])
+def test_refuses_a_malformed_trainer_spec(tmp_path, spec, message):
+    result = subprocess.run([sys.executable, str(SCRIPT), "-d", "1", "-tr", "nnUNetTrainer", spec, "--epochs", "1",
+                             "--iterations", "1", "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode != 0 and message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_trainer_with_an_empty_attribute_list_is_not_a_second_run(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "-d", "1", "-tr", "nnUNetTrainer", "nnUNetTrainer:",
+                             "--epochs", "1", "--iterations", "1", "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "two or more different trainers" in result.stderr
+
+
+def test_an_attribute_the_trainer_lacks_stops_the_run_before_training(tmp_path):
+    module = _script_module()
+    budget = {"epochs": 1, "iterations": 1, "val_iterations": 1, "batch": None, "attributes": {"no_such_option": 1}}
+    result = subprocess.run([sys.executable, "-c", module._RUNNER, json.dumps(budget), "nnUNetTrainerKAUNet",
+                             "nnUNetTrainerKAUNet__no_such_option-1", "1", "2d", "0"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode != 0 and "nnUNetTrainerKAUNet has no attribute 'no_such_option'" in result.stderr

@@ -11,9 +11,12 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d
-from nnunet_allukan.networks import KAPlainConvUNet, network_summary, plain_convolutions
+from nnunet_allukan.networks import (KAPlainConvUNet, network_summary, plain_convolutions, scale_spline_gradients,
+                                     spline_gradient_scale)
+from nnunet_allukan.networks.ka_unet import KA_LAYER_TYPES
 from nnunet_allukan.training.architectures import plans_with_ka_architecture
 from nnunet_allukan.training.ka_unet_trainers import nnUNetTrainerKAUNet
+from plans_helpers import minimal_plans
 
 
 def _architecture(dim: int, residual: bool = False) -> dict:
@@ -128,3 +131,85 @@ def test_ka_unet_class_needs_a_ka_conv_type():
         KAPlainConvUNet(input_channels=1, n_stages=2, features_per_stage=[4, 8], conv_op=nn.Conv2d,
                         kernel_sizes=3, strides=[1, 2], n_conv_per_stage=1, num_classes=2,
                         n_conv_per_stage_decoder=1)
+
+
+def test_spline_gradient_scale_is_n_bases_over_the_spline_fan_in():
+    assert spline_gradient_scale(KAConv2d(8, 16, 3)) == pytest.approx(8 / 72)  # 8 channels x 3x3
+    assert spline_gradient_scale(KAConv3d(8, 16, 3, groups=2)) == pytest.approx(8 / 108)  # 4 channels x 3x3x3
+    assert spline_gradient_scale(KAConvTranspose2d(16, 8, 2, 2)) == pytest.approx(8 / 16)  # one voxel of 16 channels
+    with pytest.raises(TypeError, match="not a KA layer"):
+        spline_gradient_scale(nn.Conv2d(8, 16, 3))
+
+
+def _gradients(network: nn.Module, x: torch.Tensor, autocast_dtype=None) -> dict:
+    network.zero_grad()
+    with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        outputs = network(x)  # deep supervision: every head gets a gradient
+    sum((out.float() ** 2).mean() for out in outputs).backward()
+    return {name: p.grad.clone() for name, p in network.named_parameters()}
+
+
+@pytest.mark.parametrize("configuration, residual, autocast_dtype", [
+    ("2d", False, None), ("2d", False, torch.bfloat16), ("2d", True, None), ("3d_fullres", False, None)])
+def test_scale_spline_gradients_scales_the_spline_coefficients_only(configuration, residual, autocast_dtype):
+    """Every v gradient (convolutions, residual shortcuts, upsampling, heads) times n_bases / fan_in, every other
+    gradient untouched, 2D and 3D, plain and ResEnc; also under CPU autocast (AMP) and undone by removing the hooks."""
+    torch.manual_seed(0)
+    plans = _plans()
+    dim = 2 if configuration == "2d" else 3
+    plans["configurations"][configuration]["architecture"] = _architecture(dim, residual)
+    network = _build(plans_with_ka_architecture(plans, configuration, {}), configuration, 1, 2, deep_supervision=True)
+    x = torch.randn(2, 1, 16, 32) if dim == 2 else torch.randn(1, 1, 16, 32, 32)
+    plain = _gradients(network, x, autocast_dtype)
+    handles = scale_spline_gradients(network)
+    scaled = _gradients(network, x, autocast_dtype)
+    layers = {name: m for name, m in network.named_modules() if isinstance(m, KA_LAYER_TYPES)}
+    assert len(handles) == len(layers) > 10
+    assert any(isinstance(m, (KAConvTranspose2d, KAConvTranspose3d)) for m in layers.values())
+    for name, grad in plain.items():
+        owner, _, kind = name.rpartition(".")
+        expected = grad * spline_gradient_scale(layers[owner]) if kind == "v" else grad
+        assert torch.allclose(scaled[name], expected, rtol=1e-5, atol=1e-12), name
+    for handle in handles:
+        handle.remove()
+    assert all(torch.equal(g, plain[n]) for n, g in _gradients(network, x, autocast_dtype).items())
+
+
+def _initialized_trainer(trainer_class, tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    monkeypatch.delenv("nnUNet_compile", raising=False)
+    data = tmp_path / "preprocessed" / "Dataset999_X" / "x"  # initialize only lists its cases
+    data.mkdir(parents=True)
+    for case in ("case_0", "case_1"):
+        (data / f"{case}.b2nd").touch()
+    plans = minimal_plans("2d", [32, 32], strides=[[1, 1], [2, 2], [2, 2]])
+    plans["configurations"]["2d"]["batch_dice"] = True
+    dataset_json = {"channel_names": {"0": "x"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
+    trainer = trainer_class(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def _hooked_spline_coefficients(network: nn.Module) -> int:
+    return sum(bool(m.v._backward_hooks) for m in network.modules() if hasattr(m, "v") and m.v is not None)
+
+
+def test_ka_unet_trainers_scale_spline_gradients_by_default_and_the_paper_trainers_do_not(tmp_path, monkeypatch):
+    from nnunet_allukan.training.trainers import nnUNetTrainerAllUKAN, nnUNetTrainerUKAN_MLP
+
+    assert nnUNetTrainerKAUNet.spline_gradient_scaling is True
+    trainer = _initialized_trainer(nnUNetTrainerKAUNet, tmp_path / "ka", monkeypatch)
+    layers = [m for m in trainer.network.modules() if isinstance(m, KA_LAYER_TYPES)]
+    assert _hooked_spline_coefficients(trainer.network) == len(layers) > 0
+    log = "".join(p.read_text() for p in (tmp_path / "ka").rglob("training_log_*.txt"))
+    assert f"v of {len(layers)} KA layers are scaled by n_bases / fan_in" in log
+
+    class Unscaled(nnUNetTrainerKAUNet):
+        spline_gradient_scaling = False
+
+    assert _hooked_spline_coefficients(_initialized_trainer(Unscaled, tmp_path / "off", monkeypatch).network) == 0
+    for paper_trainer in (nnUNetTrainerAllUKAN, nnUNetTrainerUKAN_MLP):  # the paper's recipe: no scaling
+        assert not issubclass(paper_trainer, nnUNetTrainerKAUNet)
+        network = _initialized_trainer(paper_trainer, tmp_path / paper_trainer.__name__, monkeypatch).network
+        assert _hooked_spline_coefficients(network) == 0

@@ -6,8 +6,11 @@ and ``3d_cascade_fullres``, with nnU-Net's default plans (``PlainConvUNet``) or 
 ``KAConv3d``, grad-free closed form) and every transposed-convolution upsampling a ``KAConvTranspose2d/3d``; the
 configuration's ``architecture`` entry records exactly that, so ``nnUNetv2_predict`` rebuilds it through nnU-Net's
 own ``get_network_from_plans``. Everything else -- deep supervision, loss, SGD with nesterov, poly schedule,
-1000 epochs of 250 iterations, 5-fold cross-validation, augmentation, inference -- is ``nnUNetTrainer``'s.
-This is "nnU-Net, fully Kolmogorov-Arnold", not the paper's protocol (for that: ``nnUNetTrainerAllUKAN``).
+1000 epochs of 250 iterations, 5-fold cross-validation, augmentation, inference -- is ``nnUNetTrainer``'s, with
+one addition that SGD needs for KA layers: ``spline_gradient_scaling`` (on by default) scales the gradient of every
+KA layer's spline coefficients ``v`` by ``n_bases / fan_in`` (:func:`nnunet_allukan.networks.scale_spline_gradients`;
+why and what it changes: docs/learning.md). This is "nnU-Net, fully Kolmogorov-Arnold", not the paper's protocol
+(for that: ``nnUNetTrainerAllUKAN``).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from nnunet_allukan.networks import layer_counts_text, network_summary
+from nnunet_allukan.networks import layer_counts_text, network_summary, scale_spline_gradients
 from nnunet_allukan.training.architectures import plans_with_ka_architecture
 from nnunet_allukan.training.base import KATrainerBase, unwrapped_network
 
@@ -28,6 +31,9 @@ class nnUNetTrainerKAUNet(KATrainerBase):
     # Options of every KA layer (the fast KAonv builds no per-input bases: no chunk_size to record).
     ka_kwargs: dict = {"grad_free": True, "implementation": "fast"}
     epochs: Optional[int] = None  # None: nnUNetTrainer's default
+    # Without it nnU-Net's SGD moves the spline path fan_in / n_bases times faster than the silu path: v takes almost
+    # all of the gradient, grows unchecked, and training on BUSI collapses to background (docs/learning.md).
+    spline_gradient_scaling: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -38,13 +44,18 @@ class nnUNetTrainerKAUNet(KATrainerBase):
 
     def initialize(self):
         super().initialize()
-        summary = network_summary(unwrapped_network(self.network))
+        network = unwrapped_network(self.network)
+        summary = network_summary(network)
         layer_counts = layer_counts_text(summary)
         architecture = self.configuration_manager.configuration["architecture"]
         self.print_to_log_file(
             f"\nNetwork: {architecture['network_class_name']} (nnU-Net's planned network, fully KA), "
             f"{summary['parameters']:,} parameters; layers: {layer_counts}; KA options {self.ka_kwargs}\n",
             add_timestamp=False)
+        if self.spline_gradient_scaling:
+            hooks = scale_spline_gradients(network)
+            self.print_to_log_file(f"Spline gradient scaling: the gradients of the spline coefficients v of "
+                                   f"{len(hooks)} KA layers are scaled by n_bases / fan_in (spline_gradient_scaling)")
 
 
 class nnUNetTrainerKAUNet_smoke(nnUNetTrainerKAUNet):
