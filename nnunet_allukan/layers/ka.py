@@ -35,6 +35,7 @@ from .common import (ConvGeometry, IntOrTuple, SplineGridAttributes, apply_in_am
 from .ka_autograd import KAConvFunction, KAConvLambdaFunction, KALinearFunction
 from .ka_grouped import ka_grouped
 from .splines import SplineGrid
+from ..paper import GRID_RANGE, GRID_SIZE, SPLINE_ORDER
 
 __all__ = ["KALinear", "KAConv2d", "KAConv3d"]
 
@@ -52,8 +53,8 @@ class KALinear(SplineGridAttributes, nn.Module):
     Shapes: input ``[..., in_features]`` -> output ``[..., out_features]``.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, *, grid_size: int = 5,
-                 spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0), grad_free: bool = True,
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *, grid_size: int = GRID_SIZE,
+                 spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE, grad_free: bool = True,
                  use_lambda: bool = False, chunk_size: Optional[int] = None) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
@@ -93,7 +94,7 @@ class _KAConvNd(SplineGridAttributes, nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple, stride: IntOrTuple = 1,
                  padding: Union[IntOrTuple, str] = 0, dilation: IntOrTuple = 1, groups: int = 1, bias: bool = False,
-                 *, grid_size: int = 5, spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0),
+                 *, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE,
                  grad_free: bool = True, use_lambda: bool = False, chunk_size: Optional[int] = None,
                  implementation: str = "fast") -> None:
         super().__init__()

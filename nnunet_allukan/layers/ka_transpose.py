@@ -29,6 +29,7 @@ from .common import IntOrTuple, SplineGridAttributes, init_ka_parameters, ntuple
 from .ka_grouped import ka_grouped
 from .kernels import basis_sum, differentiable_basis_sum
 from .splines import SplineGrid
+from ..paper import GRID_RANGE, GRID_SIZE, SPLINE_ORDER
 
 __all__ = ["KAConvTranspose2d", "KAConvTranspose3d"]
 
@@ -38,8 +39,8 @@ class _KAConvTransposeNd(SplineGridAttributes, nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
                  stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
-                 groups: int = 1, bias: bool = False, dilation: IntOrTuple = 1, *, grid_size: int = 5,
-                 spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0), grad_free: bool = True,
+                 groups: int = 1, bias: bool = False, dilation: IntOrTuple = 1, *, grid_size: int = GRID_SIZE,
+                 spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE, grad_free: bool = True,
                  implementation: str = "fast") -> None:
         super().__init__()
         nd, name = self.nd, type(self).__name__

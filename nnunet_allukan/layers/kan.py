@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .common import ConvGeometry, IntOrTuple, ntuple, unfold_fields
 from .kernels import basis_sum, differentiable_basis_sum
 from .splines import SplineGrid
+from ..paper import GRID_RANGE, GRID_SIZE, SPLINE_ORDER
 
 __all__ = ["KANLinear", "KANConv2d"]
 
@@ -46,8 +47,8 @@ class KANLinear(nn.Module):
     ``grad_free=True`` detaches the bases (ablation row 7); default False as in U-KAN.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, grid_size: int = 5, spline_order: int = 3,
-                 grid_range: tuple[float, float] = (-1.0, 1.0), grad_free: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, *, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
+                 grid_range: tuple[float, float] = GRID_RANGE, grad_free: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range)
@@ -84,8 +85,8 @@ class KANConv2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple, stride: IntOrTuple = 1,
-                 padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1, *, grid_size: int = 5,
-                 spline_order: int = 3, grid_range: tuple[float, float] = (-1.0, 1.0), grad_free: bool = False,
+                 padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1, *, grid_size: int = GRID_SIZE,
+                 spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE, grad_free: bool = False,
                  implementation: str = "fast") -> None:
         super().__init__()
         if groups < 1 or in_channels % groups or out_channels % groups:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..paper import GRID_RANGE, GRID_SIZE, SPLINE_ORDER
+
 __all__ = ["SplineGrid", "bspline_bases", "bspline_bases_cox_de_boor", "cardinal", "cardinal_derivative",
            "compute_dtype", "cubic6"]
 
@@ -26,10 +28,10 @@ __all__ = ["SplineGrid", "bspline_bases", "bspline_bases_cox_de_boor", "cardinal
 class SplineGrid:
     """A uniform B-spline grid: ``grid_size`` intervals on ``[lo, hi]``, bases of order ``spline_order``."""
 
-    grid_size: int = 5
-    spline_order: int = 3
-    lo: float = -1.0
-    hi: float = 1.0
+    grid_size: int = GRID_SIZE
+    spline_order: int = SPLINE_ORDER
+    lo: float = GRID_RANGE[0]
+    hi: float = GRID_RANGE[1]
     # B_k(0) for every basis: what one zero-padded input adds to the spline sums (computed once, a plain tuple).
     zero_bases: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
@@ -46,8 +48,8 @@ class SplineGrid:
         object.__setattr__(self, "zero_bases", zero)
 
     @classmethod
-    def from_args(cls, grid_size: int = 5, spline_order: int = 3,
-                  grid_range: tuple[float, float] = (-1.0, 1.0)) -> "SplineGrid":
+    def from_args(cls, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
+                  grid_range: tuple[float, float] = GRID_RANGE) -> "SplineGrid":
         if len(grid_range) != 2:
             raise ValueError(f"grid_range must be (lo, hi), got {grid_range!r}")
         return cls(int(grid_size), int(spline_order), float(grid_range[0]), float(grid_range[1]))
@@ -109,8 +111,8 @@ def cardinal_derivative(u: torch.Tensor, order: int) -> torch.Tensor:
     return cardinal(u, order - 1) - cardinal(u - 1.0, order - 1)
 
 
-def bspline_bases(x: torch.Tensor, grid_size: int = 5, spline_order: int = 3,
-                  grid_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+def bspline_bases(x: torch.Tensor, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
+                  grid_range: tuple[float, float] = GRID_RANGE) -> torch.Tensor:
     """All B-spline bases of ``x``, closed form (differentiable).
 
     Args:
@@ -124,8 +126,8 @@ def bspline_bases(x: torch.Tensor, grid_size: int = 5, spline_order: int = 3,
     return cardinal(s.unsqueeze(-1) - offsets, grid.spline_order)
 
 
-def bspline_bases_cox_de_boor(x: torch.Tensor, grid_size: int = 5, spline_order: int = 3,
-                              grid_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+def bspline_bases_cox_de_boor(x: torch.Tensor, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
+                              grid_range: tuple[float, float] = GRID_RANGE) -> torch.Tensor:
     """Bases by the Cox-de Boor recursion (the textbook definition; slow, used as the test oracle).
 
     Returns ``[..., grid_size + spline_order]``.
