@@ -114,6 +114,7 @@ def make_synthetic_busi(
     return root
 
 
+# Same-shaped signature as make_synthetic_busi (deliberate: one generator per dataset layout, its own counts).
 def make_synthetic_glas(
     folder: Path | str,
     n_train: int = 5,

@@ -54,6 +54,8 @@ def _cubic6_derivative(t):
 def _sums_kernel(x_ptr, silu_ptr, out_ptr, v_ptr, params_ptr, C, P, G, silu_stride, out_stride,
                  NB: tl.constexpr, NB_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
                  ACC: tl.constexpr, WITH_SILU: tl.constexpr, WITH_V: tl.constexpr, PADDED: tl.constexpr):
+    # The same block and grid set-up opens _grads_kernel (deliberately repeated: kept inline, each kernel reads
+    # in one piece).
     pid = tl.program_id(0)
     n_blocks = (P + BLOCK_P - 1) // BLOCK_P
     n = (pid // n_blocks).to(tl.int64)
