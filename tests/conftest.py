@@ -1,6 +1,11 @@
+import os
 from pathlib import Path
 
 import pytest
+
+# Triton (where installed) can run here only in its interpreter, and it decides interpreted or compiled when it is
+# first imported, which any test module (or torch's compiler, imported by one) may do while pytest collects.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

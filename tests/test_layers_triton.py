@@ -4,9 +4,9 @@ accumulate in float32; the operators pass opcheck and gradcheck, and their fake 
 torch.compile(fullgraph=True). Skipped where Triton is not installed.
 
 Triton decides interpreted or compiled when a function is decorated (its own language's functions at its import,
-ours at theirs), reading TRITON_INTERPRET then (and again when it imports more of itself): this module sets it
-before Triton is first imported, and within each of its tests. Collection imports this module before any test
-runs, so no earlier test can have imported Triton."""
+ours at theirs), reading TRITON_INTERPRET then (and again when it imports more of itself): conftest.py sets it
+before any test module is collected (another module may import Triton first), this module sets it again before
+its own import of Triton, and within each of its tests."""
 import importlib
 import os
 import sys
@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-TRITON_IMPORTED_BEFORE = "triton" in sys.modules
+TRITON_IMPORTED_UNINTERPRETED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 _BEFORE = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 try:
@@ -54,8 +54,9 @@ GRID = SplineGrid()
 @pytest.fixture(autouse=True)
 def triton_policy(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton reads it again when it imports more of itself
-    assert INTERPRETED and not TRITON_IMPORTED_BEFORE, (
-        f"Triton kernels not interpreted (imported before this module: {TRITON_IMPORTED_BEFORE}; "
+    assert INTERPRETED and not TRITON_IMPORTED_UNINTERPRETED, (
+        f"Triton kernels not interpreted (imported before without TRITON_INTERPRET: "
+        f"{TRITON_IMPORTED_UNINTERPRETED}; "
         f"{triton_ops.unavailable_reason()})")
     before = kernels.policy()
     kernels.use("triton")
