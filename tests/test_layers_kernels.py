@@ -15,6 +15,7 @@ import torch
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear, kernels
 from nnunet_allukan.layers.kernels import native, triton_ops
 from nnunet_allukan.layers.splines import SplineGrid
+from kernel_passes import pass_calls
 
 GRID = SplineGrid()
 needs_native = pytest.mark.skipif(native._compiler() is None, reason="no C compiler: no native kernels")
@@ -92,23 +93,7 @@ def test_basis_and_activation_passes_match_the_reference(policy, backend, dtype,
         pytest.skip(native.unavailable_reason())
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(*shape, dtype=dtype, generator=gen) * 1.3
-    g = shape[1]
-    v = torch.randn(g, GRID.n_bases, dtype=dtype, generator=gen)
-    g_silu = torch.randn(*shape, dtype=dtype, generator=gen)
-    g_phi = torch.randn(shape[0], g, *shape[3:], dtype=dtype, generator=gen)
-    g_sums = torch.randn(shape[0], g, GRID.n_bases, *shape[3:], dtype=dtype, generator=gen)
-    calls = {
-        "basis_sum": lambda: kernels.basis_sum(x, GRID),
-        "silu_and_basis_sums padded": lambda: kernels.silu_and_basis_sums(x, GRID, True),
-        "silu_and_basis_sums": lambda: kernels.silu_and_basis_sums(x, GRID, False),
-        "activation_sums padded": lambda: kernels.silu_and_activation_sums(x, v, GRID, True),
-        "activation_sums": lambda: kernels.silu_and_activation_sums(x, v, GRID, False),
-        "activation_sums_backward": lambda: kernels.silu_and_activation_sums_backward(
-            x, g_silu, g_phi, v, GRID, True, False),
-        "activation_sums_backward full": lambda: kernels.silu_and_activation_sums_backward(
-            x, g_silu, g_phi, v, GRID, False, True),
-        "basis_derivative_dot": lambda: kernels.basis_derivative_dot(x, g_sums, GRID),
-    }
+    calls = pass_calls(x, GRID, gen)
     for name, call in calls.items():
         for a, b in zip(_tuple(_with(backend, call, policy)), _tuple(_with("reference", call, policy))):
             _assert_close(a, b, f"{backend} {name}")

@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear, kernels  # noqa: E402
 from nnunet_allukan.layers.kernels import reference, triton_ops  # noqa: E402
 from nnunet_allukan.layers.splines import SplineGrid  # noqa: E402
+from kernel_passes import pass_calls  # noqa: E402
 
 
 def _interpreted_kernels() -> bool:
@@ -95,23 +96,7 @@ def test_basis_and_activation_passes_match_the_reference(dtype, shape):
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(*shape, dtype=dtype, generator=gen) * 1.3
     x.view(-1)[:12] = torch.linspace(-2.2, 2.2, 12, dtype=dtype)  # on knots and beyond the grid
-    g = shape[1]
-    v = torch.randn(g, GRID.n_bases, dtype=dtype, generator=gen)
-    g_silu = torch.randn(*shape, dtype=dtype, generator=gen)
-    g_phi = torch.randn(shape[0], g, *shape[3:], dtype=dtype, generator=gen)
-    g_sums = torch.randn(shape[0], g, GRID.n_bases, *shape[3:], dtype=dtype, generator=gen)
-    calls = {
-        "basis_sum": lambda: kernels.basis_sum(x, GRID),
-        "silu_and_basis_sums padded": lambda: kernels.silu_and_basis_sums(x, GRID, True),
-        "silu_and_basis_sums": lambda: kernels.silu_and_basis_sums(x, GRID, False),
-        "activation_sums padded": lambda: kernels.silu_and_activation_sums(x, v, GRID, True),
-        "activation_sums": lambda: kernels.silu_and_activation_sums(x, v, GRID, False),
-        "activation_sums_backward": lambda: kernels.silu_and_activation_sums_backward(
-            x, g_silu, g_phi, v, GRID, True, False),
-        "activation_sums_backward full": lambda: kernels.silu_and_activation_sums_backward(
-            x, g_silu, g_phi, v, GRID, False, True),
-        "basis_derivative_dot": lambda: kernels.basis_derivative_dot(x, g_sums, GRID),
-    }
+    calls = pass_calls(x, GRID, gen)
     for name, call in calls.items():
         for a, b in zip(_tuple(call()), _tuple(_reference(call))):
             _assert_close(a, b, name)
