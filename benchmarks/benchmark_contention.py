@@ -2,6 +2,8 @@
 
     python benchmarks/benchmark_contention.py                   # both loads, ~2-3 min on 2 cores
     python benchmarks/benchmark_contention.py --loads busy --rounds 3 --budget-s 60      # quick
+    python benchmarks/benchmark_contention.py --loads busy --profile 3    # + which operators the load slows
+    python benchmarks/benchmark_contention.py --spin-counts default 1000 --repeats 2   # OpenMP settings compared
 
 nnU-Net trains beside its own data-augmentation worker processes, so on a CPU machine a training step rarely has
 the cores to itself. The script starts the competing load itself, in child processes pinned to no core:
@@ -18,6 +20,11 @@ machine hits both alike. Each phase times ``--steps`` steps. Printed per load: e
 loaded phase, its slowdown factor (loaded / quiet; the range over rounds in brackets) and ALL U-KAN's factor over
 the others'. The run stops starting rounds after ``--budget-s`` seconds; the load processes are killed on exit,
 on Ctrl-C and on errors (and die with this process if it is killed).
+
+``--spin-counts`` compares values of libgomp's ``GOMP_SPINCOUNT`` (``default``: the variable unset), which only a
+new process's environment can set: the script runs itself once per value and ``--repeats`` times over, the values
+alternating, and prints per load and network the median slowdown factor and quiet step time for each value, the
+quiet time relative to the first value's, and ALL U-KAN's factor over the others'.
 """
 from __future__ import annotations
 
@@ -202,6 +209,34 @@ def measure(load: Load, steps: dict, a: argparse.Namespace, deadline: float) -> 
     return phases
 
 
+def profile_ops(load: Load, step, n: int, top: int) -> list[str]:
+    """Where a network's loaded steps spend their extra time: torch's profiler over ``n`` quiet and ``n`` loaded
+    steps, operators ordered by the self CPU time the load adds, with their calls per step and quiet time per call
+    (short calls lose most: each waits for a thread that another process holds)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def self_times() -> dict:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n):
+                step()
+        return {e.key: (e.self_cpu_time_total, e.count) for e in prof.key_averages()}
+
+    quiet = self_times()
+    load.resume()
+    try:
+        loaded = self_times()
+    finally:
+        load.pause()
+    total_q, total_l = (sum(t for t, _ in d.values()) for d in (quiet, loaded))
+    lines = [f"  self CPU time per step: quiet {total_q / n / 1e3:.0f} ms, loaded {total_l / n / 1e3:.0f} ms",
+             "  | operator | calls per step | quiet per call | added by the load per step |", "  |---|---:|---:|---:|"]
+    extra = {k: loaded.get(k, (0, 0))[0] - quiet.get(k, (0, 0))[0] for k in set(quiet) | set(loaded)}
+    for key in sorted(extra, key=extra.get, reverse=True)[:top]:
+        t, count = quiet.get(key, loaded.get(key))
+        lines.append(f"  | {key} | {count / n:.0f} | {t / max(count, 1):.0f} us | {extra[key] / n / 1e3:.1f} ms |")
+    return lines
+
+
 def report(kind: str, phases: dict, a: argparse.Namespace) -> list[str]:
     lines = [f"### Load `{kind}`: {a.steps} steps per phase, batch {a.batch_size}, {a.size}x{a.size}", "",
              "| network | quiet | loaded | slowdown (rounds) | ALL U-KAN's slowdown / this one's |",
@@ -215,8 +250,51 @@ def report(kind: str, phases: dict, a: argparse.Namespace) -> list[str]:
     return lines + [""]
 
 
+def compare_spin_counts(a: argparse.Namespace, argv: list[str]) -> int:
+    """Runs this script per ``GOMP_SPINCOUNT`` value of ``a.spin_counts``, alternating, ``a.repeats`` times over."""
+    import tempfile
+
+    child_argv, skipping = [], False
+    for arg in argv:  # the same options without the comparison's own and without --json
+        if arg.startswith("-"):
+            skipping = arg.split("=")[0] in ("--spin-counts", "--repeats", "--json")
+        if not skipping:
+            child_argv.append(arg)
+    runs: dict[str, list[dict]] = {v: [] for v in a.spin_counts}
+    with tempfile.TemporaryDirectory(prefix="contention_") as tmp:
+        for r in range(a.repeats):
+            for value in a.spin_counts:
+                env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+                if value != "default":
+                    env["GOMP_SPINCOUNT"] = value
+                out = Path(tmp) / f"{value}_{r}.json"
+                print(f"== repeat {r + 1}/{a.repeats}, GOMP_SPINCOUNT={value}", flush=True)
+                code = subprocess.call([sys.executable, __file__, *child_argv, "--json", str(out)], env=env)
+                if code:
+                    return code
+                runs[value].append(json.loads(out.read_text()))
+    lines = [f"### GOMP_SPINCOUNT compared: {a.repeats} run(s) per value, medians over runs", "",
+             "| load | network | " + " | ".join(f"slowdown, {v}" for v in a.spin_counts) + " | "
+             + " | ".join(f"quiet step time, {v} / {a.spin_counts[0]}" for v in a.spin_counts[1:]) + " |",
+             "|---|---|" + "---:|" * (2 * len(a.spin_counts) - 1)]
+    result = {"spin_counts": a.spin_counts, "runs": runs}
+    for kind in a.loads:
+        for name in a.networks:
+            factor = {v: statistics.median(run[kind][name]["factor"] for run in runs[v]) for v in a.spin_counts}
+            quiet = {v: statistics.median(run[kind][name]["quiet_median_s"] for run in runs[v]) for v in a.spin_counts}
+            lines.append(f"| {kind} | {name} | " + " | ".join(f"{factor[v]:.2f}x" for v in a.spin_counts) + " | "
+                         + " | ".join(f"{quiet[v] / quiet[a.spin_counts[0]]:.2f}" for v in a.spin_counts[1:])
+                         + " |")
+    print("\n" + "\n".join(lines))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(result, indent=2))
+        print(f"written to {a.json.resolve()}")
+    return 0
+
+
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--loads", nargs="+", choices=LOADS, default=list(LOADS))
     p.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     p.add_argument("--batch-size", type=int, default=4)
@@ -226,15 +304,27 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="processes of the `workers` load (default 2)")
     p.add_argument("--budget-s", type=float, default=150,
                    help="no new round starts after this many seconds (default 150); every load gets a round")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after each load's rounds, profile N quiet and N loaded steps of each network and print the "
+                        "operators the load slows most (default 0: no profile)")
+    p.add_argument("--spin-counts", nargs="+", default=None, metavar="VALUE",
+                   help="compare GOMP_SPINCOUNT values ('default': unset) in runs of this script, alternating")
+    p.add_argument("--repeats", type=int, default=2, help="runs per --spin-counts value (default 2)")
     p.add_argument("--json", type=lambda v: Path(v) if v else None, default=Path("benchmark_results/contention.json"),
                    help="where to write the results as JSON ('' for nowhere; default benchmark_results/contention.json)")
     a = p.parse_args()
     if a.size % 32:
         p.error(f"--size must be a multiple of 32, got {a.size}")
-    if min(a.batch_size, a.steps, a.rounds, a.workers) < 1:
-        p.error("--batch-size, --steps, --rounds and --workers must be at least 1")
+    if min(a.batch_size, a.steps, a.rounds, a.workers) < 1 or a.profile < 0:
+        p.error("--batch-size, --steps, --rounds and --workers must be at least 1, --profile at least 0")
+    if a.spin_counts is not None:
+        bad = [v for v in a.spin_counts if v != "default" and not v.isdigit()]
+        if bad or a.repeats < 1:
+            p.error(f"--spin-counts takes 'default' or whole numbers (got {' '.join(bad)}), --repeats at least 1")
+        return compare_spin_counts(a, sys.argv[1:])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the load's clean-up runs on SIGTERM too
-    print(f"threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, load average "
+    openmp = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"))
+    print(f"threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, {openmp}, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     print(kernels.describe("cpu"), flush=True)
     steps = build_steps(a)
@@ -247,7 +337,10 @@ def main() -> int:
         deadline = start + a.budget_s * (i + 1) / len(a.loads)
         with Load(kind, a) as load:
             result[kind] = measure(load, steps, a, deadline)
-        lines = report(kind, result[kind], a)
+            lines = report(kind, result[kind], a)
+            for name, step in steps.items() if a.profile else ():
+                lines += [f"{name}, load `{kind}`: the operators the load slows most ({a.profile} steps each)"]
+                lines += profile_ops(load, step, a.profile, top=8) + [""]
         print("\n" + "\n".join(lines), flush=True)  # each load's table at once: a run cut short keeps it
     print(f"{time.monotonic() - start:.0f} s measured; load average after "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -1,5 +1,5 @@
 """benchmarks/benchmark_contention.py at a tiny size: it starts both loads, prints every network's slowdown factor
-and writes its JSON, and its load processes are gone when it ends, normally or on Ctrl-C."""
+(and with --profile the operators the load slowed) and writes its JSON, and its load processes are gone when it ends, normally or on Ctrl-C."""
 import json
 import re
 import signal
@@ -24,7 +24,7 @@ def _load_pids(text: str) -> list[int]:
 def test_prints_the_factors_and_leaves_no_load_behind(tmp_path):
     out = tmp_path / "contention.json"
     result = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--rounds", "2", "--networks", "U-KAN_MLP",
-                             "PlainConvUNet", "--json", str(out)], capture_output=True, text=True, timeout=600)
+                             "PlainConvUNet", "--profile", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     pids = _load_pids(result.stdout)
     assert len(pids) == 2, result.stdout  # one busy process, one worker (--workers 1)
@@ -33,6 +33,9 @@ def test_prints_the_factors_and_leaves_no_load_behind(tmp_path):
         assert re.search(rf"### Load `{load}`", result.stdout)
         for name in ("U-KAN_MLP", "PlainConvUNet"):
             assert re.search(rf"\| {name} \| [\d.]+ s \| [\d.]+ s \| [\d.]+x \([\d.]+-[\d.]+\) \|", result.stdout)
+        for name in ("U-KAN_MLP", "PlainConvUNet"):  # --profile: the operators the load slowed, with figures
+            table = result.stdout.split(f"{name}, load `{load}`: the operators the load slows most")[1]
+            assert re.search(r"\| aten::\w+ \| \d+ \| \d+ us \| -?[\d.]+ ms \|", table.split("\n\n")[0]), table
     saved = json.loads(out.read_text())
     for load in ("busy", "workers"):
         for name in ("U-KAN_MLP", "PlainConvUNet"):
@@ -62,3 +65,25 @@ def test_ctrl_c_kills_the_load(tmp_path):
             break
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), seen + rest
+
+
+def test_spin_counts_run_the_script_once_per_value_and_compare(tmp_path):
+    out = tmp_path / "compared.json"
+    result = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--rounds", "1", "--loads", "busy", "--networks",
+                             "U-KAN_MLP", "--spin-counts", "default", "1000", "--repeats", "1", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # each child states the setting it ran under, and the comparison table has one row per load and network
+    assert re.search(r"GOMP_SPINCOUNT=unset, OMP_WAIT_POLICY=unset", result.stdout), result.stdout
+    assert re.search(r"GOMP_SPINCOUNT=1000, OMP_WAIT_POLICY=unset", result.stdout), result.stdout
+    assert re.search(r"\| busy \| U-KAN_MLP \| [\d.]+x \| [\d.]+x \| [\d.]+ \|", result.stdout), result.stdout
+    saved = json.loads(out.read_text())
+    assert saved["spin_counts"] == ["default", "1000"]
+    assert [len(saved["runs"][v]) for v in ("default", "1000")] == [1, 1]
+    assert not list(tmp_path.glob("*_0.json"))  # the children's results live only in a temporary folder
+
+
+def test_spin_counts_refuses_what_is_not_a_count():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--spin-counts", "default", "many"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "--spin-counts takes 'default' or whole numbers (got many)" in result.stderr

@@ -27,6 +27,28 @@ def test_existing_output_folder_needs_overwrite(tmp_path, capsys):
     assert (output / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("user_env, expected", [
+    ({}, "1000"),  # the demo's own setting (nnunet_allukan.openmp.CPU_SPIN_COUNT)
+    ({"GOMP_SPINCOUNT": "50"}, "50"),  # the user's own setting is kept
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, None),  # a wait policy of the user's: nothing added
+])
+def test_cpu_steps_run_with_openmp_spinning_bounded(tmp_path, monkeypatch, capsys, user_env, expected):
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in user_env.items():
+        monkeypatch.setenv(name, value)
+    seen = {}
+
+    def first_step(step, args, env, log_folder):
+        seen.update(step=step, env=env)
+        raise demo.DemoError("stopped after the first step")
+
+    monkeypatch.setattr(demo, "run_step", first_step)
+    assert demo.main(["-o", str(tmp_path / "demo"), "--benign", "6", "--malignant", "6"]) == 1
+    assert seen["step"] == "convert" and seen["env"].get("GOMP_SPINCOUNT") == expected
+    assert "stopped after the first step" in capsys.readouterr().err
+
+
 def _write_case(folder, case, image, label, prediction):
     (folder / "images").mkdir(exist_ok=True)
     (folder / "labels").mkdir(exist_ok=True)

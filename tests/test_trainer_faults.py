@@ -84,3 +84,16 @@ def test_explicit_nnunet_compile_is_honoured_on_cpu(value, expected, tmp_path, m
     trainer._do_i_compile()
     log = "".join(p.read_text() for p in tmp_path.rglob("training_log_*.txt"))
     assert log.count("torch.compile of the whole network on CPU") == (1 if expected else 0)
+
+
+@pytest.mark.parametrize("environ, platform, hint", [
+    ({}, "linux", True), ({"GOMP_SPINCOUNT": "1000"}, "linux", False), ({"OMP_WAIT_POLICY": "PASSIVE"}, "linux", False),
+    ({}, "darwin", False),
+])
+def test_cpu_contention_hint_only_where_the_wait_policy_is_left_at_its_default(environ, platform, hint):
+    from nnunet_allukan.openmp import CPU_SPIN_COUNT, cpu_contention_hint
+
+    line = cpu_contention_hint(environ, platform)
+    assert (line is not None) == hint
+    if hint:
+        assert f"GOMP_SPINCOUNT={CPU_SPIN_COUNT}" in line and "\n" not in line

@@ -15,7 +15,9 @@ additions that every trainer shares.
   continues.
 - ``initialize`` writes once in the log which backend serves each basis kernel of the KA layers and why
   (:func:`nnunet_allukan.layers.kernels.describe`; the policy itself is ``NNUNET_ALLUKAN_KERNELS`` or
-  ``kernels.use``, never changed by a trainer).
+  ``kernels.use``, never changed by a trainer), and on a Linux CPU where the environment leaves OpenMP's wait
+  policy at its default, how to keep speed beside other processes
+  (:func:`nnunet_allukan.openmp.cpu_contention_hint`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnunet_allukan.layers import kernels
+from nnunet_allukan.openmp import cpu_contention_hint
 from nnunet_allukan.training.compile_fallback import CompileFallbackMixin
 from nnunet_allukan.training.nan_guard import NonFiniteLossMixin
 
@@ -94,6 +97,9 @@ class KATrainerBase(NonFiniteLossMixin, CompileFallbackMixin, nnUNetTrainer):
     def initialize(self):
         super().initialize()
         self.print_to_log_file(kernels.describe(self.device.type))
+        hint = cpu_contention_hint() if self.device.type == "cpu" else None
+        if hint:
+            self.print_to_log_file(hint)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
