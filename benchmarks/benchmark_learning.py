@@ -21,8 +21,11 @@ is not touched), the logs to ``OUTPUT/logs``, and at the end
   foreground classes of ``validation/summary.json``), the last epoch's pseudo-Dice, the mean epoch time;
 - ``OUTPUT/learning_curves.png``: pseudo-Dice and training loss per epoch for each trainer.
 
-nnU-Net seeds nothing, so two runs of the same trainer differ by a few Dice points at short budgets; compare
-trainers on several datasets (or folds) before drawing conclusions.
+nnU-Net seeds nothing, so two runs of the same trainer differ by a few Dice points at short budgets (up to 5 on
+the reduced BUSI at 10 x 25 iterations): ``--repeats N`` trains every trainer N times, in rounds (each round runs
+every trainer once, so a drifting machine hits all alike), into ``OUTPUT/results/runK`` with logs
+``OUTPUT/logs/<trainer>_runK.log``; the table then gives each trainer's mean validation Dice, every run's, and
+the difference of the means to the first trainer's, and the plot the mean curves.
 """
 from __future__ import annotations
 
@@ -105,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-iterations", type=int, default=None,
                    help="validation iterations per epoch (default: max(1, iterations // 5))")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the plans')")
+    p.add_argument("--repeats", type=int, default=1, help="runs of every trainer, in rounds (default 1)")
     p.add_argument("-o", dest="output", required=True, help="output folder (results, logs, table, plot)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="as nnUNetv2_train's -device")
@@ -132,7 +136,7 @@ def parse_trainer(spec: str) -> tuple[str, dict, str]:
 def check_args(args: argparse.Namespace) -> None:
     if len({parse_trainer(spec)[2] for spec in args.trainers}) < 2:
         raise SystemExit("ERROR: give two or more different trainers to compare (-tr A B ...).")
-    for name in ("epochs", "iterations", "val_iterations", "batch"):
+    for name in ("epochs", "iterations", "val_iterations", "batch", "repeats"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SystemExit(f"ERROR: --{name.replace('_', '-')} must be at least 1, got {value}.")
@@ -182,6 +186,16 @@ def read_results(fold_folder: Path) -> dict:
             "mean_epoch_seconds": statistics.mean(epoch_times) if epoch_times else float("nan")}
 
 
+def combine_runs(trainer_runs: list[dict]) -> dict:
+    """One trainer's runs -> their means (validation Dice, per-epoch curves, epoch time) and the runs themselves."""
+    combined = {key: statistics.mean(run[key] for run in trainer_runs)
+                for key in ("validation_dice", "mean_epoch_seconds")}
+    for key in ("pseudo_dice", "train_loss"):
+        combined[key] = [statistics.mean(values) for values in zip(*(run[key] for run in trainer_runs))]
+    combined["runs"] = trainer_runs
+    return combined
+
+
 def plot_curves(results: dict[str, dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -217,35 +231,49 @@ def main(argv: list[str] | None = None) -> int:
     mark_output_folder(output, COMMAND)
     (output / "logs").mkdir()
 
-    results: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {parse_trainer(spec)[2]: [] for spec in args.trainers}
     failed: list[str] = []
-    env = dict(os.environ, nnUNet_results=str(output / "results"))
-    for spec in args.trainers:
-        trainer = parse_trainer(spec)[2]
-        code = run_training(args, spec, budget, env, output / "logs" / f"{trainer}.log")
-        fold_folder = (output / "results" / dataset_name /
-                       f"{trainer}{BUDGET_SUFFIX}__{args.plans}__{args.configuration}" / f"fold_{args.fold}")
-        if code != 0 or not (fold_folder / "validation" / "summary.json").is_file():
-            print(f"[{trainer}] FAILED (exit {code}); see {output / 'logs' / f'{trainer}.log'}", file=sys.stderr)
-            failed.append(trainer)
-            continue
-        results[trainer] = read_results(fold_folder)
+    for repeat in range(1, args.repeats + 1):
+        suffix = f"_run{repeat}" if args.repeats > 1 else ""
+        results_folder = output / "results" / (f"run{repeat}" if args.repeats > 1 else "")
+        env = dict(os.environ, nnUNet_results=str(results_folder))
+        for spec in args.trainers:
+            trainer = parse_trainer(spec)[2]
+            if trainer in failed:
+                continue
+            log_path = output / "logs" / f"{trainer}{suffix}.log"
+            code = run_training(args, spec, budget, env, log_path)
+            fold_folder = (results_folder / dataset_name /
+                           f"{trainer}{BUDGET_SUFFIX}__{args.plans}__{args.configuration}" / f"fold_{args.fold}")
+            if code != 0 or not (fold_folder / "validation" / "summary.json").is_file():
+                print(f"[{trainer}] FAILED (exit {code}); see {log_path}", file=sys.stderr)
+                failed.append(trainer)
+                continue
+            runs[trainer].append(read_results(fold_folder))
+    results = {trainer: combine_runs(trainer_runs) for trainer, trainer_runs in runs.items()
+               if trainer not in failed}
 
     title = (f"{dataset_name} {args.configuration} fold {args.fold}: {budget['epochs']} epochs x "
-             f"{budget['iterations']} iterations, batch {args.batch or 'from plans'}")
+             f"{budget['iterations']} iterations, batch {args.batch or 'from plans'}"
+             + (f", {args.repeats} runs each (means)" if args.repeats > 1 else ""))
     summary = {"dataset": dataset_name, "configuration": args.configuration, "fold": args.fold,
-               "plans": args.plans, "budget": budget, "results": results, "failed": failed}
+               "plans": args.plans, "budget": budget, "repeats": args.repeats, "results": results,
+               "failed": failed}
     (output / "learning_summary.json").write_text(json.dumps(summary, indent=2))
     if results:
         plot_curves(results, output / "learning_curves.png", title)
 
     print(f"\n{title}")
     width = max([40] + [len(t) for t in list(results) + failed])
-    print(f"{'trainer':<{width}} {'val Dice':>9} {'last pseudo-Dice':>17} {'s/epoch':>8}")
+    first = next(iter(results.values()), None)
+    print(f"{'trainer':<{width}} {'val Dice':>9} {'vs first':>9} {'last pseudo-Dice':>17} {'s/epoch':>8}"
+          + ("  val Dice of each run" if args.repeats > 1 else ""))
     for trainer, result in results.items():
         last = result["pseudo_dice"][-1] if result["pseudo_dice"] else float("nan")
-        print(f"{trainer:<{width}} {result['validation_dice']:>9.4f} {last:>17.4f} "
-              f"{result['mean_epoch_seconds']:>8.1f}")
+        each = "  " + " ".join(f"{r['validation_dice']:.4f}" for r in result["runs"]) if args.repeats > 1 else ""
+        print(f"{trainer:<{width}} {result['validation_dice']:>9.4f} "
+              f"{result['validation_dice'] - first['validation_dice']:>+9.4f} {last:>17.4f} "
+              f"{result['mean_epoch_seconds']:>8.1f}{each}")
     for trainer in failed:
         print(f"{trainer:<{width}} {'failed':>9}")
     print(f"\nWrote: {output / 'learning_summary.json'}" +
