@@ -11,8 +11,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d
-from nnunet_allukan.networks import (KAPlainConvUNet, network_summary, plain_convolutions, scale_spline_gradients,
-                                     spline_gradient_scale)
+from nnunet_allukan.networks import (KAPlainConvUNet, network_summary, plain_convolutions, scale_silu_gradients,
+                                     scale_spline_gradients, spline_gradient_scale)
 from nnunet_allukan.networks.ka_unet import KA_LAYER_TYPES
 from nnunet_allukan.training.architectures import plans_with_ka_architecture
 from nnunet_allukan.training.ka_unet_trainers import nnUNetTrainerKAUNet
@@ -175,6 +175,22 @@ def test_scale_spline_gradients_scales_the_spline_coefficients_only(configuratio
     assert all(torch.equal(g, plain[n]) for n, g in _gradients(network, x, autocast_dtype).items())
 
 
+def test_scale_silu_gradients_scales_the_silu_path_weights_only():
+    """Every u gradient (convolutions, upsampling, heads) times the factor, every other gradient untouched."""
+    torch.manual_seed(0)
+    plans = _plans()
+    plans["configurations"]["2d"]["architecture"] = _architecture(2, False)
+    network = _build(plans_with_ka_architecture(plans, "2d", {}), "2d", 1, 2, deep_supervision=True)
+    x = torch.randn(2, 1, 16, 32)
+    plain = _gradients(network, x)
+    handles = scale_silu_gradients(network, 4.0)
+    scaled = _gradients(network, x)
+    assert len(handles) == sum(isinstance(m, KA_LAYER_TYPES) for m in network.modules()) > 10
+    for name, grad in plain.items():
+        expected = grad * 4.0 if name.endswith(".u") else grad
+        assert torch.allclose(scaled[name], expected, rtol=1e-5, atol=1e-12), name
+
+
 def _initialized_trainer(trainer_class, tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
@@ -195,6 +211,10 @@ def _hooked_spline_coefficients(network: nn.Module) -> int:
     return sum(bool(m.v._backward_hooks) for m in network.modules() if hasattr(m, "v") and m.v is not None)
 
 
+def _hooked_silu_weights(network: nn.Module) -> int:
+    return sum(bool(m.u._backward_hooks) for m in network.modules() if hasattr(m, "u") and m.u is not None)
+
+
 def test_ka_unet_trainers_scale_spline_gradients_by_default_and_the_paper_trainers_do_not(tmp_path, monkeypatch):
     from nnunet_allukan.training.trainers import nnUNetTrainerAllUKAN, nnUNetTrainerUKAN_MLP
 
@@ -212,4 +232,18 @@ def test_ka_unet_trainers_scale_spline_gradients_by_default_and_the_paper_traine
     for paper_trainer in (nnUNetTrainerAllUKAN, nnUNetTrainerUKAN_MLP):  # the paper's recipe: no scaling
         assert not issubclass(paper_trainer, nnUNetTrainerKAUNet)
         network = _initialized_trainer(paper_trainer, tmp_path / paper_trainer.__name__, monkeypatch).network
-        assert _hooked_spline_coefficients(network) == 0
+        assert _hooked_spline_coefficients(network) == 0 and _hooked_silu_weights(network) == 0
+
+
+def test_ka_unet_trainers_scale_silu_gradients_by_default(tmp_path, monkeypatch):
+    assert nnUNetTrainerKAUNet.silu_gradient_scale == 4.0
+    trainer = _initialized_trainer(nnUNetTrainerKAUNet, tmp_path / "ka", monkeypatch)
+    layers = [m for m in trainer.network.modules() if isinstance(m, KA_LAYER_TYPES)]
+    assert _hooked_silu_weights(trainer.network) == len(layers) > 0
+    log = "".join(p.read_text() for p in (tmp_path / "ka").rglob("training_log_*.txt"))
+    assert f"silu-path weights u of {len(layers)} KA layers are scaled by 4 (silu_gradient_scale)" in log
+
+    class Unscaled(nnUNetTrainerKAUNet):
+        silu_gradient_scale = 1.0
+
+    assert _hooked_silu_weights(_initialized_trainer(Unscaled, tmp_path / "off", monkeypatch).network) == 0

@@ -7,9 +7,10 @@ and ``3d_cascade_fullres``, with nnU-Net's default plans (``PlainConvUNet``) or 
 configuration's ``architecture`` entry records exactly that, so ``nnUNetv2_predict`` rebuilds it through nnU-Net's
 own ``get_network_from_plans``. Everything else -- deep supervision, loss, SGD with nesterov, poly schedule,
 1000 epochs of 250 iterations, 5-fold cross-validation, augmentation, inference -- is ``nnUNetTrainer``'s, with
-one addition that SGD needs for KA layers: ``spline_gradient_scaling`` (on by default) scales the gradient of every
-KA layer's spline coefficients ``v`` by ``n_bases / fan_in`` (:func:`nnunet_allukan.networks.scale_spline_gradients`;
-why and what it changes: docs/learning.md). This is "nnU-Net, fully Kolmogorov-Arnold", not the paper's protocol
+two additions that SGD needs for KA layers (why and what they change: docs/learning.md):
+``spline_gradient_scaling`` (on by default) scales the gradient of every KA layer's spline coefficients ``v`` by
+``n_bases / fan_in`` (:func:`nnunet_allukan.networks.scale_spline_gradients`), and ``silu_gradient_scale``
+(default 4) that of its silu-path weights ``u`` (:func:`nnunet_allukan.networks.scale_silu_gradients`). This is "nnU-Net, fully Kolmogorov-Arnold", not the paper's protocol
 (for that: ``nnUNetTrainerAllUKAN``).
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Optional
 
 import torch
 
-from nnunet_allukan.networks import layer_counts_text, network_summary, scale_spline_gradients
+from nnunet_allukan.networks import (layer_counts_text, network_summary, scale_silu_gradients,
+                                     scale_spline_gradients)
 from nnunet_allukan.training.architectures import plans_with_ka_architecture
 from nnunet_allukan.training.base import KATrainerBase, unwrapped_network
 
@@ -34,6 +36,9 @@ class nnUNetTrainerKAUNet(KATrainerBase):
     # Without it nnU-Net's SGD moves the spline path fan_in / n_bases times faster than the silu path: v takes almost
     # all of the gradient, grows unchecked, and training on BUSI collapses to background (docs/learning.md).
     spline_gradient_scaling: bool = True
+    # A KA layer hands the layer below only its silu path's gradient, about 0.8 of what a convolution would: u learns
+    # 0.2-1.3x as fast as nnU-Net's convolution weights. 4 was the best of 1, 2, 4, 8 on CVC-ClinicDB (docs/learning.md).
+    silu_gradient_scale: float = 4.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -56,6 +61,10 @@ class nnUNetTrainerKAUNet(KATrainerBase):
             hooks = scale_spline_gradients(network)
             self.print_to_log_file(f"Spline gradient scaling: the gradients of the spline coefficients v of "
                                    f"{len(hooks)} KA layers are scaled by n_bases / fan_in (spline_gradient_scaling)")
+        if self.silu_gradient_scale != 1:
+            hooks = scale_silu_gradients(network, self.silu_gradient_scale)
+            self.print_to_log_file(f"Silu gradient scaling: the gradients of the silu-path weights u of {len(hooks)} "
+                                   f"KA layers are scaled by {self.silu_gradient_scale:g} (silu_gradient_scale)")
 
 
 class nnUNetTrainerKAUNet_smoke(nnUNetTrainerKAUNet):
