@@ -22,7 +22,7 @@ the others'. The run stops starting rounds after ``--budget-s`` seconds; the loa
 on Ctrl-C and on errors (and die with this process if it is killed).
 
 ``--spin-counts`` compares values of libgomp's ``GOMP_SPINCOUNT`` (``default``: the variable unset), which only a
-new process's environment can set: the script runs itself once per value and ``--repeats`` times over, the values
+new process's environment can set: the script runs itself once per value (``OMP_WAIT_POLICY`` unset) and ``--repeats`` times over, the values
 alternating, and prints per load and network the median slowdown factor and quiet step time for each value, the
 quiet time relative to the first value's, and ALL U-KAN's factor over the others'.
 """
@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, n
 from benchmark_networks import loss_fn  # noqa: E402
 
 from nnunet_allukan.layers import kernels  # noqa: E402
+from nnunet_allukan.openmp import OPENMP_WAIT_VARIABLES  # noqa: E402
 from nnunet_allukan.networks import build_table2_network  # noqa: E402
 
 NETWORKS = ("ALL U-KAN", "U-KAN_MLP", "PlainConvUNet")
@@ -264,7 +265,7 @@ def compare_spin_counts(a: argparse.Namespace, argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="contention_") as tmp:
         for r in range(a.repeats):
             for value in a.spin_counts:
-                env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+                env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAIT_VARIABLES}
                 if value != "default":
                     env["GOMP_SPINCOUNT"] = value
                 out = Path(tmp) / f"{value}_{r}.json"
@@ -323,7 +324,7 @@ def main() -> int:
             p.error(f"--spin-counts takes 'default' or whole numbers (got {' '.join(bad)}), --repeats at least 1")
         return compare_spin_counts(a, sys.argv[1:])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the load's clean-up runs on SIGTERM too
-    openmp = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"))
+    openmp = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in OPENMP_WAIT_VARIABLES)
     print(f"threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, {openmp}, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     print(kernels.describe("cpu"), flush=True)

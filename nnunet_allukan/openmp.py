@@ -13,16 +13,21 @@ import os
 import sys
 from typing import Mapping, Optional
 
-__all__ = ["CPU_SPIN_COUNT", "OPENMP_WAIT_VARIABLES", "cpu_contention_hint"]
+__all__ = ["CPU_SPIN_COUNT", "OPENMP_WAIT_VARIABLES", "wait_policy_set", "cpu_contention_hint"]
 
 CPU_SPIN_COUNT = "1000"
 OPENMP_WAIT_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 
 
+def wait_policy_set(environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` chooses OpenMP's wait policy itself (one of :data:`OPENMP_WAIT_VARIABLES`)."""
+    return any(name in environ for name in OPENMP_WAIT_VARIABLES)
+
+
 def cpu_contention_hint(environ: Mapping[str, str] = os.environ, platform: str = sys.platform) -> Optional[str]:
     """One line for the log of CPU training on Linux where ``environ`` sets neither of
     :data:`OPENMP_WAIT_VARIABLES`; ``None`` otherwise."""
-    if platform != "linux" or any(name in environ for name in OPENMP_WAIT_VARIABLES):
+    if platform != "linux" or wait_policy_set(environ):
         return None
     return (f"CPU training beside other processes (nnU-Net's augmentation workers, nnUNet_n_proc_DA): OpenMP threads "
             f"spin after every parallel region and lose speed to them; start nnUNetv2_train with "

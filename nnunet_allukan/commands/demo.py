@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 
 from nnunet_allukan.filesystem import OverwriteRefused, mark_output_folder, remove_output_folder
 from nnunet_allukan.paper import DIVISOR
-from nnunet_allukan.openmp import CPU_SPIN_COUNT, OPENMP_WAIT_VARIABLES
+from nnunet_allukan.openmp import CPU_SPIN_COUNT, wait_policy_set
 
 COMMAND = "nnUNetv2_allukan_demo"
 
@@ -204,7 +204,7 @@ def run_demo(args: argparse.Namespace) -> Path:
         (output / name).mkdir()
         env[name] = str(output / name)
     env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
-    if args.device == "cpu" and not any(name in env for name in OPENMP_WAIT_VARIABLES):
+    if args.device == "cpu" and not wait_policy_set(env):
         env["GOMP_SPINCOUNT"] = CPU_SPIN_COUNT  # spinning OpenMP threads lose speed beside the demo's other work
     # Training: augmentation in the training process (tiny images: workers cost more than they save).
     # Not for planning: nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0.

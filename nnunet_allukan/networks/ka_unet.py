@@ -100,6 +100,18 @@ def spline_gradient_scale(layer: nn.Module) -> float:
     return layer.grid.n_bases / fan_in
 
 
+def _scale_gradients(network: nn.Module, parameter: str, scale_of) -> list[RemovableHandle]:
+    """A tensor hook multiplying the gradient of ``parameter`` of every KA layer in ``network`` by
+    ``scale_of(layer)``, once per tensor (before the gradient is accumulated, clipped or all-reduced)."""
+    handles, seen = [], set()
+    for module in network.modules():
+        if isinstance(module, KA_LAYER_TYPES) and id(tensor := getattr(module, parameter)) not in seen:
+            seen.add(id(tensor))
+            # a partial, not a lambda: a network carrying the hooks can still be pickled (torch.save(network))
+            handles.append(tensor.register_hook(partial(torch.mul, other=float(scale_of(module)))))
+    return handles
+
+
 def scale_spline_gradients(network: nn.Module) -> list[RemovableHandle]:
     """Multiplies the gradient of every KA layer's spline coefficients ``v`` in ``network`` by
     :func:`spline_gradient_scale` (a tensor hook, before the gradient is accumulated, clipped or all-reduced).
@@ -107,30 +119,16 @@ def scale_spline_gradients(network: nn.Module) -> list[RemovableHandle]:
     With SGD this equals a learning rate ``lr * n_bases / fan_in`` for ``v`` whatever the schedule sets, and the
     gradient-norm clip sees the scaled gradient. Nothing else changes: forward, parameters and state dict are the
     network's. Returns the hook handles (``handle.remove()`` undoes it)."""
-    handles, seen = [], set()
-    for module in network.modules():
-        if isinstance(module, KA_LAYER_TYPES) and id(module.v) not in seen:
-            seen.add(id(module.v))
-            scale = spline_gradient_scale(module)
-            # a partial, not a lambda: a network carrying the hooks can still be pickled (torch.save(network))
-            handles.append(module.v.register_hook(partial(torch.mul, other=scale)))
-    return handles
+    return _scale_gradients(network, "v", spline_gradient_scale)
 
 
 def scale_silu_gradients(network: nn.Module, scale: float) -> list[RemovableHandle]:
     """Multiplies the gradient of every KA layer's silu-path weights ``u`` in ``network`` by ``scale`` (a tensor
-    hook, like :func:`scale_spline_gradients`).
+    hook, like :func:`scale_spline_gradients`): with SGD a learning rate ``lr * scale`` for ``u``.
 
-    With SGD this is a learning rate ``lr * scale`` for ``u``. A KA layer passes its input only the silu path's
-    gradient, ``u^T g * silu'(x)``, and on nnU-Net's LeakyReLU outputs silu's slope (rms 0.68) is smaller than the
-    spread it gives the forward pass (0.84 of the input's): each KA layer hands the layer below about 0.8 of the
-    gradient a convolution would, so u's relative gradient is 0.2-1.3x a plain convolution's in nnU-Net's U-Net
-    (least at the bottleneck). Returns the hook handles."""
-    handles = []
-    for module in network.modules():
-        if isinstance(module, KA_LAYER_TYPES):
-            handles.append(module.u.register_hook(partial(torch.mul, other=float(scale))))
-    return handles
+    A KA layer passes its input only the silu path's gradient, ``u^T g * silu'(x)``, so u learns more slowly than a
+    plain convolution's weights, least at the bottleneck (docs/learning.md). Returns the hook handles."""
+    return _scale_gradients(network, "u", lambda module: scale)
 
 
 class _KANetwork:
