@@ -22,9 +22,9 @@ the others'. The run stops starting rounds after ``--budget-s`` seconds; the loa
 on Ctrl-C and on errors (and die with this process if it is killed).
 
 ``--spin-counts`` compares values of libgomp's ``GOMP_SPINCOUNT`` (``default``: the variable unset), which only a
-new process's environment can set: the script runs itself once per value (``OMP_WAIT_POLICY`` unset) and ``--repeats`` times over, the values
-alternating, and prints per load and network the median slowdown factor and quiet step time for each value, the
-quiet time relative to the first value's, and ALL U-KAN's factor over the others'.
+new process's environment can set: the script runs itself once per value (``OMP_WAIT_POLICY`` unset) and
+``--repeats`` times over, the values alternating, and prints per load and network the median slowdown factor and
+quiet step time for each value, and the quiet time relative to the first value's.
 """
 from __future__ import annotations
 
