@@ -1,6 +1,7 @@
 """nnU-Net's planned networks made fully KA: the plans record, nnU-Net's own builder, no plain convolution left."""
 from __future__ import annotations
 
+import sys
 import json
 from copy import deepcopy
 
@@ -247,3 +248,18 @@ def test_ka_unet_trainers_scale_silu_gradients_by_default(tmp_path, monkeypatch)
         silu_gradient_scale = 1.0
 
     assert _hooked_silu_weights(_initialized_trainer(Unscaled, tmp_path / "off", monkeypatch).network) == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the hint is for libgomp (Linux)")
+def test_cpu_training_logs_the_openmp_hint_only_without_a_wait_policy(tmp_path, monkeypatch):
+    from nnunet_allukan.openmp import CPU_SPIN_COUNT
+
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    _initialized_trainer(nnUNetTrainerKAUNet, tmp_path / "default", monkeypatch)
+    monkeypatch.setenv("GOMP_SPINCOUNT", CPU_SPIN_COUNT)
+    _initialized_trainer(nnUNetTrainerKAUNet, tmp_path / "set", monkeypatch)
+    logs = {case: "".join(p.read_text() for p in (tmp_path / case).rglob("training_log_*.txt"))
+            for case in ("default", "set")}
+    assert f"GOMP_SPINCOUNT={CPU_SPIN_COUNT} in its environment" in logs["default"]
+    assert "GOMP_SPINCOUNT" not in logs["set"]
