@@ -1,8 +1,8 @@
 """nnU-Net's planned networks made fully KA: the plans record, nnU-Net's own builder, no plain convolution left."""
 from __future__ import annotations
 
-import sys
 import json
+import sys
 from copy import deepcopy
 
 import pytest
