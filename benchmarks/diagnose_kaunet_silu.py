@@ -9,8 +9,10 @@ version (KAPlainConvUNet) with every silu-path weight ``u`` and bias copied from
 differ only by what the KA layer adds: silu on its inputs, the spline path, and the gradient it passes back. One
 batch (``--batch`` training cases of fold 0, cropped or padded to the plans' patch) goes forward, Dice +
 cross-entropy backward. Printed per convolution: the relative gradient ``|grad| / |weight|`` of the plain weights
-and of u (with SGD, how far one step moves each tensor), their ratio, and the spline path's share of the KA layer's
-output variance; then the median ratio. Variants: ``grad_free`` (the default KA layer), ``exact``
+and of u (with SGD, how far one step moves each tensor), their ratio, the spline path's share of the KA layer's
+output variance, and on the layer's actual inputs x the rms of silu's slope ``silu'(x)`` (what the backward pass
+multiplies the input gradient by) against the spread silu keeps, ``std(silu(x)) / std(x)`` (what the forward pass
+keeps of the input); then their medians. Variants: ``grad_free`` (the default KA layer), ``exact``
 (``grad_free=False``), ``zero_v`` (spline coefficients set to zero).
 """
 from __future__ import annotations
@@ -48,10 +50,14 @@ def run(variant: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor) -> list[fl
     ka = KAPlainConvUNet(conv_op=KAConv2d, ka_kwargs={"grad_free": variant != "exact"}, **kwargs)
     plain_layers = [m for m in plain.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     ka_layers = [m for m in ka.modules() if isinstance(m, (KAConv2d, KAConvTranspose2d))]
-    shares = {}
+    shares, slopes, spreads = {}, {}, {}
 
     def spline_share(module, inputs, output):  # output minus its silu path = the spline path
         silu = F.silu(inputs[0])
+        sigmoid = torch.sigmoid(inputs[0])
+        slope = sigmoid * (1 + inputs[0] * (1 - sigmoid))  # silu'(x)
+        slopes[id(module)] = slope.square().mean().sqrt().item()
+        spreads[id(module)] = (silu.std() / inputs[0].std()).item()
         if isinstance(module, KAConv2d):
             path = F.conv2d(silu, module.u, module.bias, module.stride, module.padding, module.dilation, module.groups)
         else:
@@ -68,17 +74,22 @@ def run(variant: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor) -> list[fl
             k.register_forward_hook(spline_share)
     loss_of(plain, x, y).backward()
     loss_of(ka, x, y).backward()
-    ratios = []
-    print(f"\n{variant}: layer, weight shape, relative gradient plain / u, ratio, spline share of the output variance")
+    ratios, layer_slopes, layer_spreads = [], [], []
+    print(f"\n{variant}: layer, weight shape, relative gradient plain / u, ratio, spline share of the output variance, "
+          f"rms silu'(x), std silu(x) / std x")
     for i, (p, k) in enumerate(zip(plain_layers, ka_layers)):
         if p.weight.grad is None:  # the heads deep supervision would use
             continue
         rel_plain = (p.weight.grad.norm() / p.weight.norm()).item()
         rel_u = (k.u.grad.norm() / k.u.norm()).item()
         ratios.append(rel_u / rel_plain)
+        layer_slopes.append(slopes[id(k)])
+        layer_spreads.append(spreads[id(k)])
         print(f"  {i:2d} {type(k).__name__:18s} {str(tuple(k.u.shape)):20s} {rel_plain:.2e} / {rel_u:.2e}  "
-              f"{rel_u / rel_plain:5.2f}  {shares.get(id(k), float('nan')):.3f}")
-    print(f"  median ratio {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+              f"{rel_u / rel_plain:5.2f}  {shares[id(k)]:.3f}  {slopes[id(k)]:.2f}  {spreads[id(k)]:.2f}")
+    print(f"  median ratio {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}); "
+          f"median rms silu'(x) {statistics.median(layer_slopes):.2f}, "
+          f"std silu(x) / std x {statistics.median(layer_spreads):.2f}")
     return ratios
 
 

@@ -36,7 +36,7 @@ class nnUNetTrainerKAUNet(KATrainerBase):
     # Without it nnU-Net's SGD moves the spline path fan_in / n_bases times faster than the silu path: v takes almost
     # all of the gradient, grows unchecked, and training on BUSI collapses to background (docs/learning.md).
     spline_gradient_scaling: bool = True
-    # A KA layer hands the layer below only its silu path's gradient, about 0.8 of what a convolution would: u learns
+    # A KA layer hands the layer below only its silu path's gradient, about 0.7 of what a convolution would: u learns
     # 0.2-1.3x as fast as nnU-Net's convolution weights. 4 was the best of 1, 2, 4, 8 on CVC-ClinicDB (docs/learning.md).
     silu_gradient_scale: float = 4.0
 
