@@ -13,8 +13,9 @@ optimisation, not nnU-Net's training (for that: ``benchmark_learning.py``). Vari
 
 - ``plain``: nnU-Net's PlainConvUNet (``InitWeights_He``);
 - ``unscaled``: KAPlainConvUNet as nnUNetTrainerKAUNet builds it, plain SGD on every parameter;
-- ``scaled``: the same with spline gradient scaling (``v``'s gradient times ``n_bases / fan_in``), the trainer's
-  default;
+- ``scaled``: the same with ``v``'s gradient times ``n_bases / fan_in`` (spline gradient scaling at factor 1);
+- ``default``: spline and silu gradient scaling as ``nnUNetTrainerKAUNet`` sets them (``v``'s gradient times
+  ``spline_gradient_factor * n_bases / fan_in``, ``u``'s times ``silu_gradient_scale``), the trainer's default;
 - ``scaled_1/fan``: v's gradient times ``1 / fan_in`` instead (8x smaller steps than ``scaled``);
 - ``frozen_v``: v never moves (the spline path stays as initialised).
 
@@ -41,10 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, n
 from dynamic_network_architectures.architectures.unet import PlainConvUNet  # noqa: E402
 
 from nnunet_allukan.layers import KAConv2d  # noqa: E402
-from nnunet_allukan.networks.ka_unet import (KA_LAYER_TYPES, KAPlainConvUNet, scale_spline_gradients,  # noqa: E402
-                                             spline_fan_in)
+from nnunet_allukan.networks.ka_unet import (KA_LAYER_TYPES, KAPlainConvUNet, scale_silu_gradients,  # noqa: E402
+                                             scale_spline_gradients, spline_fan_in)
+from nnunet_allukan.training.ka_unet_trainers import nnUNetTrainerKAUNet  # noqa: E402
 
-VARIANTS = ("plain", "unscaled", "scaled", "scaled_1/fan", "frozen_v")
+VARIANTS = ("plain", "unscaled", "scaled", "default", "scaled_1/fan", "frozen_v")
 
 
 def load_cases(folder: Path, identifiers: list[str], patch: list[int], downsample: int) -> tuple[torch.Tensor, ...]:
@@ -88,6 +90,9 @@ def build(variant: str, arch_kwargs: dict, channels: int, downsample: int) -> nn
     network.apply(KAPlainConvUNet.initialize)
     if variant == "scaled":
         scale_spline_gradients(network)
+    if variant == "default":
+        scale_spline_gradients(network, nnUNetTrainerKAUNet.spline_gradient_factor)
+        scale_silu_gradients(network, nnUNetTrainerKAUNet.silu_gradient_scale)
     for module in network.modules():
         if isinstance(module, KA_LAYER_TYPES):
             if variant == "scaled_1/fan":

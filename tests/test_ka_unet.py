@@ -14,7 +14,7 @@ from torch import nn
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KAConvTranspose2d, KAConvTranspose3d
 from nnunet_allukan.networks import (KAPlainConvUNet, network_summary, plain_convolutions, scale_silu_gradients,
                                      scale_spline_gradients, spline_gradient_scale)
-from nnunet_allukan.networks.ka_unet import KA_LAYER_TYPES
+from nnunet_allukan.networks.ka_unet import KA_LAYER_TYPES, spline_fan_in
 from nnunet_allukan.training.architectures import plans_with_ka_architecture
 from nnunet_allukan.training.ka_unet_trainers import nnUNetTrainerKAUNet
 from plans_helpers import minimal_plans
@@ -153,7 +153,7 @@ def _gradients(network: nn.Module, x: torch.Tensor, autocast_dtype=None) -> dict
 @pytest.mark.parametrize("configuration, residual, autocast_dtype", [
     ("2d", False, None), ("2d", False, torch.bfloat16), ("2d", True, None), ("3d_fullres", False, None)])
 def test_scale_spline_gradients_scales_the_spline_coefficients_only(configuration, residual, autocast_dtype):
-    """Every v gradient (convolutions, residual shortcuts, upsampling, heads) times n_bases / fan_in, every other
+    """Every v gradient (convolutions, residual shortcuts, upsampling, heads) times factor x n_bases / fan_in, every other
     gradient untouched, 2D and 3D, plain and ResEnc; also under CPU autocast (AMP) and undone by removing the hooks."""
     torch.manual_seed(0)
     plans = _plans()
@@ -162,14 +162,14 @@ def test_scale_spline_gradients_scales_the_spline_coefficients_only(configuratio
     network = _build(plans_with_ka_architecture(plans, configuration, {}), configuration, 1, 2, deep_supervision=True)
     x = torch.randn(2, 1, 16, 32) if dim == 2 else torch.randn(1, 1, 16, 32, 32)
     plain = _gradients(network, x, autocast_dtype)
-    handles = scale_spline_gradients(network)
+    handles = scale_spline_gradients(network, factor=0.5)
     scaled = _gradients(network, x, autocast_dtype)
     layers = {name: m for name, m in network.named_modules() if isinstance(m, KA_LAYER_TYPES)}
     assert len(handles) == len(layers) > 10
     assert any(isinstance(m, (KAConvTranspose2d, KAConvTranspose3d)) for m in layers.values())
     for name, grad in plain.items():
         owner, _, kind = name.rpartition(".")
-        expected = grad * spline_gradient_scale(layers[owner]) if kind == "v" else grad
+        expected = grad * 0.5 * spline_gradient_scale(layers[owner]) if kind == "v" else grad
         assert torch.allclose(scaled[name], expected, rtol=1e-5, atol=1e-12), name
     for handle in handles:
         handle.remove()
@@ -223,8 +223,20 @@ def test_ka_unet_trainers_scale_spline_gradients_by_default_and_the_paper_traine
     trainer = _initialized_trainer(nnUNetTrainerKAUNet, tmp_path / "ka", monkeypatch)
     layers = [m for m in trainer.network.modules() if isinstance(m, KA_LAYER_TYPES)]
     assert _hooked_spline_coefficients(trainer.network) == len(layers) > 0
+    # the default factor: an eighth of n_bases / fan_in, i.e. 1 / fan_in with the paper's 8 bases
+    assert nnUNetTrainerKAUNet.spline_gradient_factor == 0.125
+    x = torch.randn(2, 1, 32, 32)
+    sum((out ** 2).mean() for out in trainer.network(x)).backward()
+    scaled = {id(m): m.v.grad.clone() for m in layers}
+    for m in layers:
+        m.v._backward_hooks.clear()
+    trainer.network.zero_grad()
+    sum((out ** 2).mean() for out in trainer.network(x)).backward()
+    for m in layers:
+        assert m.grid.n_bases == 8
+        assert torch.allclose(scaled[id(m)], m.v.grad / spline_fan_in(m), rtol=1e-5, atol=1e-12)
     log = "".join(p.read_text() for p in (tmp_path / "ka").rglob("training_log_*.txt"))
-    assert f"v of {len(layers)} KA layers are scaled by n_bases / fan_in" in log
+    assert f"v of {len(layers)} KA layers are scaled by 0.125 x n_bases / fan_in" in log
 
     class Unscaled(nnUNetTrainerKAUNet):
         spline_gradient_scaling = False

@@ -112,14 +112,14 @@ def _scale_gradients(network: nn.Module, parameter: str, scale_of) -> list[Remov
     return handles
 
 
-def scale_spline_gradients(network: nn.Module) -> list[RemovableHandle]:
-    """Multiplies the gradient of every KA layer's spline coefficients ``v`` in ``network`` by
+def scale_spline_gradients(network: nn.Module, factor: float = 1.0) -> list[RemovableHandle]:
+    """Multiplies the gradient of every KA layer's spline coefficients ``v`` in ``network`` by ``factor`` times
     :func:`spline_gradient_scale` (a tensor hook, before the gradient is accumulated, clipped or all-reduced).
 
-    With SGD this equals a learning rate ``lr * n_bases / fan_in`` for ``v`` whatever the schedule sets, and the
-    gradient-norm clip sees the scaled gradient. Nothing else changes: forward, parameters and state dict are the
+    With SGD this equals a learning rate ``lr * factor * n_bases / fan_in`` for ``v`` whatever the schedule sets, and
+    the gradient-norm clip sees the scaled gradient. Nothing else changes: forward, parameters and state dict are the
     network's. Returns the hook handles (``handle.remove()`` undoes it)."""
-    return _scale_gradients(network, "v", spline_gradient_scale)
+    return _scale_gradients(network, "v", lambda module: factor * spline_gradient_scale(module))
 
 
 def scale_silu_gradients(network: nn.Module, scale: float) -> list[RemovableHandle]:
