@@ -45,9 +45,12 @@ def test_prints_the_factors_and_leaves_no_load_behind(tmp_path):
 
 
 def test_ctrl_c_kills_the_load(tmp_path):
+    # SIGINT's default restored in the child: a test run started in the background (nohup, `&`) inherits it ignored,
+    # and Python then never turns Ctrl-C into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *TINY, "--rounds", "1000", "--budget-s", "600", "--loads",
                              "workers", "--networks", "U-KAN_MLP", "--json", ""], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = ""
         deadline = time.monotonic() + 300
