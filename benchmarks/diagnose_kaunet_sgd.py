@@ -43,7 +43,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet  # no
 
 from nnunet_allukan.layers import KAConv2d  # noqa: E402
 from nnunet_allukan.networks.ka_unet import (KA_LAYER_TYPES, KAPlainConvUNet, scale_silu_gradients,  # noqa: E402
-                                             scale_spline_gradients, spline_fan_in)
+                                             scale_spline_gradients)
 from nnunet_allukan.training.ka_unet_trainers import nnUNetTrainerKAUNet  # noqa: E402
 
 VARIANTS = ("plain", "unscaled", "scaled", "default", "scaled_1/fan", "frozen_v")
@@ -88,17 +88,17 @@ def build(variant: str, arch_kwargs: dict, channels: int, downsample: int) -> nn
         return network
     network = KAPlainConvUNet(conv_op=KAConv2d, ka_kwargs={"grad_free": True, "implementation": "fast"}, **kwargs)
     network.apply(KAPlainConvUNet.initialize)
+    layers = [m for m in network.modules() if isinstance(m, KA_LAYER_TYPES)]
     if variant == "scaled":
         scale_spline_gradients(network)
-    if variant == "default":
+    elif variant == "scaled_1/fan":  # factor 1 / n_bases: the gradient times 1 / fan_in
+        scale_spline_gradients(network, 1.0 / layers[0].grid.n_bases)
+    elif variant == "default":
         scale_spline_gradients(network, nnUNetTrainerKAUNet.spline_gradient_factor)
         scale_silu_gradients(network, nnUNetTrainerKAUNet.silu_gradient_scale)
-    for module in network.modules():
-        if isinstance(module, KA_LAYER_TYPES):
-            if variant == "scaled_1/fan":
-                module.v.register_hook(lambda grad, s=1.0 / spline_fan_in(module): grad * s)
-            elif variant == "frozen_v":
-                module.v.requires_grad_(False)
+    elif variant == "frozen_v":
+        for module in layers:
+            module.v.requires_grad_(False)
     return network
 
 

@@ -53,8 +53,8 @@ def run(variant: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor) -> list[fl
     shares, slopes, spreads = {}, {}, {}
 
     def spline_share(module, inputs, output):  # output minus its silu path = the spline path
-        silu = F.silu(inputs[0])
         sigmoid = torch.sigmoid(inputs[0])
+        silu = inputs[0] * sigmoid
         slope = sigmoid * (1 + inputs[0] * (1 - sigmoid))  # silu'(x)
         slopes[id(module)] = slope.square().mean().sqrt().item()
         spreads[id(module)] = (silu.std() / inputs[0].std()).item()

@@ -30,6 +30,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
+from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json  # noqa: E402
+
+from dataset_conversion.writer import dataset_folder_name  # noqa: E402
 from nnunet_allukan.filesystem import make_fresh_folder, move_into_place, write_error_message  # noqa: E402
 
 N_SLICES = 30
@@ -85,11 +88,15 @@ def write_dataset(target: Path, images: np.ndarray, masks: np.ndarray, size: int
         print(f"\rslice {s + 1}/{N_SLICES}", end="", flush=True)
     print()
     n_cases = N_SLICES * per_side * per_side
-    (target / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "EM"}, "labels": {"background": 0, "membrane": 1}, "numTraining": n_cases,
-        "file_ending": ".png", "name": NAME,
-        "description": f"ISBI 2012 EM segmentation training slices, {size}x{size}, tiles of {tile}x{tile}; "
-                       f"use slice_splits.json as splits_final.json (folds of consecutive slices)"}, indent=2))
+    generate_dataset_json(str(target), channel_names={0: "EM"}, labels={"background": 0, "membrane": 1},
+                          num_training_cases=n_cases, file_ending=".png", dataset_name=NAME,
+                          description=f"ISBI 2012 EM segmentation training slices, {size}x{size}, tiles of "
+                                      f"{tile}x{tile}; use slice_splits.json as splits_final.json (folds of "
+                                      f"consecutive slices)",
+                          reference="ISBI 2012 challenge on segmentation of neuronal structures in EM stacks "
+                                    "(Arganda-Carreras et al., Front. Neuroanat. 2015)",
+                          license="the challenge organisers' terms for the training data (see its distribution)",
+                          converted_by="benchmarks/prepare_isbi2012.py (nnunet-allukan)")
     per_fold = N_SLICES // N_FOLDS
     splits = []
     for k in range(N_FOLDS):
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = os.environ.get("nnUNet_raw")
     if not raw:
         raise SystemExit("nnUNet_raw is not set: set it to the folder of nnU-Net's raw datasets")
-    target = Path(raw) / f"Dataset{args.dataset_id:03d}_{NAME}"
+    target = Path(raw) / dataset_folder_name(args.dataset_id, NAME)
     if target.exists():
         raise SystemExit(f"{target} exists; nothing was changed. Remove it, or pick another id with -d.")
     images, masks = read_slices(args.folder)
