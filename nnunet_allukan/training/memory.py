@@ -5,15 +5,18 @@ several times ALL U-KAN's; the paper could not train rows 9 and 11 on 24 GB). Ra
 measured on some other GPU and patch, the estimate is measured on the user's device for the user's network and
 patch: one forward/backward at batch size 1 under the same autocast nnU-Net uses, then
 
-    memory(batch) ~= memory of parameters, gradients and Adam state + batch * (activations of one sample)
+    memory(batch) ~= memory of parameters, gradients and Adam state (+ DDP's gradient buckets) + batch * (activations
+    of one sample)
 
-compared with the memory the device has free. The probe restores every buffer it touched (BatchNorm statistics),
-leaves no gradient behind and runs only on CUDA.
+compared with the memory the device has free. The probe runs on a network of its own, built for it from the same
+plans (plain BatchNorm, no DDP, weights drawn without touching the training's random state) and freed afterwards:
+under DDP the training network holds SyncBatchNorm layers whose forward exchanges statistics with the other ranks,
+so a probe through it on one rank would meet the other ranks' collectives out of step (a hang). Only on CUDA.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +28,7 @@ GIB = 2 ** 30
 
 @dataclass
 class MemoryEstimate:
-    static_bytes: int  # parameters, gradients and Adam's two moments
+    static_bytes: int  # gradients, Adam's two moments (and DDP's gradient buckets); the weights are already allocated
     per_sample_bytes: int  # peak activations of one sample
     batch_size: int
     free_bytes: int
@@ -36,32 +39,34 @@ class MemoryEstimate:
         return self.static_bytes + self.batch_size * self.per_sample_bytes
 
 
-def estimate_training_memory(network: nn.Module, input_shape: Sequence[int], batch_size: int,
-                             device: torch.device) -> MemoryEstimate:
-    """Measure one sample's training-step memory on ``device`` (CUDA) and extrapolate to ``batch_size``."""
-    buffers = {name: b.detach().clone() for name, b in network.named_buffers()}
+def estimate_training_memory(build_network: Callable[[], nn.Module], input_shape: Sequence[int], batch_size: int,
+                             device: torch.device, gradient_buckets: bool = False) -> MemoryEstimate:
+    """Measure one sample's training-step memory on ``device`` (CUDA) with a network made by ``build_network()``
+    (a copy of the training network's architecture, used only here) and extrapolate to ``batch_size``.
+    ``gradient_buckets``: DDP keeps a second copy of the gradients for its all-reduce."""
+    with torch.random.fork_rng(devices=[]):  # the copy's initial weights come from the CPU generator
+        params, per_sample = _probe(build_network, input_shape, device)
+    torch.cuda.empty_cache()  # the copy, its gradients and activations are gone with _probe's frame
+    free, total = torch.cuda.mem_get_info(device)
+    return MemoryEstimate(static_bytes=(4 if gradient_buckets else 3) * params, per_sample_bytes=int(per_sample),
+                          batch_size=batch_size, free_bytes=int(free), total_bytes=int(total))
+
+
+def _probe(build_network: Callable[[], nn.Module], input_shape: Sequence[int], device: torch.device) -> tuple[int, int]:
+    """(bytes of the copy's parameters, peak bytes of one training step at batch 1 beyond them)."""
+    network = build_network().to(device).train()
     params = sum(p.numel() * p.element_size() for p in network.parameters())
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    try:
-        x = torch.randn(1, *input_shape, device=device)
-        with torch.autocast(device.type, enabled=True):
-            output = network(x)
-            output = output[0] if isinstance(output, (list, tuple)) else output
-            loss = output.float().mean()
-        loss.backward()
-        torch.cuda.synchronize(device)
-        per_sample = torch.cuda.max_memory_allocated(device) - before
-    finally:
-        network.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for name, b in network.named_buffers():
-                b.copy_(buffers[name])
-        torch.cuda.empty_cache()
-    free, total = torch.cuda.mem_get_info(device)
-    return MemoryEstimate(static_bytes=3 * params, per_sample_bytes=int(per_sample), batch_size=batch_size,
-                          free_bytes=int(free), total_bytes=int(total))
+    x = torch.randn(1, *input_shape, device=device)
+    with torch.autocast(device.type, enabled=True):
+        output = network(x)
+        output = output[0] if isinstance(output, (list, tuple)) else output
+        loss = output.float().mean()
+    loss.backward()
+    torch.cuda.synchronize(device)
+    return params, torch.cuda.max_memory_allocated(device) - before
 
 
 def memory_message(estimate: MemoryEstimate, network_name: str, patch: Sequence[int]) -> tuple[bool, str]:

@@ -15,7 +15,8 @@ in :mod:`nnunet_allukan.paper`, the protocol's functions in :mod:`nnunet_allukan
   floor(n_train / 8) training iterations per epoch (the reference loader drops the last partial batch).
 - binary datasets: one sigmoid output (nnU-Net region), loss 0.5 * BCE + (1 - Dice), sigmoid > 0.5 in
   validation and prediction. Several foreground labels: softmax with K + 1 outputs, CE + Dice.
-- torch / numpy / random seeded with the fold's seed.
+- torch / numpy / random seeded with the fold's seed (under DDP, the ranks after 0 reseeded after the network is
+  built, so that each draws its own batches).
 
 Everything else (data augmentation, sliding-window inference, checkpoints, logs, progress plot, DDP) is
 nnU-Net's own code.
@@ -38,7 +39,7 @@ from nnunet_allukan.training.architectures import plans_with_ukan_architecture
 from nnunet_allukan.training.base import KATrainerBase, unwrapped_network
 from nnunet_allukan.training.protocol import (
     ClosedFormCosineLRScheduler, binary_labels_as_region, is_kan_fc_parameter, iterations_per_epoch,
-    paper_splits_for_cases, seed_everything,
+    paper_splits_for_cases, rank_seed, seed_everything,
 )
 
 __all__ = ["PaperBCEDiceLoss", "nnUNetTrainerPaperProtocol"]
@@ -96,10 +97,17 @@ class nnUNetTrainerPaperProtocol(KATrainerBase):
             from nnunet_allukan.training.memory import estimate_training_memory, memory_message
 
             patch = self.configuration_manager.patch_size
-            estimate = estimate_training_memory(unwrapped_network(self.network), (self.num_input_channels, *patch),
-                                                self.batch_size, self.device)
+            estimate = estimate_training_memory(self._network_for_memory_probe, (self.num_input_channels, *patch),
+                                                self.batch_size, self.device, gradient_buckets=self.is_ddp)
             row = table2_row(self.table2_row)
             self.print_to_log_file(memory_message(estimate, f"Table 2 row {row.row} ({row.name})", patch)[1])
+
+    def _network_for_memory_probe(self):
+        """A network of the training network's architecture as nnU-Net builds it, before torch.compile and, under
+        DDP, before SyncBatchNorm: the probe on rank 0 alone makes no collective."""
+        return self.build_network_architecture(self.plans_manager, self.configuration_manager,
+                                               self.num_input_channels, self.label_manager.num_segmentation_heads,
+                                               self.enable_deep_supervision)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         """The U-KAN family has a single full-resolution output and no ``.decoder``: nothing to switch."""
@@ -114,6 +122,10 @@ class nnUNetTrainerPaperProtocol(KATrainerBase):
             self.num_val_iterations_per_epoch = iterations_per_epoch(len(val_keys), global_batch_size,
                                                                      drop_last=False)
         super().initialize()
+        if self.local_rank > 0:
+            # DDP gave every rank rank 0's weights; the data loaders draw with this process' random state, which the
+            # fold's seed made the same on every rank: each rank draws its own batches from here on.
+            seed_everything(rank_seed(self.split_seed, self.local_rank))
         self._log_network_and_protocol()
 
     def configure_optimizers(self):

@@ -9,7 +9,7 @@ in :mod:`nnunet_allukan.paper`), so it can be read and tested on its own:
 - iterations per epoch,
 - patch sizes rounded up to multiples of 32 (five 2x down-samplings in U-KAN / ALL U-KAN) and the 3D strides,
 - binary datasets expressed as a one-label nnU-Net *region* (1 sigmoid output, BCE + Dice, sigmoid > 0.5),
-- seeding of torch / numpy / random per fold.
+- seeding of torch / numpy / random per fold (and, under DDP, per rank for the data).
 """
 from __future__ import annotations
 
@@ -120,6 +120,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of DDP rank ``rank`` > 0 for a run seeded with ``seed`` (rank 0 keeps ``seed``): each rank's data
+    loader then draws its own cases and augmentations instead of the same ones as every other rank."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def _foreground_labels(labels: Mapping[str, object]) -> dict[str, object]:
