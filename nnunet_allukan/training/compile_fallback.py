@@ -4,6 +4,12 @@ Dynamo and inductor raise lazily, in the first forward or backward of a new grap
 so, with the exception type and a short reason; the network (and any compiled part of the loss) is put back to
 eager for the rest of the run, and the step is redone eagerly; the final validation then runs eager too. No
 process-wide torch._dynamo setting is changed.
+
+Under DDP (``-num_gpus N``) a failure in a training or validation step ends the run instead, with the same reason and
+what to do (``nnUNet_compile=f``, and ``--c`` to continue from the last checkpoint): a failure in backward comes after
+DDP has prepared the step's gradient reduction, which no new forward may start before it finishes, and a rank
+cannot redo a step alone while the others wait in its collectives. The final validation, where each rank predicts
+its own cases without collectives, falls back as in one process.
 """
 from __future__ import annotations
 
@@ -93,10 +99,17 @@ class CompileFallbackMixin:
         return self._step_with_fallback(super().validation_step, batch, "a validation step")
 
     def _step_with_fallback(self, step, batch: dict, where: str, before_retry=None) -> dict:
-        """``step(batch)``; after a compile failure, the same step again with the eager network and loss."""
+        """``step(batch)``; after a compile failure, the same step again with the eager network and loss (under DDP:
+        a clear stop)."""
         try:
             return step(batch)
         except Exception as error:
+            if self.is_ddp and self._compiled_parts() and is_compile_failure(error):
+                message = (f"torch.compile failed in {where} ({type(error).__module__}.{type(error).__name__}: "
+                           f"{short_reason(error)}). With several GPUs (DDP) the step cannot be redone eagerly: train "
+                           "with nnUNet_compile=f (add --c to continue from the last checkpoint).")
+                self.print_to_log_file(f"ERROR: {message}")
+                raise SystemExit(f"ERROR: {message}") from error
             if not self._fall_back_to_eager(error, where):
                 raise
         if before_retry is not None:
