@@ -209,6 +209,39 @@ PY
 export ROOT
 [ -n "$T_TRAIN3D" ] || T_TRAIN3D=$(( BUDGET - ($(date +%s) - START) ))
 stage train_3d "$T_TRAIN3D" bash -c "$(declare -f train_3d); train_3d"
+# ---- Several GPUs: nnU-Net's DDP (-num_gpus 2), outside the 480 s budget, only where two GPUs are visible ------
+# Synthetic BUSI-like data (24 cases, 128x128, Dataset602) -> nnUNetv2_train -num_gpus 2 with
+# nnUNetTrainerAllUKAN_2epochs (paper protocol: SyncBatchNorm, batch 8 = 4 + 4, the GPU memory estimate on rank 0)
+# and nnUNetTrainerKAUNet_smoke (1 epoch of 10 iterations), nnU-Net's CUDA defaults but nnUNet_compile=f; each
+# must leave one training log, checkpoint_final.pth and the validation summary. Limit 300 s.
+train_ddp() {
+    set -e
+    "$PYTHON" - "$WORK/source_ddp" <<'PY'
+import sys
+from nnunet_allukan.synthetic import make_synthetic_busi
+make_synthetic_busi(sys.argv[1], n_benign=16, n_malignant=8, n_normal=0, seed=2)
+PY
+    nnUNetv2_convert_allukan_dataset busi "$WORK/source_ddp" -d 602 --size 128 --overwrite -np 2
+    nnUNetv2_plan_and_preprocess -d 602 -c 2d -np 2
+    local trainer t0 fold
+    for trainer in nnUNetTrainerAllUKAN_2epochs nnUNetTrainerKAUNet_smoke; do
+        t0=$(date +%s)
+        nnUNetv2_train 602 2d 0 -tr "$trainer" -num_gpus 2
+        echo "DDP_SECONDS $trainer $(( $(date +%s) - t0 ))"
+        fold="$(ls -d "$nnUNet_results"/Dataset602_*/"$trainer"__*/fold_0)"
+        grep -h "GPU memory estimate\|Epoch time\|Training stopped\|Mean Validation Dice" "$fold"/training_log_*.txt
+        [ "$(ls "$fold"/training_log_*.txt | wc -l)" = 1 ] && [ -f "$fold/checkpoint_final.pth" ] \
+            && [ -f "$fold/validation/summary.json" ] || { echo "DDP_FAILED $trainer: log, checkpoint or summary"; exit 1; }
+    done
+}
+GPUS=0
+[ "$DEVICE" = cuda ] && GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "$GPUS" -ge 2 ]; then
+    nnUNet_compile=f stage ddp 300 bash -c "$(declare -f train_ddp); train_ddp"
+elif [ -z "$ONLY" ] || [ "${ONLY#*,ddp,}" != "$ONLY" ]; then
+    echo "=== ddp: SKIPPED, -num_gpus 2 needs two CUDA GPUs ($GPUS visible to torch)"
+    printf 'ddp\tskipped\t0\n' >> "$STATUS"
+fi
 # -----------------------------------------------------------------------------------------------------------------
 
 "$PYTHON" - "$OUT_DIR" "$DEVICE" "$DRY" <<'PY'
