@@ -5,11 +5,15 @@ so, with the exception type and a short reason; the network (and any compiled pa
 eager for the rest of the run, and the step is redone eagerly; the final validation then runs eager too. No
 process-wide torch._dynamo setting is changed.
 
-Under DDP (``-num_gpus N``) a failure in a training or validation step ends the run instead, with the same reason and
-what to do (``nnUNet_compile=f``, and ``--c`` to continue from the last checkpoint): a failure in backward comes after
-DDP has prepared the step's gradient reduction, which no new forward may start before it finishes, and a rank
-cannot redo a step alone while the others wait in its collectives. The final validation, where each rank predicts
-its own cases without collectives, falls back as in one process.
+Under DDP (``-num_gpus N``) the same fallback applies while DDP has not begun the step's gradient reduction: a
+failure in forward, or in backward before any parameter received its gradient (the whole network is one compiled
+graph, so its backward fails before handing out any gradient), when every rank fails alike (the same compile of the
+same graph). The loss is then rebuilt as nnU-Net builds it for an eager DDP network (with torch.compile nnU-Net gives
+the lowest deep supervision output weight 0, which leaves parameters without gradient: DDP stops on those). Where a
+gradient had already reached DDP (a network compiled into several graphs, one of whose backward failed), the step
+cannot be redone (DDP refuses a new forward before the reduction it began has finished): the run ends with the
+reason and what to do (``nnUNet_compile=f``, and ``--c`` to continue from the last checkpoint). A rank that fails
+alone leaves the others waiting in the gradient all-reduce, as any exception of one rank does in nnU-Net.
 """
 from __future__ import annotations
 
@@ -79,7 +83,9 @@ class CompileFallbackMixin:
     def _do_i_compile(self) -> bool:
         """nnU-Net's choice, except on a CPU when ``nnUNet_compile`` is set explicitly: nnU-Net never compiles on
         CPU (its plain U-Nets crash there); the project's KA layers trace without graph breaks, so an explicit
-        request is honoured, which runs on CPU the code path nnU-Net takes on CUDA."""
+        request is honoured, which runs on CPU the code path nnU-Net takes on CUDA. False once compiling failed."""
+        if getattr(self, "_compile_failed", False):
+            return False
         requested = os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t")
         if self.device.type == "cpu" and requested:
             if not getattr(self, "_cpu_compile_logged", False):  # nnU-Net asks several times
@@ -99,15 +105,16 @@ class CompileFallbackMixin:
         return self._step_with_fallback(super().validation_step, batch, "a validation step")
 
     def _step_with_fallback(self, step, batch: dict, where: str, before_retry=None) -> dict:
-        """``step(batch)``; after a compile failure, the same step again with the eager network and loss (under DDP:
-        a clear stop)."""
+        """``step(batch)``; after a compile failure, the same step again with the eager network and loss (under DDP
+        after the gradient reduction began: a clear stop)."""
         try:
             return step(batch)
         except Exception as error:
-            if self.is_ddp and self._compiled_parts() and is_compile_failure(error):
+            if self.is_ddp and self._compiled_parts() and is_compile_failure(error) and self._ddp_reduction_begun():
                 message = (f"torch.compile failed in {where} ({type(error).__module__}.{type(error).__name__}: "
-                           f"{short_reason(error)}). With several GPUs (DDP) the step cannot be redone eagerly: train "
-                           "with nnUNet_compile=f (add --c to continue from the last checkpoint).")
+                           f"{short_reason(error)}) after DDP had begun reducing this step's gradients, so the step "
+                           "cannot be redone eagerly: train with nnUNet_compile=f (add --c to continue from the last "
+                           "checkpoint).")
                 self.print_to_log_file(f"ERROR: {message}")
                 raise SystemExit(f"ERROR: {message}") from error
             if not self._fall_back_to_eager(error, where):
@@ -115,6 +122,15 @@ class CompileFallbackMixin:
         if before_retry is not None:
             before_retry()
         return step(batch)
+
+    def _rebuild_loss(self) -> nn.Module:
+        """The loss as ``initialize`` makes it (the NaN guard wraps it again)."""
+        return self._build_loss()
+
+    def _ddp_reduction_begun(self) -> bool:
+        """Whether a parameter holds a gradient: nnU-Net's step starts with ``zero_grad(set_to_none=True)``, and DDP
+        reduces each gradient as it is accumulated."""
+        return any(p.grad is not None for p in self.network.parameters())
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if not getattr(self, "_compile_failed", False):
@@ -157,9 +173,13 @@ class CompileFallbackMixin:
                 self.network.module = self.network.module._orig_mod  # DDP(compiled) -> DDP(eager), same parameters
         elif isinstance(self.network, OptimizedModule):
             self.network = self.network._orig_mod
-        if isinstance(getattr(self, "loss", None), nn.Module):
-            uncompile_children(self.loss)
         self._compile_failed = True
+        if self.is_ddp:
+            # The loss as nnU-Net builds it for an eager DDP network: with torch.compile it gives the lowest deep
+            # supervision output weight 0, which leaves parameters without gradient, and DDP stops on those.
+            self.loss = self._rebuild_loss()
+        elif isinstance(getattr(self, "loss", None), nn.Module):
+            uncompile_children(self.loss)
         self.print_to_log_file(
             f"WARNING: torch.compile failed in {where} ({type(error).__module__}.{type(error).__name__}: "
             f"{short_reason(error)}). Continuing with the eager {' and '.join(parts)} for the rest of this run "

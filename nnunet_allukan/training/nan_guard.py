@@ -59,6 +59,9 @@ class NonFiniteLossMixin:
         if not isinstance(self.loss, FiniteLossGuard):
             self.loss = FiniteLossGuard(self.loss, ddp=self.is_ddp)
 
+    def _rebuild_loss(self) -> nn.Module:
+        return FiniteLossGuard(super()._rebuild_loss(), ddp=self.is_ddp)
+
     def train_step(self, batch: dict) -> dict:
         self._current_batch_keys = batch.get("keys")
         self._current_batch_data = batch["data"]
