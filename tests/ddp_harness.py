@@ -13,11 +13,12 @@ Each rank is a process of its own that calls nnU-Net's per-rank entry, ``nnunetv
   training: one all_gather of the statistics in forward, one all_reduce in backward), so that a collective made
   by one rank alone hangs here as it would on the GPUs; DDP's refusal of SyncBatchNorm in a CPU module is lifted.
 
-``nnUNet_compile=f`` (a user's setting: inductor on these CPUs takes minutes).
+``nnUNet_compile=f`` (a user's setting: inductor on these CPUs takes minutes), unless ``compile_fails``.
 
 Observed, without changing what runs: the batches each rank's training loader yields, the parameters and
-gradients each rank hands to ``optimizer.step`` (a global optimizer hook), the parameters at the end. A NaN can
-be put into one rank's batch (a corrupt case) at a given training step.
+gradients each rank hands to ``optimizer.step`` (a global optimizer hook), the parameters at the end. Faults that
+can be injected: a NaN in one rank's batch (a corrupt case) at a given training step; torch.compile failing at
+the first call of every compiled module (``compile_fails``, with ``nnUNet_compile=t``).
 
 :func:`run_two_ranks` starts both ranks and waits with a hard timeout (a hang fails the test with both ranks'
 output, after the process groups are killed).
@@ -200,6 +201,27 @@ def _install(spec: dict, rank: int, record: dict) -> None:
 
     register_optimizer_step_pre_hook(observe_step)
 
+    if spec.get("compile_fails"):
+        # torch.compile whose compiled forward fails the first time it runs, as dynamo reports a failed backend
+        # (the wrapped module is then never traced: no minutes of compiling on these CPUs)
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        compile_module = torch.compile
+
+        def compile_that_fails(model, *args, **kwargs):
+            compiled = compile_module(model, backend="eager")
+
+            def forward(*args, **kwargs):
+                try:
+                    raise AssertionError("synthetic code generation failure (DDP test harness)")
+                except AssertionError as error:
+                    raise BackendCompilerFailed(compile_that_fails, error, None) from error
+
+            compiled.forward = forward
+            return compiled
+
+        torch.compile = compile_that_fails
+
     original_init, original_next = SingleThreadedAugmenter.__init__, SingleThreadedAugmenter.__next__
 
     def init(self, data_loader, transform):
@@ -299,7 +321,8 @@ class Ranks:
 
 def run_two_ranks(spec: dict, env: dict, out: Path, timeout: float) -> Ranks:
     """Runs ``spec`` (dataset, configuration, fold, trainer, and optionally continue, final_validation,
-    trainer_settings, steps_recorded, nan) on two ranks; kills both process groups after ``timeout`` seconds."""
+    trainer_settings, steps_recorded, nan, compile_fails) on two ranks; kills both process groups after ``timeout``
+    seconds."""
     out.mkdir(parents=True, exist_ok=True)
     spec = dict(spec, port=_free_port(), out=str(out))
     spec_file = out / "spec.json"
@@ -308,8 +331,9 @@ def run_two_ranks(spec: dict, env: dict, out: Path, timeout: float) -> Ranks:
     root = str(Path(__file__).resolve().parents[1])
     env = dict(env, PYTHONPATH=os.pathsep.join([root, tests, env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
                nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", PYTHONUNBUFFERED="1")
-    # nnU-Net compiles by default on CUDA; inductor on these CPUs would take minutes (tests of their own).
-    env["nnUNet_compile"] = "f"
+    # nnU-Net compiles by default on CUDA; inductor on these CPUs would take minutes (tests of their own). With
+    # compile_fails, nnU-Net compiles and every compiled module fails at its first call.
+    env["nnUNet_compile"] = "t" if spec.get("compile_fails") else "f"
     logs = [open(out / f"rank{rank}.log", "w+") for rank in range(WORLD_SIZE)]
     processes = [subprocess.Popen([sys.executable, "-c", f"import ddp_harness; ddp_harness.rank_main({rank}, "
                                                          f"{str(spec_file)!r})"],

@@ -155,12 +155,67 @@ def test_allukan_logs_checkpoints_and_final_validation_are_written_once(allukan_
 
 @pytest.fixture(scope="module")
 def kaunet_2d(nnunet_datasets, tmp_path_factory):
-    """nnUNetTrainerKAUNet 2D, 1 epoch of 2 steps (nnU-Net's batch 2: 1 per rank), without the final validation."""
+    """nnUNetTrainerKAUNet 2D, 1 epoch of 2 steps (nnU-Net's batch 2: 1 per rank), without the final validation;
+    nnU-Net compiles the network and the Dice loss, and both fail to compile in the first forward on both ranks."""
     ranks, results = _run(nnunet_datasets, tmp_path_factory, "kaunet_2d",
                           {"dataset": DISC_ID, "configuration": "2d", "trainer": "nnUNetTrainerKAUNet_1epoch",
-                           "trainer_settings": KAUNET_SHORT, "final_validation": False})
+                           "trainer_settings": KAUNET_SHORT, "final_validation": False, "compile_fails": True})
     _finished(ranks)
     return ranks, results
+
+
+def test_kaunet_falls_back_to_eager_on_both_ranks_when_compiling_fails(kaunet_2d):
+    """Both ranks redo step 0 eagerly and train on (ranks identical: test below); the eager loss is nnU-Net's for an
+    eager DDP network, or the lowest deep supervision output's parameters would get no gradient and DDP would stop
+    at step 1."""
+    ranks, results = kaunet_2d
+    log = training_log(results)
+    assert log.count("Using torch.compile...") == 1
+    assert log.count("WARNING: torch.compile failed in a training step (torch._dynamo.exc.BackendCompilerFailed: "
+                     "AssertionError: synthetic code generation failure (DDP test harness)") == 1
+    assert "Continuing with the eager network and loss.loss.dc for the rest of this run" in log
+    assert [len(ranks.record(rank)["steps"]) for rank in range(WORLD_SIZE)] == [2, 2]
+
+
+def test_under_ddp_a_compile_failure_after_the_gradient_reduction_began_ends_the_run(tmp_path, monkeypatch):
+    """The branch of a network compiled into several graphs whose backward fails after DDP received a gradient
+    (no DDP here: ``is_ddp`` set by hand, the failure made by a compiled forward that leaves gradients behind)."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from nnunet_allukan.training import trainers
+    from nnunet_allukan.training.nan_guard import FiniteLossGuard
+    from plans_helpers import build_from_plans, minimal_plans
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    plans = minimal_plans("2d", [32, 32], strides=[[1, 1], [2, 2]])
+    plans["configurations"]["2d"]["batch_dice"] = True
+    trainer = trainers.nnUNetTrainerKAUNet_smoke(plans, "2d", 0, {"labels": {"background": 0, "lesion": 1}},
+                                                 torch.device("cpu"))
+    network = build_from_plans(trainer.plans_manager.plans, "2d", 1, 2)
+    trainer.enable_deep_supervision = False
+    trainer.loss = FiniteLossGuard(trainer._build_loss())
+    trainer.optimizer = torch.optim.SGD(network.parameters(), lr=0.01)
+    trainer.network = torch.compile(network, backend="eager")
+    trainer.is_ddp = True
+
+    def forward(*args, **kwargs):
+        for p in network.parameters():
+            p.grad = torch.zeros_like(p)
+        try:
+            raise AssertionError("synthetic backward code generation failure")
+        except AssertionError as error:
+            raise BackendCompilerFailed(forward, error, None) from error
+
+    trainer.network.forward = forward
+    batch = {"data": torch.randn(2, 1, 32, 32), "target": torch.randint(0, 2, (2, 1, 32, 32)).float(),
+             "keys": ["a", "b"]}
+    with pytest.raises(SystemExit, match=r"^ERROR: torch.compile failed in a training step \(torch._dynamo.exc."
+                                         r"BackendCompilerFailed: AssertionError: synthetic backward code generation "
+                                         r"failure .*after DDP had begun reducing this step's gradients, so the step "
+                                         r"cannot be redone eagerly: train with nnUNet_compile=f \(add --c"):
+        trainer.train_step(batch)
+    assert "after DDP had begun reducing" in "".join(p.read_text() for p in tmp_path.rglob("training_log_*.txt"))
 
 
 @pytest.fixture(scope="module")
