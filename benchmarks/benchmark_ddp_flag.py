@@ -4,8 +4,8 @@ this machine's CPU. Prints microseconds per call and the ratio.
 
     python benchmarks/benchmark_ddp_flag.py [--repeats 2000] [--gradient-elements 2806120]
 
-On GPUs nnU-Net uses NCCL, where a one-element all-reduce is a latency-bound kernel (tens of microseconds between
-two GPUs of one machine, by NCCL's own figures; not measured here).
+On GPUs nnU-Net uses NCCL, where a one-element all-reduce is a latency-bound kernel (expected in the tens of
+microseconds between the GPUs of one machine; not measured here).
 """
 from __future__ import annotations
 

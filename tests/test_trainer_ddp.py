@@ -128,7 +128,7 @@ def test_allukan_ranks_stay_identical_and_draw_their_own_batches(allukan_2d):
     assert len(records[0]["steps"]) == 4  # floor(32 training cases / 8) steps of the global batch 8
     assert [len(b["keys"]) for b in records[0]["batches"][:1] + records[1]["batches"][:1]] == [4, 4]
     # the fold's seed is the same on every rank; the ranks after 0 are reseeded for their data
-    assert [r["batches"][0]["keys"] for r in records][0] != [r["batches"][0]["keys"] for r in records][1]
+    assert records[0]["batches"][0]["keys"] != records[1]["batches"][0]["keys"]
 
 
 def test_allukan_gradients_equal_one_process_on_the_global_batch(allukan_2d, nnunet_datasets, monkeypatch, tmp_path):
