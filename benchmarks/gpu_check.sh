@@ -229,7 +229,8 @@ PY
         nnUNetv2_train 602 2d 0 -tr "$trainer" -num_gpus 2
         echo "DDP_SECONDS $trainer $(( $(date +%s) - t0 ))"
         fold="$(ls -d "$nnUNet_results"/Dataset602_*/"$trainer"__*/fold_0)"
-        grep -h "GPU memory estimate\|Epoch time\|Training stopped\|Mean Validation Dice" "$fold"/training_log_*.txt
+        grep -h "GPU memory estimate\|Epoch time\|Training stopped\|torch.compile\|Mean Validation Dice" \
+            "$fold"/training_log_*.txt || true
         [ "$(ls "$fold"/training_log_*.txt | wc -l)" = 1 ] && [ -f "$fold/checkpoint_final.pth" ] \
             && [ -f "$fold/validation/summary.json" ] || { echo "DDP_FAILED $trainer: log, checkpoint or summary"; exit 1; }
     done
