@@ -319,13 +319,20 @@ def test_every_trainer_takes_its_ddp_path_from_a_base_run_here(name):
 
 
 def _networks():
+    """(trainer, 2 or 3) for every network the trainers build: nnUNetTrainerKAUNet's and each Table 2 row's, in each
+    dimension the row exists in."""
+    from nnunet_allukan.networks import table2_row
     from nnunet_allukan.training import trainers
 
-    return [trainers.nnUNetTrainerKAUNet] + [getattr(trainers, f"nnUNetTrainerTable2Row{row}") for row in range(4, 14)]
+    rows = [getattr(trainers, f"nnUNetTrainerTable2Row{row}") for row in range(4, 14)]
+    return [(trainers.nnUNetTrainerKAUNet, dimension) for dimension in (2, 3)] + [
+        (trainer, dimension) for trainer in rows for dimension in (2, 3)
+        if dimension in table2_row(trainer.table2_row).conv_ops]
 
 
-@pytest.mark.parametrize("trainer", _networks(), ids=lambda t: t.__name__)
-def test_every_network_gives_each_parameter_a_gradient(trainer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("trainer,dimension", _networks(), ids=lambda v: v.__name__ if isinstance(v, type) else
+                         f"{v}d")
+def test_every_network_gives_each_parameter_a_gradient(trainer, dimension, tmp_path, monkeypatch):
     """DDP as nnU-Net sets it up (find_unused_parameters off) fails on a parameter without a gradient; the networks
     differ only in width from the trained ones (the paper's widths take long to build for rows 9 / 10)."""
     from nnunet_allukan.training.paper_protocol import nnUNetTrainerPaperProtocol
@@ -334,8 +341,9 @@ def test_every_network_gives_each_parameter_a_gradient(trainer, tmp_path, monkey
 
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
-    instance = trainer(minimal_plans("2d", [32, 32]), "2d", 0, {"labels": {"background": 0, "lesion": 1}},
-                       torch.device("cpu"))
+    configuration, patch = ("2d", [32, 32]) if dimension == 2 else ("3d_fullres", [16, 32, 32])
+    instance = trainer(minimal_plans(configuration, patch), configuration, 0,
+                       {"labels": {"background": 0, "lesion": 1}}, torch.device("cpu"))
     architecture = instance.configuration_manager.configuration["architecture"]
     kwargs = dict(architecture["arch_kwargs"])
     if issubclass(trainer, nnUNetTrainerPaperProtocol):
@@ -344,7 +352,7 @@ def test_every_network_gives_each_parameter_a_gradient(trainer, tmp_path, monkey
     network = get_network_from_plans(architecture["network_class_name"], kwargs, architecture["_kw_requires_import"],
                                      3, instance.label_manager.num_segmentation_heads,
                                      deep_supervision=instance.enable_deep_supervision)
-    outputs = network(torch.randn(2, 3, 32, 32))
+    outputs = network(torch.randn(2, 3, *instance.configuration_manager.patch_size))
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     sum(o.float().mean() for o in outputs).backward()
     missing = [n for n, p in network.named_parameters() if p.requires_grad and p.grad is None]
