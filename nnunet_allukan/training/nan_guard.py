@@ -112,8 +112,8 @@ class NonFiniteLossMixin:
                        "continue from them with --c once the cause is fixed." if kept else
                        "No checkpoint had been written yet.")
         return (f"Training stopped: the loss became {'NaN' if np.isnan(value) else value} in epoch "
-                f"{self.current_epoch}{where}, before the optimizer step (batch cases: {cases}). Likely cause: {cause}. "
-                f"{checkpoints}")
+                f"{self.current_epoch}{where}, before the optimizer step (batch cases: {cases}). "
+                f"Likely cause: {cause}. {checkpoints}")
 
     def _shut_down_dataloaders(self) -> None:
         """Stops the augmentation workers quietly, so the process can exit with the message as its last words."""
