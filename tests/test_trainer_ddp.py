@@ -3,9 +3,10 @@ nnU-Net's per-rank entry ``run_ddp`` (tests/ddp_harness.py: only the backend, th
 SyncBatchNorm are replaced, each by its CPU counterpart), on the end-to-end tests' tiny datasets.
 
 - ``nnUNetTrainerAllUKAN`` 2D (paper protocol, SyncBatchNorm, the GPU memory estimate on rank 0) with nnU-Net's
-  final validation; ``nnUNetTrainerKAUNet`` 2D, continued with ``--c`` (with the final validation), and 3D: no hang,
-  the same parameters on both ranks after every step, the gradients of one process on the same global batch.
-- A NaN in rank 1's batch stops both ranks at the same step with the message in rank 0's log.
+  final validation; ``nnUNetTrainerKAUNet`` 2D (nnU-Net's torch.compile failing on both ranks: the eager fallback),
+  continued with ``--c``, and 3D: no hang, the same parameters on both ranks after every step, the gradients of one
+  process on the same global batch.
+- A NaN in rank 1's batch (3D run, step 2) stops both ranks at the same step with the message in rank 0's log.
 - Every trainer name takes its DDP behaviour from one of the two bases run here, and every network of them gives
   each parameter a gradient (DDP, as nnU-Net sets it up, fails on an unused parameter).
 """
