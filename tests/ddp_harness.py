@@ -250,6 +250,9 @@ def _install(spec: dict, rank: int, record: dict) -> None:
 
     def save_then_cleanup():
         save(record, spec, rank)
+        # Both ranks done before either tears its group down: gloo can abort a rank whose peer destroys the group
+        # while a collective of the other is still in flight (tests/test_layers_ddp.py saw it).
+        dist.barrier()
         cleanup_ddp()
 
     run_training.cleanup_ddp = save_then_cleanup
