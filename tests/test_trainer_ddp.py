@@ -118,8 +118,18 @@ def test_allukan_memory_estimate_runs_on_rank_0_without_meeting_the_other_ranks(
     exchange, made by rank 0 alone while rank 1 is in its first DDP forward, hangs)."""
     ranks, results = allukan_2d
     log = training_log(results)
-    assert log.count("GPU memory estimate for Table 2 row 13 (allukan), patch [64, 64], batch 4: ") == 1
+    assert log.count("GPU memory estimate for Table 2 row 13 (allukan), patch [64, 64], batch 4 on this GPU (of 8): "
+                     "about ") == 1
     assert "the GPU has 70.0 GiB free of 80.0 GiB" in log
+
+
+def test_the_memory_message_under_ddp_names_this_gpus_share_of_the_batch():
+    from nnunet_allukan.training.memory import GIB, MemoryEstimate, memory_message
+
+    fits, line = memory_message(MemoryEstimate(int(0.3 * GIB), int(6 * GIB), 4, 23 * GIB, 24 * GIB),
+                                "Table 2 row 9 (kaonv)", [256, 256], global_batch=8)
+    assert not fits and "patch [256, 256], batch 4 on this GPU (of 8): about 24.3 GiB" in line
+    assert "about 3 would fit, but the paper's protocol uses 4 on this GPU (of 8)" in line
 
 
 def test_allukan_ranks_stay_identical_and_draw_their_own_batches(allukan_2d):

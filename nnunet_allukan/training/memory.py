@@ -69,10 +69,14 @@ def _probe(build_network: Callable[[], nn.Module], input_shape: Sequence[int], d
     return params, torch.cuda.max_memory_allocated(device) - before
 
 
-def memory_message(estimate: MemoryEstimate, network_name: str, patch: Sequence[int]) -> tuple[bool, str]:
-    """(fits, log line) for an estimate; ``fits`` False when the estimate exceeds 95 % of the free memory."""
+def memory_message(estimate: MemoryEstimate, network_name: str, patch: Sequence[int],
+                   global_batch: "int | None" = None) -> tuple[bool, str]:
+    """(fits, log line) for an estimate; ``fits`` False when the estimate exceeds 95 % of the free memory.
+    ``global_batch``: under DDP, the batch of all GPUs together (``estimate.batch_size`` is this GPU's share)."""
     needed, free = estimate.needed_bytes, estimate.free_bytes
-    summary = (f"GPU memory estimate for {network_name}, patch {list(patch)}, batch {estimate.batch_size}: about "
+    shared = global_batch is not None and global_batch != estimate.batch_size
+    batch = f"{estimate.batch_size} on this GPU (of {global_batch})" if shared else str(estimate.batch_size)
+    summary = (f"GPU memory estimate for {network_name}, patch {list(patch)}, batch {batch}: about "
                f"{needed / GIB:.1f} GiB ({estimate.per_sample_bytes / GIB:.2f} GiB per sample measured at batch 1, "
                f"{estimate.static_bytes / GIB:.2f} GiB for weights and optimizer state); the GPU has "
                f"{free / GIB:.1f} GiB free of {estimate.total_bytes / GIB:.1f} GiB.")
@@ -81,5 +85,5 @@ def memory_message(estimate: MemoryEstimate, network_name: str, patch: Sequence[
     fitting = max(0, int((0.95 * free - estimate.static_bytes) // max(estimate.per_sample_bytes, 1)))
     return False, (f"WARNING: {summary} This will very likely run out of memory. Options: a GPU with more memory; "
                    f"a smaller batch (about {fitting} would fit, but the paper's protocol uses "
-                   f"{estimate.batch_size}); a smaller patch (re-plan with nnUNetv2_plan_experiment); or, for the "
+                   f"{batch}); a smaller patch (re-plan with nnUNetv2_plan_experiment); or, for the "
                    "vanilla-KAN rows 9 / 10, the grad-free rows that need a fraction of the memory.")

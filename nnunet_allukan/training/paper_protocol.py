@@ -100,7 +100,8 @@ class nnUNetTrainerPaperProtocol(KATrainerBase):
             estimate = estimate_training_memory(self._network_for_memory_probe, (self.num_input_channels, *patch),
                                                 self.batch_size, self.device, gradient_buckets=self.is_ddp)
             row = table2_row(self.table2_row)
-            self.print_to_log_file(memory_message(estimate, f"Table 2 row {row.row} ({row.name})", patch)[1])
+            self.print_to_log_file(memory_message(estimate, f"Table 2 row {row.row} ({row.name})", patch,
+                                                  self.configuration_manager.batch_size)[1])
 
     def _network_for_memory_probe(self):
         """A network of the training network's architecture as nnU-Net builds it, before torch.compile and, under
