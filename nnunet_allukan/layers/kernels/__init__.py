@@ -162,7 +162,7 @@ def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, zero_padded: bool) ->
     ``zero_padded``), in x's dtype."""
     b, g, c = x.shape[:3]
     out = _call("silu_and_basis_sums", _flat(x, b * g, c, -1), grid, zero_padded)
-    return out.to(x.dtype).reshape(b, g, c + grid.n_bases, *x.shape[3:])
+    return out.reshape(b, g, c + grid.n_bases, *x.shape[3:])
 
 
 @torch.no_grad()
@@ -184,7 +184,7 @@ def silu_and_activation_sums(x: torch.Tensor, v: torch.Tensor, grid: SplineGrid,
     b, g, c = x.shape[:3]
     xc = _flat(x, b, g, c, -1)
     silu, phi = _call("activation_sums", xc, grid, _flat(v, g, -1), zero_padded)
-    return silu.to(x.dtype).reshape(x.shape), phi.to(x.dtype).reshape(b, g, *x.shape[3:])
+    return silu.to(x.dtype).reshape(x.shape), phi.reshape(b, g, *x.shape[3:])
 
 
 @torch.no_grad()
