@@ -1,6 +1,13 @@
 """The closed form's autograd functions: KALinear without lambda (one GEMM), the fast KAonv (window sums), the fast
 KAonv with lambda. Each saves what the layer it replaces saves (the input and the weights) and recomputes its
-basis pass in backward; see ka.py for the closed form."""
+basis pass in backward; see ka.py for the closed form.
+
+Half precision (autocast): the spline path's sums (KAonv's window sums P, KALinear's channel sums S, the depthwise
+activation sums and their padding offset) come from the kernels in float32 and are weighted by v in float32, the
+result rounded once into the half-precision output. Inside the grid the bases of each input sum to 1, so P_k is of
+the order of the taps times the channels, and v's entries of both signs cancel most of it: P rounded to half before
+``v P`` would carry an absolute error of P's size times half's rounding, which the cancellation leaves in place.
+The silu path's convolution or GEMM runs in the half type, as ``nn.Conv2d`` / ``nn.Linear`` do."""
 from __future__ import annotations
 
 import math
@@ -25,7 +32,7 @@ class KALinearFunction(torch.autograd.Function):
         z = silu_and_basis_sums(x.unsqueeze(1), grid, False).squeeze(1)  # [N, in + nb], compute dtype
         if z.dtype == x.dtype:
             y = F.linear(z, torch.cat([u, v.to(u.dtype)], dim=1), bias)
-        else:  # half precision: the silu path in x's dtype, S v^T in S's float32 (see _SPLINE_PATH_PRECISION)
+        else:  # half precision: the silu path in x's dtype, S v^T in S's float32 (module docstring)
             n_in = x.shape[1]
             y = F.linear(z[:, :n_in].to(x.dtype), u, bias).add_(z[:, n_in:] @ v.to(z.dtype).t())
         ctx.grid, ctx.grad_free = grid, grad_free
@@ -120,7 +127,7 @@ class KAConvFunction(torch.autograd.Function):
             if offset is not None and spline.dtype == y.dtype:
                 offset = offset.to(y.dtype)
                 bias = offset if bias is None else bias + offset
-            elif offset is not None:  # half precision: the offset is large, added in float32 (_SPLINE_PATH_PRECISION)
+            elif offset is not None:  # half precision: the offset is large, added in float32 (module docstring)
                 spline = spline + offset.to(spline.dtype).reshape(1, -1, *([1] * geo.nd))
             y += spline  # rounded once to y's dtype
         else:  # p counts the padded taps itself
@@ -133,7 +140,7 @@ class KAConvFunction(torch.autograd.Function):
             y_g, p_g = y.view(b * g, geo.cout_g, positions), p.reshape(b * g, -1, positions)
             if p.dtype == y.dtype:  # y += v P (Eq. 7's spline path), one batched GEMM into y
                 y_g.baddbmm_(v_g, p_g)
-            else:  # half precision: v P in P's float32, rounded once with y (see _SPLINE_PATH_PRECISION)
+            else:  # half precision: v P in P's float32, rounded once with y (module docstring)
                 y_g.add_(torch.bmm(v_g, p_g))
             if ctx.needs_input_grad[3] and _keeps_window_sums(p, x):
                 kept_p = p
@@ -265,7 +272,7 @@ class KAConvLambdaFunction(torch.autograd.Function):
         for g0, g1, pieces in _blocks(geo):
             p = sum(_piece_lambda_window_sums(geo, x_pad, lam, c0, c1, g1 - g0)[0] for c0, c1 in pieces)
             p = p.reshape(y.shape[0], g1 - g0, nb, -1)
-            # y += v @ P: one GEMM broadcast over samples/groups, in P's dtype (see _SPLINE_PATH_PRECISION)
+            # y += v @ P: one GEMM broadcast over samples/groups, in P's dtype (module docstring)
             y_g[:, g0:g1] += torch.matmul(v_g[g0:g1].to(p.dtype), p)
         if bias is not None:
             y += bias.reshape(1, -1, *([1] * nd))
