@@ -8,13 +8,14 @@ here have their silu path off (u = 0) and spline weights whose rows sum to 0, th
 import pytest
 import torch
 
-from nnunet_allukan.layers import KAConv2d, KALinear
+from nnunet_allukan.layers import KAConv2d, KAConvTranspose2d, KALinear
 
 LAYERS = {
     "dense": (lambda: KAConv2d(128, 8, 3, padding=1), (2, 128, 8, 8)),
     "lambda": (lambda: KAConv2d(128, 8, 3, padding=1, use_lambda=True), (2, 128, 8, 8)),
     "depthwise": (lambda: KAConv2d(8, 8, 5, padding=2, groups=8), (2, 8, 8, 8)),
     "linear": (lambda: KALinear(1024, 8), (64, 1024)),
+    "transposed": (lambda: KAConvTranspose2d(512, 8, 2, 2), (2, 512, 4, 4)),
 }
 
 
