@@ -6,7 +6,8 @@ a GPU the same calls are visible as the operators they dispatch: ``lift_fresh`` 
 ``_local_scalar_dense`` (a value read back), copies from a CPU tensor to another device. The mode below records them
 when the Python stack is inside ``nnunet_allukan/layers`` (forward and backward of every layer), during a whole
 training step (forward, loss, backward, optimiser) of ALL U-KAN and of the KA nnU-Net, after a first step (one-time
-set-up, such as the constants' cache, is allowed there). The kernel policy is the process's: CI runs this file once
+set-up, such as the constants' cache, is allowed there); on CUDA, where it exists, with
+``torch.cuda.set_sync_debug_mode("error")`` besides. The kernel policy is the process's: CI runs this file once
 with the default (``native`` on CPU) and once with ``NNUNET_ALLUKAN_KERNELS=torch``; the Triton kernels run in
 Triton's interpreter in a test of their own.
 """
@@ -75,8 +76,9 @@ def _ka_nnunet():
     return net, torch.randn(2, 1, 32, 32)
 
 
-def _host_syncs_in_a_training_step(make) -> list[tuple[str, str]]:
+def _host_syncs_in_a_training_step(make, device: str = "cpu") -> list[tuple[str, str]]:
     net, x = make()
+    net, x = net.to(device), x.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
 
     def step():
@@ -86,13 +88,24 @@ def _host_syncs_in_a_training_step(make) -> list[tuple[str, str]]:
 
     step()  # one-time set-up allowed
     with HostSyncRecorder() as recorder:
-        step()
+        if device == "cuda":  # a synchronising CUDA call anywhere in the step raises
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
     return recorder.found
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("make", [_all_ukan, _ka_nnunet], ids=["ALL U-KAN", "KA nnU-Net"])
-def test_training_step_makes_no_host_device_copy_inside_the_layers(make):
-    assert _host_syncs_in_a_training_step(make) == []
+def test_training_step_makes_no_host_device_copy_inside_the_layers(make, device):
+    assert _host_syncs_in_a_training_step(make, device) == []
 
 
 def test_the_recorder_sees_a_tensor_made_from_python_values_inside_a_layer(monkeypatch):
