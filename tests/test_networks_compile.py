@@ -54,6 +54,9 @@ def test_network_traces_into_one_graph_whatever_was_loaded_before():
     for name, result in results.items():
         _assert_one_graph(result)
         assert result.get("layers: compiled training step - eager", 0.0) < 1e-5, (name, result)
-    assert "native" in results["native, loaded before"]["backends"], results
+    from nnunet_allukan.layers.kernels import native
+
+    if native.available():  # otherwise every case ran on the torch passes
+        assert "native" in results["native, loaded before"]["backends"], results
     if "triton, first use compiled" not in results:
         pytest.skip("Triton is not installed: the native cases passed, the Triton case did not run")
