@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear
+from nnunet_allukan.layers import KAConv2d, KAConv3d, KAConvTranspose2d, KALinear
 
 # Relative error (norm of the difference / norm of the float32 result) of outputs and of every gradient: a few
 # units of the half type's rounding (float16: 10 mantissa bits, bfloat16: 7).
@@ -18,6 +18,7 @@ LAYERS = {
     "lambda": (lambda: KAConv2d(8, 16, 3, padding=1, use_lambda=True), (2, 8, 16, 16)),
     "3d": (lambda: KAConv3d(4, 8, 3, padding=1), (2, 4, 8, 8, 8)),
     "linear": (lambda: KALinear(16, 8, bias=True), (4, 10, 16)),
+    "transposed": (lambda: KAConvTranspose2d(8, 4, 2, 2, bias=True), (2, 8, 8, 8)),
 }
 
 

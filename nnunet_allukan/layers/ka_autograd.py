@@ -1,6 +1,13 @@
 """The closed form's autograd functions: KALinear without lambda (one GEMM), the fast KAonv (window sums), the fast
 KAonv with lambda. Each saves what the layer it replaces saves (the input and the weights) and recomputes its
-basis pass in backward; see ka.py for the closed form."""
+basis pass in backward; see ka.py for the closed form.
+
+Half precision (autocast): the spline path's sums (KAonv's window sums P, KALinear's channel sums S, the depthwise
+activation sums and their padding offset) come from the kernels in float32 and are weighted by v in float32, the
+result rounded once into the half-precision output. Inside the grid the bases of each input sum to 1, so P_k is of
+the order of the taps times the channels, and v's entries of both signs cancel most of it: P rounded to half before
+``v P`` would carry an absolute error of P's size times half's rounding, which the cancellation leaves in place.
+The silu path's convolution or GEMM runs in the half type, as ``nn.Conv2d`` / ``nn.Linear`` do."""
 from __future__ import annotations
 
 import math
@@ -22,8 +29,12 @@ class KALinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, u, bias, v, grid: SplineGrid, grad_free: bool):
-        z = silu_and_basis_sums(x.unsqueeze(1), grid, False).squeeze(1)  # [N, in + nb]
-        y = F.linear(z, torch.cat([u, v.to(u.dtype)], dim=1), bias)
+        z = silu_and_basis_sums(x.unsqueeze(1), grid, False).squeeze(1)  # [N, in + nb], compute dtype
+        if z.dtype == x.dtype:
+            y = F.linear(z, torch.cat([u, v.to(u.dtype)], dim=1), bias)
+        else:  # half precision: the silu path in x's dtype, S v^T in S's float32 (module docstring)
+            n_in = x.shape[1]
+            y = F.linear(z[:, :n_in].to(x.dtype), u, bias).add_(z[:, n_in:] @ v.to(z.dtype).t())
         ctx.grid, ctx.grad_free = grid, grad_free
         ctx.save_for_backward(x, u, v)
         return y
@@ -44,7 +55,7 @@ class KALinearFunction(torch.autograd.Function):
         if need_u or need_v:
             z = silu_and_basis_sums(x.unsqueeze(1), ctx.grid, False).squeeze(1)
             if need_u:
-                grad_u = gy.t() @ z[:, :n_in]
+                grad_u = gy.t() @ z[:, :n_in].to(gy.dtype)
             if need_v:  # Eq. 9, summed over all N in float32 at least
                 cdt = torch.promote_types(gy.dtype, torch.float32)
                 grad_v = (gy.t().to(cdt) @ z[:, n_in:].to(cdt)).to(v.dtype)
@@ -111,20 +122,26 @@ class KAConvFunction(torch.autograd.Function):
         if geo.one_output_per_group:
             silu, phi = silu_and_activation_sums(x.reshape(b, g, cg, *sp), v, geo.grid, any(geo.padding))
             y = geo.conv(silu.reshape(x.shape), u, g, geo.padding)
-            y = y + _window_sums(geo, phi)
+            spline = _window_sums(geo, phi)  # phi's dtype: the compute dtype
             offset = _padding_offset(geo, v)  # [C_out] or None: phi's padded taps
-            if offset is not None:
+            if offset is not None and spline.dtype == y.dtype:
                 offset = offset.to(y.dtype)
                 bias = offset if bias is None else bias + offset
+            elif offset is not None:  # half precision: the offset is large, added in float32 (module docstring)
+                spline = spline + offset.to(spline.dtype).reshape(1, -1, *([1] * geo.nd))
+            y += spline  # rounded once to y's dtype
         else:  # p counts the padded taps itself
             silu, p = silu_and_window_sums(x.reshape(b, g, cg, *sp), geo.grid, geo.kernel, geo.stride, geo.padding,
                                            geo.dilation)  # p: [B, G, nb, *sp_out]
             y = geo.conv(silu.reshape(x.shape), u, g, geo.padding).contiguous()
             del silu
             positions = math.prod(y.shape[2:])
-            v_g = v.to(y.dtype).reshape(1, g, geo.cout_g, -1).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, -1)
-            # y += v P (Eq. 7's spline path), one batched GEMM into y
-            y.view(b * g, geo.cout_g, positions).baddbmm_(v_g, p.reshape(b * g, -1, positions).to(y.dtype))
+            v_g = v.to(p.dtype).reshape(1, g, geo.cout_g, -1).expand(b, -1, -1, -1).reshape(b * g, geo.cout_g, -1)
+            y_g, p_g = y.view(b * g, geo.cout_g, positions), p.reshape(b * g, -1, positions)
+            if p.dtype == y.dtype:  # y += v P (Eq. 7's spline path), one batched GEMM into y
+                y_g.baddbmm_(v_g, p_g)
+            else:  # half precision: v P in P's float32, rounded once with y (module docstring)
+                y_g.add_(torch.bmm(v_g, p_g))
             if ctx.needs_input_grad[3] and _keeps_window_sums(p, x):
                 kept_p = p
         if bias is not None:
@@ -231,12 +248,12 @@ def _padding_offset(geo: ConvGeometry, v: torch.Tensor) -> Optional[torch.Tensor
     """``n_taps * C_g * sum_k v[o, k] B_k(0)`` per output: what the augmented input's shift by C_g B(0) removed."""
     if not any(geo.padding):
         return None
-    b0 = torch.tensor(geo.grid.zero_bases, dtype=v.dtype, device=v.device)
+    b0 = geo.grid.zero_bases_tensor(v.dtype, v.device)
     return (math.prod(geo.kernel) * geo.cin_g) * (v @ b0)
 
 
 def _padding_offset_grad(geo: ConvGeometry, gy_sum: torch.Tensor) -> torch.Tensor:
-    b0 = torch.tensor(geo.grid.zero_bases, dtype=gy_sum.dtype, device=gy_sum.device)
+    b0 = geo.grid.zero_bases_tensor(gy_sum.dtype, gy_sum.device)
     return (math.prod(geo.kernel) * geo.cin_g) * gy_sum[:, None] * b0
 
 
@@ -250,12 +267,13 @@ class KAConvLambdaFunction(torch.autograd.Function):
         nd, nb = geo.nd, geo.grid.n_bases
         x_pad = geo.pad(x)
         y = geo.conv(F.silu(x_pad), u, geo.groups, geo.no_padding).contiguous()
-        v_g = v.to(y.dtype).reshape(geo.groups, geo.cout_g, nb)
+        v_g = v.reshape(geo.groups, geo.cout_g, nb)
         y_g = y.view(y.shape[0], geo.groups, geo.cout_g, -1)  # [B, G, out_g, positions]
         for g0, g1, pieces in _blocks(geo):
             p = sum(_piece_lambda_window_sums(geo, x_pad, lam, c0, c1, g1 - g0)[0] for c0, c1 in pieces)
-            p = p.to(y.dtype).reshape(y.shape[0], g1 - g0, nb, -1)
-            y_g[:, g0:g1] += torch.matmul(v_g[g0:g1], p)  # y += v @ P: one GEMM broadcast over samples/groups
+            p = p.reshape(y.shape[0], g1 - g0, nb, -1)
+            # y += v @ P: one GEMM broadcast over samples/groups, in P's dtype (module docstring)
+            y_g[:, g0:g1] += torch.matmul(v_g[g0:g1].to(p.dtype), p)
         if bias is not None:
             y += bias.reshape(1, -1, *([1] * nd))
         ctx.geo = geo

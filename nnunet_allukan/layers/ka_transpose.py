@@ -94,11 +94,15 @@ class _KAConvTransposeNd(SplineGridAttributes, nn.Module):
         u = self.u.to(x.dtype)
         y = conv_t(F.silu(x), u, None, self.stride)
         bases = basis_sum if self.grad_free else differentiable_basis_sum
-        sums = bases(x.unsqueeze(1), self.grid).squeeze(1).to(x.dtype)  # S_k per voxel: [B, n_bases, *sp]
-        v = self.v.to(x.dtype).movedim(-1, 0)  # [n_bases, C_out, *kernel]: S as the input of a transposed conv
-        y = y + conv_t(sums, v, None, self.stride)
+        sums = bases(x.unsqueeze(1), self.grid).squeeze(1)  # S_k per voxel: [B, n_bases, *sp], compute dtype
+        v = self.v.movedim(-1, 0)  # [n_bases, C_out, *kernel]: S as the input of a transposed conv
+        if sums.dtype == y.dtype:
+            y = y + conv_t(sums, v.to(y.dtype), None, self.stride)
+        else:  # half precision: S is large and v cancels most of it: summed in float32, rounded once into y
+            with torch.autocast(x.device.type, enabled=False):
+                y = y.add_(conv_t(sums, v.to(sums.dtype), None, self.stride))
         if self.bias is not None:
-            y = y + self.bias.to(x.dtype).reshape(1, -1, *([1] * self.nd))
+            y = y + self.bias.to(y.dtype).reshape(1, -1, *([1] * self.nd))  # under autocast: its half type
         return y
 
     def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,10 @@ __all__ = ["SplineGrid", "bspline_bases", "bspline_bases_cox_de_boor", "cardinal
            "compute_dtype", "cubic6"]
 
 
+# SplineGrid.zero_bases_tensor's tensors, keyed on (grid, device, dtype): a few per process.
+_ZERO_BASES: dict = {}
+
+
 @dataclass(frozen=True)
 class SplineGrid:
     """A uniform B-spline grid: ``grid_size`` intervals on ``[lo, hi]``, bases of order ``spline_order``."""
@@ -66,6 +70,21 @@ class SplineGrid:
     def t0(self) -> float:
         """First knot, ``lo - spline_order * h``."""
         return self.lo - self.spline_order * self.h
+
+    def zero_bases_tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """:attr:`zero_bases` as a tensor [n_bases], made once per (grid, dtype, device) and shared: a tensor made
+        from Python values at every call is a blocking copy from pageable host memory, which waits for the device's
+        queue to drain. Read-only for callers. Inside a compiled region it is computed on the device instead (no
+        constant copied in at every call of the compiled graph, and no cache entry made of traced values)."""
+        if torch.compiler.is_compiling():
+            offsets = torch.arange(self.n_bases, dtype=dtype, device=device)
+            return cardinal(-self.t0 / self.h - offsets, self.spline_order)
+        key = (self, torch.device(device), dtype)
+        cached = _ZERO_BASES.get(key)
+        if cached is None:
+            with torch.inference_mode(False):  # usable later by autograd, whoever made it first
+                cached = _ZERO_BASES[key] = torch.tensor(self.zero_bases, dtype=dtype, device=device)
+        return cached
 
     def knots(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
         """[grid_size + 2 * spline_order + 1] knot positions."""

@@ -159,10 +159,10 @@ def differentiable_basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
 @torch.no_grad()
 def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, zero_padded: bool) -> torch.Tensor:
     """``[B, G, C, *sp] -> [B, G, C + n_bases, *sp]``: ``silu(x)`` and the channel sums S (minus ``C B(0)`` when
-    ``zero_padded``), in x's dtype."""
+    ``zero_padded``), in the compute dtype (float32 for half-precision x: S is large)."""
     b, g, c = x.shape[:3]
     out = _call("silu_and_basis_sums", _flat(x, b * g, c, -1), grid, zero_padded)
-    return out.to(x.dtype).reshape(b, g, c + grid.n_bases, *x.shape[3:])
+    return out.reshape(b, g, c + grid.n_bases, *x.shape[3:])
 
 
 @torch.no_grad()
@@ -180,11 +180,11 @@ def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel: tuple[int, .
 def silu_and_activation_sums(x: torch.Tensor, v: torch.Tensor, grid: SplineGrid,
                              zero_padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Groups with one output: x ``[B, G, C, *sp]`` -> ``silu(x)`` and ``sum_c phi_g(x_c)`` ``[B, G, *sp]`` (minus
-    ``C phi_g(0)`` when ``zero_padded``), both in x's dtype."""
+    ``C phi_g(0)`` when ``zero_padded``): silu in x's dtype, the sums in the compute dtype."""
     b, g, c = x.shape[:3]
     xc = _flat(x, b, g, c, -1)
     silu, phi = _call("activation_sums", xc, grid, _flat(v, g, -1), zero_padded)
-    return silu.to(x.dtype).reshape(x.shape), phi.to(x.dtype).reshape(b, g, *x.shape[3:])
+    return silu.to(x.dtype).reshape(x.shape), phi.reshape(b, g, *x.shape[3:])
 
 
 @torch.no_grad()

@@ -200,6 +200,13 @@ def available() -> bool:
     return _load() is not None
 
 
+# Called where torch.compile traces a layer: torch.compile runs it as it is and keeps its answer as a constant of the
+# graph, so that the first compiled call may build or import the kernels without breaking the graph. This is what
+# torch.compiler.assume_constant_result(available) sets; calling that here would import torch._dynamo (and with it
+# Triton) with the layers.
+available._dynamo_marked_constant = True
+
+
 def library_path() -> Optional[str]:
     """The loaded library's file (None before a successful build)."""
     return None if _LIBRARY is None else _LIBRARY.lib._name

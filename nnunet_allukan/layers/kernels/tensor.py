@@ -32,7 +32,7 @@ def _scale(grid: SplineGrid) -> float:
 
 
 def _zero(grid: SplineGrid, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(grid.zero_bases, dtype=like.dtype, device=like.device)
+    return grid.zero_bases_tensor(like.dtype, like.device)
 
 
 def basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:

@@ -47,6 +47,13 @@ def available() -> bool:
     return _load() is not None
 
 
+# Called where torch.compile traces a layer: torch.compile runs it as it is and keeps its answer as a constant of the
+# graph, so that the first compiled call may build or import the kernels without breaking the graph. This is what
+# torch.compiler.assume_constant_result(available) sets; calling that here would import torch._dynamo (and with it
+# Triton) with the layers.
+available._dynamo_marked_constant = True
+
+
 def unavailable_reason() -> Optional[str]:
     """Why :func:`available` is False after an attempt (None when it is True or was not tried)."""
     return None if _KERNELS is not None else _FAILURE
