@@ -72,8 +72,8 @@ def triton_fallback_warning(device_type: str) -> str | None:
             "Their basis passes run on the uncompiled torch backend instead: per KA layer and pass, several "
             "elementwise CUDA operations per basis, each reading and writing the layer's whole input (in float32 "
             "under AMP), where the Triton kernel makes one pass; training steps are slower. Fix: install torch >= "
-            "2.8, whose CUDA wheels bring Triton >= 3.4 (pip install --upgrade 'torch>=2.8'); "
-            "NNUNET_ALLUKAN_KERNELS=torch selects this backend without the warning.")
+            "2.8 (nnU-Net 2.8 excludes 2.9), whose CUDA wheels bring Triton >= 3.4: pip install --upgrade "
+            "'torch>=2.8,!=2.9.*'; NNUNET_ALLUKAN_KERNELS=torch selects this backend without the warning.")
 
 
 class NoCudaDevice(SystemExit):
