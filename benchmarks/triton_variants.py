@@ -10,7 +10,7 @@
   ptxas (no GPU needed) and reads off the compiled code: registers and local memory per thread (``cuobjdump
   -res-usage``), spill stores (``STL`` in the SASS), shared memory, and the instructions of the channel loop.
 - :func:`occupancy` and :func:`predict`: what those allow on an SM, and the time per input value at H100 SXM's
-  memory bandwidth and instruction issue rate.
+  memory bandwidth, its instruction issue rate and the memory latency the resident blocks can overlap.
 
 :func:`record_launches` needs the kernels interpreted (:func:`interpreted_kernels`: Triton imported with
 ``TRITON_INTERPRET=1``, as the tests' conftest and the benchmark script set it), :func:`compile_variant` compiled
@@ -324,7 +324,7 @@ SM_LIMITS = {80: dict(registers=65536, threads=2048, blocks=32, shared=164 * 102
 # 32 threads per clock (so the FP32 peak, 128 FMA lanes per SM, is 132 * 128 * 2 * 1.98e9 = 66.9 TFLOP/s).
 H100 = dict(bandwidth=3.35e12, sms=132, clock=1.98e9, fp32_flops=66.9e12)
 H100["issue"] = H100["sms"] * 4 * 32 * H100["clock"]  # thread-instructions per second
-LATENCY_S = 700e-9  # a loaded HBM round trip, assumed: what the SM must cover by other warps' work or loads
+LATENCY_S = 700e-9  # a global load's round trip under load, assumed (not measured here)
 
 
 def occupancy(registers: int, shared: int, num_warps: int, arch: int) -> dict:
@@ -358,8 +358,9 @@ def bytes_per_value(variant: Variant, channels: int) -> float:
 
 def predict(variant: Variant, figures: dict, channels: int = 32) -> dict:
     """Per input value at H100 SXM's limits: bytes, loop flops and thread-instructions (the loop's instructions
-    over the values one iteration of a block covers), the seconds each limit allows, whether the resident warps
-    cover a memory round trip, and the predicted time (the larger limit) for 2^24 values (x 8 x 32 x 256 x 256)."""
+    over the values one iteration of a block covers), and the time for 2^24 values (x 8 x 32 x 256 x 256) that
+    each limit allows: memory bandwidth, instruction issue, and latency (each iteration of a block waits one
+    memory round trip, then computes; the resident blocks overlap). The prediction is the largest of the three."""
     c = variant.flags
     values = c["BLOCK_P"] * c["BLOCK_C"]  # x values per loop iteration of a block
     threads = 32 * variant.num_warps
@@ -367,15 +368,11 @@ def predict(variant: Variant, figures: dict, channels: int = 32) -> dict:
     flops = figures["loop_flops"] * threads / values
     nbytes = bytes_per_value(variant, channels)
     occ = occupancy(figures["registers"], figures["shared_bytes"], variant.num_warps, 90)
-    # A block waits one round trip per iteration; the other resident blocks' iterations must fill it.
-    iteration_s = figures["loop_instructions"] * variant.num_warps / (4 * H100["clock"])  # its warps on one SM
-    read = _BYTES[dict(variant.signature)["x_ptr"][1:]] * (2 if variant.kernel == "_grads_kernel" and c["WITH_SILU"]
-                                                          else 1)
-    in_flight = occ["blocks"] * values * read
-    hidden = (occ["blocks"] - 1) * iteration_s >= LATENCY_S or in_flight >= H100["bandwidth"] * LATENCY_S / H100["sms"]
-    t_mem, t_issue, t_flop = nbytes / H100["bandwidth"], instr / H100["issue"], flops / H100["fp32_flops"]
+    iteration_s = figures["loop_instructions"] * variant.num_warps / (4 * H100["clock"])  # its warps alone on an SM
+    limits = {"memory": nbytes / H100["bandwidth"], "issue": instr / H100["issue"],
+              "latency": (LATENCY_S + iteration_s) / (occ["blocks"] * values * H100["sms"])}
     n = 2 ** 24
     return dict(bytes=nbytes, flops=flops, instructions=instr, blocks=occ["blocks"], occupancy=occ["occupancy"],
-                limited_by=occ["limited_by"], latency_hidden=bool(hidden), in_flight_kib=in_flight / 1024,
-                t_memory_us=t_mem * n * 1e6, t_issue_us=t_issue * n * 1e6, t_flops_us=t_flop * n * 1e6,
-                predicted_us=max(t_mem, t_issue) * n * 1e6, bound="memory" if t_mem >= t_issue else "issue")
+                limited_by=occ["limited_by"], t_flops_us=flops / H100["fp32_flops"] * n * 1e6,
+                **{f"t_{k}_us": v * n * 1e6 for k, v in limits.items()},
+                predicted_us=max(limits.values()) * n * 1e6, bound=max(limits, key=limits.get))
