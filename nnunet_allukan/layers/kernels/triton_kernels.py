@@ -29,11 +29,11 @@ import triton.language as tl
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 MAX_BASES = 64
 # Launch configuration, chosen from the compiled code for sm_80 / sm_90 (benchmarks/benchmark_triton_kernels.py,
-# docs/performance.md): the passes issue ~180-300 instructions per input value against 4-12 bytes, so they are
-# bound by instruction issue, not by memory, and need enough resident warps to hide the loads' latency. Tiles of
-# at most _TILE (position, channel, basis) values on 4 warps keep every launched variant at or below 72 registers
-# per thread (occupancy >= 44 %, no spills); 64 x 8 x 8 tiles took 117 (25 %). Few channel and position blocks,
-# so that a network compiles few variants before its first step.
+# docs/performance.md): a pass issues ~120-270 thread-instructions per input value against 3-12 bytes, so it is
+# bound by instruction issue rather than memory, and needs enough resident warps to hide the loads' latency.
+# Tiles of at most _TILE (position, channel, basis) values on 4 warps keep every variant the networks launch at
+# or below 72 registers per thread on sm_90 (occupancy >= 44 %, no spills); 64 x 8 x 8 tiles took 117 (25 %).
+# Few channel and position blocks, so that a network compiles few variants before its first step.
 _TILE = 2048
 NUM_WARPS = 4
 
