@@ -276,16 +276,60 @@ def compile_variant(variant: Variant, arch: int) -> dict:
                 loop_sfu=sum(op == "MUFU" for op in ops), loop_barriers=sum(op == "BAR" for op in ops))
 
 
+def _variant(fields: dict) -> Variant:
+    """A Variant from its JSON form (lists back to tuples)."""
+    return Variant(**{k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
+                      for k, v in fields.items()})
+
+
 def _worker(jobs_file: str) -> None:
     """Subprocess entry: compile the variants of a JSON file, print one JSON line per result."""
     for job in json.loads(Path(jobs_file).read_text()):
-        v = Variant(**{k: (tuple(tuple(x) if isinstance(x, list) else x for x in val) if isinstance(val, list)
-                           else val) for k, val in job["variant"].items()})
         try:
-            result = compile_variant(v, job["arch"])
+            result = compile_variant(_variant(job["variant"]), job["arch"])
         except Exception as e:  # reported with its variant: the caller decides
             result = dict(arch=job["arch"], error=f"{type(e).__name__}: {e}")
         print(json.dumps(dict(index=job["index"], **result)), flush=True)
+
+
+def _record_worker(arguments: str) -> None:
+    """Subprocess entry: record the launches of some networks (one thread), print them as one JSON line."""
+    import torch
+
+    torch.set_num_threads(1)
+    args = json.loads(arguments)
+    launched = record_launches(interpreted_kernels(), only=set(args.pop("only")), **args)
+    print(json.dumps({name: [asdict(v) for v in seen] for name, seen in launched.items()}), flush=True)
+
+
+def _environment(tmp: str, interpret: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(Path(tmp) / "cache"), TRITON_DEFAULT_FP_FUSION="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), env.get("PYTHONPATH", "")]))
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    return env
+
+
+def record_launches_in_processes(names, processes: int = 2, timeout: float = 900, **options) -> dict[str, set]:
+    """:func:`record_launches` of the networks ``names`` (and ``options``: dtypes, those of :func:`networks`),
+    shared among ``processes`` fresh processes of one thread each (Triton interpreted there; nothing changes in
+    this process)."""
+    names = sorted(names)
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [subprocess.Popen([sys.executable, "-c", "import sys, triton_variants as t; "
+                                   "t._record_worker(sys.argv[1])",
+                                   json.dumps(dict(only=names[p::processes], **options))],
+                                  env=_environment(tmp, True), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for p in range(processes)]
+        launched = {}
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"recording worker failed ({proc.returncode}): {err[-2000:]}")
+            for name, seen in json.loads(out.splitlines()[-1]).items():
+                launched[name] = {_variant(v) for v in seen}
+    return launched
 
 
 def compile_variants(variants: list[Variant], archs=(90, 80), processes: int = 2, timeout: float = 600) -> list:
@@ -294,9 +338,7 @@ def compile_variants(variants: list[Variant], archs=(90, 80), processes: int = 2
     jobs = [dict(index=i, arch=a, variant=asdict(v)) for i, v in enumerate(variants) for a in archs]
     results = [dict() for _ in variants]
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env.update(TRITON_CACHE_DIR=str(Path(tmp) / "cache"), TRITON_DEFAULT_FP_FUSION="1",
-                   PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), env.get("PYTHONPATH", "")]))
+        env = _environment(tmp, False)
         procs = []
         for p in range(processes):
             part = Path(tmp) / f"jobs{p}.json"
