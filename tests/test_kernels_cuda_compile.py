@@ -10,7 +10,8 @@ interpreter replaced by a recorder (nothing runs; every launch's argument types,
 and launch options are kept), in two worker processes; two more compile. Left out as too slow for what they
 add: the 3D networks, which launch the same variants (the kernels see rows of positions whatever the
 dimension), and Table 2's two vanilla-KAN rows with full spline gradients, which launch none (their bases go
-through autograd); benchmarks/benchmark_triton_kernels.py records every network and says both. Skipped where Triton is not installed."""
+through autograd); benchmarks/benchmark_triton_kernels.py records every network and says both. Skipped where
+Triton is not installed."""
 import importlib.util
 import sys
 from pathlib import Path
