@@ -152,10 +152,11 @@ def recording(module):
 def networks(size_2d: int = 64, size_3d: int = 32, dims=(2, 3), unet_features: int = 32,
              embed_dims: tuple = EMBED_DIMS) -> list:
     """(name, build, input shape) of every network family the project trains, each built by ``build()``: the
-    paper's Table 2 rows whose layers use the basis kernels (2D, and 3D where the row has one, pooled as the 3D
+    paper's Table 2 rows with KA or KAN layers (all but U-KAN_MLP; 2D, and 3D where the row has one, pooled as the 3D
     trainers pool a patch of four 2x down-samplings), and nnU-Net's planned U-Nets fully KA (2D and 3D, plain and
-    residual encoder; ``unet_features`` in the first stage, doubled per stage); ``embed_dims``: U-KAN's. Batch 1; the sizes keep every stage
-    above one position (a conv layer's rows of one position would launch the tokens' variants)."""
+    residual encoder; ``unet_features`` in the first stage, doubled per stage); ``embed_dims``: U-KAN's. Batch 1;
+    the sizes keep every stage above one position (a conv layer's rows of one position would launch the tokens'
+    variants)."""
     import torch
     from nnunet_allukan.layers import KAConv2d, KAConv3d
     from nnunet_allukan.networks import (TABLE2_ROWS, KAPlainConvUNet, KAResidualEncoderUNet,
