@@ -147,10 +147,11 @@ import glob, re, sys
 logs = sorted(glob.glob(f"{sys.argv[1]}/Dataset601_*/nnUNetTrainerAllUKAN_2epochs__*/fold_{sys.argv[2]}/training_log_*.txt"))
 times = [float(t) for t in re.findall(r"Epoch time: ([0-9.]+) s", open(logs[-1]).read())] if logs else []
 compiled = bool(logs) and "Using torch.compile" in open(logs[-1]).read()
+why = ("torch.compile on: its compilation of the train and validation graphs, and the Triton kernels' first "
+       "compilation" if compiled else "torch.compile off: the kernels' first compilation (Triton on CUDA), warm-up")
 if len(times) >= 2:
-    print(f"{sys.argv[3]}_EPOCH_SECONDS first {times[0]:.1f} second {times[1]:.1f}: the first epoch's excess "
-          f"{times[0] - times[1]:.1f} s (torch.compile {'on' if compiled else 'off'}: compilation of the train and "
-          "validation graphs, the Triton kernels' first compilation)")
+    print(f"{sys.argv[3]}_EPOCH_SECONDS first {times[0]:.2f} second {times[1]:.2f}: the first epoch's excess "
+          f"{times[0] - times[1]:.2f} s ({why})")
 else:
     print(f"{sys.argv[3]}_EPOCH_SECONDS not found: {times}")
 PY
