@@ -7,7 +7,9 @@ kernel policy given (default ``auto torch``: on CUDA the Triton kernels and the 
     python benchmarks/gpu_layer_check.py --device cuda --first-step 2 --json first_step_2d.json
 
 ``--first-step DIMS``: instead, the seconds from this process's start to the end of its first ALL U-KAN training
-step (nnU-Net's AMP on CUDA; 2D: batch 8, 256x256; 3D: batch 2, 64^3; ``--batch-size``, ``--size``), and of the second.
+step (nnU-Net's AMP on CUDA; 2D: batch 8, 256x256; 3D: batch 2, 64^3; ``--batch-size``, ``--size``), and of the second;
+with ``--compile`` the network is compiled as nnU-Net compiles it by default on CUDA (``torch.compile(network)``), so
+the first step includes the compilation.
 
 Exit code 1 if any check fails. Runs on CPU too (``--device cpu``), where the test suite checks the same.
 """
@@ -99,8 +101,9 @@ def check_layers(device) -> dict:
     return results
 
 
-def first_step(device, dims: int, batch: int, size: int) -> dict:
-    """Seconds from process start to the end of the first and second ALL U-KAN training steps."""
+def first_step(device, dims: int, batch: int, size: int, compile_: bool = False) -> dict:
+    """Seconds from process start to the end of the first and second ALL U-KAN training steps (``compile_``:
+    the network under ``torch.compile``, nnU-Net's default)."""
     from nnunet_allukan.networks import build_table2_network
     from nnunet_allukan.training.protocol import ukan_strides
 
@@ -109,6 +112,8 @@ def first_step(device, dims: int, batch: int, size: int) -> dict:
     torch.manual_seed(0)
     net = build_table2_network(13, 3, 1, dim=dims, strides=strides).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    if compile_:
+        net = torch.compile(net)
     amp = device.type == "cuda"  # nnU-Net's AMP is a CUDA setting; CPU float16 convolutions are no measure
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     x = torch.randn(batch, 3, *[size] * dims, device=device)
@@ -124,7 +129,7 @@ def first_step(device, dims: int, batch: int, size: int) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         ends.append(time.perf_counter() - START)
-    return {"dims": dims, "batch": batch, "size": size, "amp": amp, "first_step_done_s": ends[0],
+    return {"dims": dims, "batch": batch, "size": size, "amp": amp, "compiled": compile_, "first_step_done_s": ends[0],
             "second_step_done_s": ends[1], "kernels": kernels.describe(device.type)}
 
 
@@ -135,14 +140,16 @@ def main() -> int:
     p.add_argument("--first-step", type=int, choices=(2, 3), default=None)
     p.add_argument("--batch-size", type=int, default=None, help="--first-step: default 8 (2D), 2 (3D)")
     p.add_argument("--size", type=int, default=None, help="--first-step: default 256 (2D), 64 (3D)")
+    p.add_argument("--compile", action="store_true", help="--first-step: torch.compile the network (nnU-Net's default)")
     p.add_argument("--json", type=Path, default=Path("benchmark_results/gpu_layer_check.json"))
     a = p.parse_args()
     device = torch.device(a.device)
     a.json.parent.mkdir(parents=True, exist_ok=True)
     if a.first_step:
         r = first_step(device, a.first_step, a.batch_size or (8 if a.first_step == 2 else 2),
-                       a.size or (256 if a.first_step == 2 else 64))
-        print(f"ALL U-KAN {a.first_step}D, batch {r['batch']}, {r['size']}^{a.first_step}, AMP {r['amp']}: "
+                       a.size or (256 if a.first_step == 2 else 64), a.compile)
+        print(f"ALL U-KAN {a.first_step}D, batch {r['batch']}, {r['size']}^{a.first_step}, AMP {r['amp']}, "
+              f"compiled {r['compiled']}: "
               f"first step done "
               f"{r['first_step_done_s']:.1f} s after start, second {r['second_step_done_s']:.1f} s\n{r['kernels']}")
         a.json.write_text(json.dumps(r, indent=2))

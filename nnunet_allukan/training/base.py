@@ -17,23 +17,26 @@ additions that every trainer shares.
   (:func:`nnunet_allukan.layers.kernels.describe`; the policy itself is ``NNUNET_ALLUKAN_KERNELS`` or
   ``kernels.use``, never changed by a trainer), and on a Linux CPU where the environment leaves OpenMP's wait
   policy at its default, how to keep speed beside other processes
-  (:func:`nnunet_allukan.openmp.cpu_contention_hint`).
+  (:func:`nnunet_allukan.openmp.cpu_contention_hint`); on CUDA without usable Triton kernels under the ``auto``
+  policy, one WARNING line on stderr and in the log (:func:`triton_fallback_warning`).
 """
 from __future__ import annotations
 
 import pydoc
+import sys
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnunet_allukan.layers import kernels
+from nnunet_allukan.layers.kernels import triton_ops
 from nnunet_allukan.openmp import cpu_contention_hint
 from nnunet_allukan.training.compile_fallback import CompileFallbackMixin
 from nnunet_allukan.training.nan_guard import NonFiniteLossMixin
 
 __all__ = ["KATrainerBase", "NoCudaDevice", "check_architecture_importable", "check_device_available",
-           "unwrapped_network"]
+           "triton_fallback_warning", "unwrapped_network"]
 
 PACKAGE = "nnunet-allukan"
 # The plans entry of a development version that recorded its network outside nnU-Net's ``architecture`` entry.
@@ -58,6 +61,19 @@ def check_architecture_importable(architecture: dict, plans_file: str = "plans.j
             "Install the package that provides them in this environment"
         raise RuntimeError(f"The network recorded in {plans_file} cannot be built: {', '.join(missing)} cannot be "
                            f"imported. {where}.")
+
+
+def triton_fallback_warning(device_type: str) -> str | None:
+    """The WARNING line for training on CUDA where the ``auto`` kernel policy finds no usable Triton kernels (the
+    basis passes then run on the ``torch`` backend); None otherwise, and where a policy was chosen explicitly."""
+    if device_type != "cuda" or kernels.policy() != "auto" or triton_ops.available():
+        return None
+    return (f"WARNING: the Triton kernels of the KA layers are unavailable ({triton_ops.unavailable_reason()}). "
+            "Their basis passes run on the uncompiled torch backend instead: per KA layer and pass, several "
+            "elementwise CUDA operations per basis, each reading and writing the layer's whole input (in float32 "
+            "under AMP), where the Triton kernel makes one pass; training steps are slower. Fix: install torch >= "
+            "2.8 (nnU-Net 2.8 excludes 2.9), whose CUDA wheels bring Triton >= 3.4: pip install --upgrade "
+            "'torch>=2.8,!=2.9.*'; NNUNET_ALLUKAN_KERNELS=torch selects this backend without the warning.")
 
 
 class NoCudaDevice(SystemExit):
@@ -96,10 +112,19 @@ class KATrainerBase(NonFiniteLossMixin, CompileFallbackMixin, nnUNetTrainer):
 
     def initialize(self):
         super().initialize()
+        self.log_kernel_backends()
+
+    def log_kernel_backends(self) -> None:
+        """Which backend serves each basis pass, in the log; the OpenMP hint on CPU, the Triton warning on CUDA."""
         self.print_to_log_file(kernels.describe(self.device.type))
         hint = cpu_contention_hint() if self.device.type == "cpu" else None
         if hint:
             self.print_to_log_file(hint)
+        warning = triton_fallback_warning(self.device.type)
+        if warning:
+            self.print_to_log_file(warning, also_print_to_console=False)
+            if self.local_rank == 0:
+                print(warning, file=sys.stderr, flush=True)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)

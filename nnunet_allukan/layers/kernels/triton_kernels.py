@@ -28,7 +28,14 @@ import triton.language as tl
 # Decided when the kernels below are decorated: TRITON_INTERPRET=1 runs them on CPU tensors, in numpy.
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 MAX_BASES = 64
-_TILE = 4096  # BLOCK_P * BLOCK_C * NB_PAD values per program: a few tens of registers per thread
+# Launch configuration, chosen from the compiled code for sm_80 / sm_90 (benchmarks/benchmark_triton_kernels.py,
+# docs/performance.md): a pass issues ~120-270 thread-instructions per input value against 3-12 bytes, so it is
+# bound by instruction issue rather than memory, and needs enough resident warps to hide the loads' latency.
+# Tiles of at most _TILE (position, channel, basis) values on 4 warps keep every variant the networks launch at
+# or below 72 registers per thread on sm_90 (occupancy >= 44 %, no spills); 64 x 8 x 8 tiles took 117 (25 %).
+# Few channel and position blocks, so that a network compiles few variants before its first step.
+_TILE = 2048
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -141,12 +148,16 @@ _ACC = {torch.float64: tl.float64}
 
 
 def _blocks(n_bases: int, c: int, p: int) -> tuple[int, int, int]:
-    """(NB_PAD, BLOCK_P, BLOCK_C): positions first (coalesced loads along P), channels fill the rest of the tile;
-    a row of one position (KALinear) gets a tile of channels."""
+    """(NB_PAD, BLOCK_P, BLOCK_C): positions first (coalesced loads along P), at most 4 channels per iteration
+    (wider tiles need more registers and reduce over more threads, for no fewer instructions per value); rows of
+    few channels (depthwise layers: one) get more positions instead. A row of one position (KALinear's tokens)
+    gets a tile of channels, contiguous in memory."""
     nb_pad = triton.next_power_of_2(n_bases)
-    block_p = min(triton.next_power_of_2(p), 64)
-    block_c = max(1, min(triton.next_power_of_2(c), _TILE // (nb_pad * block_p)))
-    return nb_pad, block_p, block_c
+    if p == 1:
+        return nb_pad, 1, max(1, min(triton.next_power_of_2(c), _TILE // (2 * nb_pad)))
+    block_c = min(triton.next_power_of_2(c), 4)
+    block_p = max(1, min(128 if block_c <= 2 else 64, _TILE // (nb_pad * block_c)))
+    return nb_pad, block_p, max(1, min(block_c, _TILE // (nb_pad * block_p)))
 
 
 _PARAMS: dict = {}
@@ -182,7 +193,8 @@ def sums(x: torch.Tensor, t0: float, h: float, n_bases: int, padded: bool, silu:
         _sums_kernel[grid](x, x if silu is None else silu, out, x if v is None else v, _params(x, t0, h, acc), c,
                            p, groups, 0 if silu is None else silu.stride(0), out.stride(0), NB=n_bases,
                            NB_PAD=nb_pad, BLOCK_P=block_p, BLOCK_C=block_c, ACC=_ACC.get(acc, tl.float32),
-                           WITH_SILU=silu is not None, WITH_V=v is not None, PADDED=padded)
+                           WITH_SILU=silu is not None, WITH_V=v is not None, PADDED=padded,
+                           num_warps=NUM_WARPS)
 
 
 def grads(x: torch.Tensor, t0: float, h: float, n_bases: int, grad_silu: torch.Tensor | None,
@@ -203,5 +215,5 @@ def grads(x: torch.Tensor, t0: float, h: float, n_bases: int, grad_silu: torch.T
                                        x if parts is None else parts, _params(x, t0, h, acc), c, p, groups,
                                        NB=n_bases, NB_PAD=nb_pad, BLOCK_P=block_p, BLOCK_C=block_c,
                                        ACC=_ACC.get(acc, tl.float32), WITH_SILU=grad_silu is not None, COEF=mode,
-                                       GRAD_V=grad_v, PADDED=padded)
+                                       GRAD_V=grad_v, PADDED=padded, num_warps=NUM_WARPS)
     return parts
