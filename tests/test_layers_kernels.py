@@ -99,6 +99,22 @@ def test_basis_and_activation_passes_match_the_reference(policy, backend, dtype,
             _assert_close(a, b, f"{backend} {name}")
 
 
+@pytest.mark.parametrize("basis", ["rbf", "chebyshev", "relu"])
+def test_every_basis_family_passes_match_the_reference(policy, basis):
+    """The torch backend (where every family runs) against the reference, every pass and two geometries."""
+    grid = SplineGrid(basis=basis)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 2, 7, 37, dtype=torch.float64, generator=gen) * 1.5
+    calls = pass_calls(x, grid, gen)
+    for kernel, stride, padding, dilation in (GEOMETRIES[1], GEOMETRIES[5]):
+        xs = torch.randn(2, 2, 3, *((9, 11) if len(kernel) == 2 else (5, 6, 7)), dtype=torch.float64, generator=gen)
+        calls[f"window_sums {kernel}"] = (lambda xs=xs, k=kernel, s=stride, p=padding, d=dilation:
+                                          kernels.silu_and_window_sums(xs, grid, k, s, p, d))
+    for name, call in calls.items():
+        for a, b in zip(_tuple(_with("torch", call, policy)), _tuple(_with("reference", call, policy))):
+            _assert_close(a, b, f"{basis} {name}")
+
+
 def _layers():
     torch.manual_seed(0)
     return [

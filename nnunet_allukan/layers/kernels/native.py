@@ -223,6 +223,8 @@ def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = Fa
         return "no native kernel for the spline path's input gradient (grad_free=False)"
     if device_type != "cpu":
         return f"{device_type} tensors (native: CPU)"
+    if grid.basis != "bspline":
+        return f"basis {grid.basis} (native: cubic B-splines)"
     if grid.spline_order != 3:
         return f"spline order {grid.spline_order} (native: cubic)"
     if not available():
