@@ -47,6 +47,9 @@ class KALinear(SplineGridAttributes, nn.Module):
     output), optional ``lam`` [in] (lambda_j, initialised to 1), optional ``bias`` [out].
     Count: in*out + n_bases*out (+ out with bias, + in with lambda).
 
+    ``basis``: the family of the bases B_k (``"bspline"``, the paper's, default; ``"rbf"``, ``"chebyshev"``,
+    ``"relu"``: splines.py), part of ``grid``; parameters and their count do not depend on it.
+
     ``bias`` defaults to False because Eq. 7 has none (on the grid range the bases sum to 1, so the spline
     path already provides a per-output offset of v[i] summed over inputs).
 
@@ -185,6 +188,7 @@ class KAConv2d(_KAConvNd):
 
     Shapes: ``[B, C_in, H, W] -> [B, C_out, H_out, W_out]`` with nn.Conv2d's H_out/W_out.
     ``implementation``: ``"fast"`` (closed form, default) or ``"reference"`` (explicit unfold).
+    ``basis``: the family of the bases (see :class:`KALinear`).
     ``chunk_size``: input channels per chunk where bases are built per input (``implementation="reference"``,
     ``use_lambda``): bounds their transient memory. The fast path builds none and ignores it.
     """

@@ -12,6 +12,7 @@ Closed form (``implementation="fast"``): the silu path is ``conv_transpose(silu(
 ``conv_transpose(S, v)`` with ``S_k(p) = sum_c B_k(x[c, p])``, the 8 basis sums of one voxel: no unfolding, no
 per-output spline tensor. ``implementation="reference"`` applies the KA layer to every voxel literally.
 
+``basis`` chooses the family of the bases B_k as for :class:`~nnunet_allukan.layers.ka.KALinear`.
 Only the nnU-Net case is supported: stride = kernel, no padding, no output padding, dilation 1, groups 1.
 Parameters: ``u`` ``[C_in, C_out, *kernel]`` (``nn.ConvTranspose`` weight layout), ``v`` ``[C_out, *kernel, n_bases]``,
 optional ``bias`` ``[C_out]``. Count: C_in*C_out*K + C_out*K*n_bases (+ C_out), K = prod(kernel).
