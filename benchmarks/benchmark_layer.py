@@ -7,9 +7,9 @@
 
 Time: median over ``--repeats`` interleaved rounds (one step of every variant per round) after warm-up.
 Peak memory: every variant in a fresh process (``--child``), on CPU as growth of the peak RSS.
-``--basis`` adds one "KAConv fast grad-free basis=<family>" variant per basis family named (the other families
-than the cubic B-spline run on the torch backend); with "KAConv fast grad-free" (the cubic B-spline) also run,
-the table gives each variant's ratio to it too.
+``--basis`` adds one "KAConv fast grad-free basis=<family>" variant per basis family named (the kernels that
+serve each are printed first); with "KAConv fast grad-free" (the cubic B-spline) also run, the table gives each
+variant's ratio to it too.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The basis families of the KA layers (splines.py): each family's definition against an independent form of it
 (its source's formula), derivatives against autograd, B(0) for padding, parameter count and state_dict per
-family, and the kernel backends' choice (the families outside the C and Triton kernels run on ``torch``)."""
+family, and the kernel backends' choice (C kernels for every family, Triton for the cubic B-spline only)."""
 import math
 
 import pytest
@@ -73,16 +73,19 @@ def test_every_family_has_the_state_dict_and_parameter_count_of_the_bspline_laye
 
 
 @pytest.mark.parametrize("basis", BASES[1:])
-def test_kernel_backends_decline_the_other_families_and_torch_serves_them(basis):
+def test_native_serves_every_family_and_triton_declines_the_other_families(basis):
     grid = SplineGrid(basis=basis)
-    assert native.covers("basis_sums", "cpu", grid) == f"basis {basis} (native: cubic B-splines)"
     assert triton_ops.covers("basis_sums", "cuda", grid) == f"basis {basis} (triton: cubic B-splines)"
+    if native.available():
+        assert native.covers("basis_sums", "cpu", grid) is None
+    assert native.covers("basis_sums", "cpu", SplineGrid(spline_order=2)).startswith("spline order 2 (native: ")
     before = kernels.policy()
     try:
-        for policy_ in ("auto", "native"):
-            kernels.use(policy_)
-            assert {c.backend for c in kernels.active("cpu", grid)} == {"torch"}
-            assert {c.backend for c in kernels.active("cuda", grid)} == {"torch"}
+        kernels.use("auto")
+        on_cpu = {c.kernel: c.backend for c in kernels.active("cpu", grid)}
+        assert on_cpu.pop("basis_derivative_dot") == "torch"
+        assert set(on_cpu.values()) == {"native" if native.available() else "torch"}
+        assert {c.backend for c in kernels.active("cuda", grid)} == {"torch"}
     finally:
         kernels.use(before)
 
@@ -98,3 +101,11 @@ def test_padding_adds_each_familys_value_at_zero(basis):
     assert any(abs(b) > 0.1 for b in fast.grid.zero_bases)
     torch.testing.assert_close(fast(x), ref(x), rtol=1e-10, atol=1e-12)
     assert math.isfinite(fast(x * 1e4).abs().max().item())
+
+
+def test_native_operators_refuse_an_unknown_family():
+    if not native.available():
+        pytest.skip(native.unavailable_reason())
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"family must be one of \[0, 1, 2, 3\] \(bspline, rbf, chebyshev, relu\)"):
+        torch.ops.nnunet_allukan.basis_sums(x, 0.0, 1.0, 8, None, False, 7, 0.0)
