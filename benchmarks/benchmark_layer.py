@@ -3,9 +3,13 @@
     python benchmarks/benchmark_layer.py [--batch 2 --channels 32 --size 128 --kernel 3] [--device cpu|cuda]
     python benchmarks/benchmark_layer.py --depthwise --channels 128 --size 64 --variants nn.Conv "KAConv fast grad-free"
     python benchmarks/benchmark_layer.py --dims 3 --channels 32 --size 48 --variants nn.Conv "KAConv fast grad-free"
+    python benchmarks/benchmark_layer.py --variants nn.Conv "KAConv fast grad-free" --basis rbf chebyshev relu
 
 Time: median over ``--repeats`` interleaved rounds (one step of every variant per round) after warm-up.
 Peak memory: every variant in a fresh process (``--child``), on CPU as growth of the peak RSS.
+``--basis`` adds one "KAConv fast grad-free basis=<family>" variant per basis family named (the kernels that
+serve each are printed first); with "KAConv fast grad-free" (the cubic B-spline) also run, the table gives each
+variant's ratio to it too.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, n
 from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
 
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KANConv2d, kernels  # noqa: E402
+from nnunet_allukan.layers.splines import BASES, SplineGrid  # noqa: E402
 
 # name -> builder(channels, kernel, dims, groups); "nn.Conv" is the baseline every ratio refers to.
 VARIANTS = {
@@ -38,11 +43,20 @@ VARIANTS = {
         c, c, k, padding=k // 2, groups=g, grad_free=False, implementation="reference"),
     "KANConv2d (vanilla, full-grad)": lambda c, k, nd, g: KANConv2d(c, c, k, padding=k // 2, groups=g),
 }
+CUBIC = "KAConv fast grad-free"
+FAMILY_VARIANT = CUBIC + " basis="  # + a basis family: the fast grad-free layer with that family's bases
+
+
+def build(name: str, c: int, k: int, nd: int, g: int) -> nn.Module:
+    if name.startswith(FAMILY_VARIANT):
+        return (KAConv2d if nd == 2 else KAConv3d)(c, c, k, padding=k // 2, groups=g, grad_free=True,
+                                                   basis=name[len(FAMILY_VARIANT):])
+    return VARIANTS[name](c, k, nd, g)
 
 
 def make_step(name: str, a: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
-    layer = VARIANTS[name](a.channels, a.kernel, a.dims, a.channels if a.depthwise else 1).to(device)
+    layer = build(name, a.channels, a.kernel, a.dims, a.channels if a.depthwise else 1).to(device)
     if "KAConv reference" in name:  # only the reference path builds bases per input, in chunks
         layer.chunk_size = a.chunk_size
     x = torch.randn(a.batch, a.channels, *([a.size] * a.dims), device=device, requires_grad=True)
@@ -68,7 +82,7 @@ def measure(a: argparse.Namespace) -> dict:
         for name, step in steps.items():
             rounds[name].append(median_time(step, device, 0, 1))
     times = {name: statistics.median(ts) for name, ts in rounds.items()}
-    base_args = [a_ for k, v in vars(a).items() if k not in ("variants", "json", "child", "depthwise") and
+    base_args = [a_ for k, v in vars(a).items() if k not in ("variants", "json", "child", "depthwise", "basis") and
                  v is not None for a_ in (f"--{k.replace('_', '-')}", str(v))] + (["--depthwise"] if a.depthwise else [])
     base_args += ["--json", ""]
     mems = {}
@@ -99,13 +113,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
+    p.add_argument("--basis", nargs="*", default=[], choices=BASES,
+                   help=f"add one '{FAMILY_VARIANT}<family>' variant per basis family named")
     p.add_argument("--json", default="benchmark_results/layer_benchmark.json",
                    help="where to write the results as JSON (default benchmark_results/layer_benchmark.json; '' for none)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    unknown = [v for v in a.variants if v not in VARIANTS]
+    unknown = [v for v in a.variants if v not in VARIANTS and not v.startswith(FAMILY_VARIANT)]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    a.variants = list(a.variants) + [FAMILY_VARIANT + b for b in a.basis if FAMILY_VARIANT + b not in a.variants]
     return a
 
 
@@ -122,15 +139,20 @@ def main() -> int:
 
     print(f"shape {describe(a)}, device {device}, threads {torch.get_num_threads()}")
     print(kernels.describe(device.type))
+    for basis in a.basis:
+        print(kernels.describe(device.type, SplineGrid(basis=basis)))
     res = measure(a)
     times, mems = res["time_s"], res["peak_bytes"]
     t0, m0 = times.get("nn.Conv"), mems.get("nn.Conv")
-    print("\n| variant | time fwd+bwd | x nn.Conv | peak memory | x nn.Conv |")
-    print("|---|---:|---:|---:|---:|")
+    tc, mc = times.get(CUBIC), mems.get(CUBIC)
+    print("\n| variant | time fwd+bwd | x nn.Conv | x cubic B-spline | peak memory | x nn.Conv | x cubic B-spline |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in a.variants:
         tr = f"{times[name] / t0:.2f}" if t0 else "-"
         mr = f"{mems[name] / m0:.2f}" if m0 else "-"
-        print(f"| {name} | {times[name] * 1e3:.1f} ms | {tr} | {fmt_bytes(mems[name])} | {mr} |")
+        tcr = f"{times[name] / tc:.2f}" if tc else "-"
+        mcr = f"{mems[name] / mc:.2f}" if mc else "-"
+        print(f"| {name} | {times[name] * 1e3:.1f} ms | {tr} | {tcr} | {fmt_bytes(mems[name])} | {mr} | {mcr} |")
     fg, rg = "KAConv fast grad-free", "KAConv reference grad-free"
     if fg in times and rg in times:
         print(f"\nfast vs reference (grad-free): {times[rg] / times[fg]:.1f}x faster, {mems[rg] / max(mems[fg], 1):.1f}x"

@@ -17,7 +17,7 @@ def test_list_names_every_trainer_once_with_what_it_changes(capsys):
     assert command.main([]) == 0
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
-    assert listed == list(trainers.TRAINER_NAMES) and len(listed) == len(set(listed)) == 123
+    assert listed == list(trainers.TRAINER_NAMES) and len(listed) == len(set(listed)) == 133
     lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if line.startswith("  ")}
     assert lines["nnUNetTrainerAllUKAN"].startswith("ALL U-KAN (every conv a KAonv layer")
     assert lines["nnUNetTrainerTable2Row7"] == "Table 2 row 7: vanilla KAN fc, Grad-Free Spline."

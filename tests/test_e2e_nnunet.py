@@ -287,3 +287,29 @@ def test_kaunet_trains_and_predicts_on_the_2d_data(after_training, nnunet_datase
     for reference in sorted((raw / "labelsTs").glob("*.png")):
         predicted = np.asarray(Image.open(out / reference.name))
         assert predicted.shape == (IMAGE_SIZE, IMAGE_SIZE) and set(np.unique(predicted).tolist()) <= {0, 1}
+
+
+def test_a_basis_family_trainer_trains_and_the_predictor_rebuilds_its_layers(preprocessed, monkeypatch, tmp_path):
+    """nnUNetTrainerKAUNet_chebyshev found by nnU-Net's lookup, a few iterations of training, then nnU-Net's
+    predictor rebuilds the Chebyshev layers from the model folder's plans.json and predicts a case."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_allukan.layers import KAConv2d, KAConvTranspose2d
+
+    def shorten(trainer):
+        trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 3, 1
+
+    trainer = _train_in_process(preprocessed, monkeypatch, tmp_path, trainer_name="nnUNetTrainerKAUNet_chebyshev",
+                                before_run=shorten)
+    model = Path(trainer.output_folder).parent
+    recorded = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["architecture"]
+    assert recorded["arch_kwargs"]["ka_kwargs"]["basis"] == "chebyshev"
+    predictor = nnUNetPredictor(tile_step_size=1.0, use_gaussian=False, use_mirroring=False, device=torch.device("cpu"),
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), (0,), "checkpoint_final.pth")
+    layers = [m for m in predictor.network.modules() if isinstance(m, (KAConv2d, KAConvTranspose2d))]
+    assert layers and {m.basis for m in layers} == {"chebyshev"}
+    assert str(predictor.network) == str(trainer.network)
+    image = np.random.default_rng(0).random((3, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    segmentation = predictor.predict_single_npy_array(image, {"spacing": (999.0, 1.0, 1.0)})
+    assert segmentation.shape == (1, IMAGE_SIZE, IMAGE_SIZE)

@@ -115,6 +115,10 @@ def test_layer_discovery_and_selection():
     assert np.all(curves["high"][0] >= np.median(edges, 0) - 1e-12)
     with pytest.raises(EvaluationError, match="grid size 4"):
         activation_curves(layers[0], x, [0], grid_size=4)
+    # another basis family: its own bases (ChebyKAN's T_k(tanh x) on the default range)
+    chebyshev = np.cos(np.arange(8)[None, :] * np.arccos(np.tanh(x))[:, None])
+    np.testing.assert_allclose(activation_curves(layers[0], x, [2], basis="chebyshev")["phi"][0],
+                               layers[0].v[2] @ chebyshev.T, atol=1e-12)
 
 
 def test_activation_command_from_nnunet_checkpoint(tmp_path, monkeypatch, capsys, saved_figures):
@@ -177,12 +181,14 @@ def test_activation_command_reads_the_grid_from_the_model_folder(tmp_path, monke
 def test_recorded_grid_of_each_architecture_kind():
     from nnunet_allukan.evaluation.activations import recorded_grid
 
-    paper = {"grid_size": 5, "spline_order": 3, "grid_range": (-1.0, 1.0)}
+    paper = {"grid_size": 5, "spline_order": 3, "grid_range": (-1.0, 1.0), "basis": "bspline"}
     assert recorded_grid({"arch_kwargs": {"conv_kwargs": {}, "fc_kwargs": {}}}) == paper  # the layers' defaults
     ka_unet = {"arch_kwargs": {"ka_kwargs": {"grad_free": True, "grid_size": 7}}}  # nnUNetTrainerKAUNet's entry
     assert recorded_grid(ka_unet) == {**paper, "grid_size": 7}
     ukan = {"arch_kwargs": {"conv_kwargs": {"grid_range": [-2, 2]}, "fc_kwargs": {"grid_range": [-2.0, 2.0]}}}
     assert recorded_grid(ukan) == {**paper, "grid_range": (-2.0, 2.0)}
+    rbf = {"arch_kwargs": {"ka_kwargs": {"grad_free": True, "basis": "rbf"}}}  # nnUNetTrainerKAUNet_rbf's entry
+    assert recorded_grid(rbf) == {**paper, "basis": "rbf"}
     mixed = {"arch_kwargs": {"conv_kwargs": {"spline_order": 2}, "fc_kwargs": {"spline_order": 3}}}
     with pytest.raises(EvaluationError, match="two different spline_order values"):
         recorded_grid(mixed, "plans.json")

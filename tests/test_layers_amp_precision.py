@@ -16,6 +16,10 @@ LAYERS = {
     "depthwise": (lambda: KAConv2d(8, 8, 5, padding=2, groups=8), (2, 8, 8, 8)),
     "linear": (lambda: KALinear(1024, 8), (64, 1024)),
     "transposed": (lambda: KAConvTranspose2d(512, 8, 2, 2), (2, 512, 4, 4)),
+    # the other basis families (torch backend): chebyshev's T_0 = 1 makes its S_0 the largest of all
+    **{f"dense-{basis}": (lambda basis=basis: KAConv2d(128, 8, 3, padding=1, basis=basis), (2, 128, 8, 8))
+       for basis in ("rbf", "chebyshev", "relu")},
+    "depthwise-chebyshev": (lambda: KAConv2d(8, 8, 5, padding=2, groups=8, basis="chebyshev"), (2, 8, 8, 8)),
 }
 
 

@@ -107,3 +107,43 @@ def test_kaconv2d_window_sums_kept_for_backward_when_small(grad_free, kw, keeps)
     fast.v.requires_grad_(False)  # frozen v: P is not needed in backward, so not kept
     _, saved = _saved_tensor_count(fast, x)
     assert saved == 3
+
+
+# Every family outside the paper's B-splines (bspline is every test above), through the same closed form:
+# grouped/strided/dilated/padded, depthwise and one-output groups (activation sums), 3D, lambda, KALinear.
+FAMILY_CASES = {
+    "2d-grouped-strided-dilated": (KAConv2d, dict(in_channels=4, out_channels=6, kernel_size=3, padding=2,
+                                                  dilation=2, stride=(2, 1), groups=2, bias=True)),
+    "2d-depthwise": (KAConv2d, dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4)),
+    "3d-anisotropic": (KAConv3d, dict(in_channels=3, out_channels=4, kernel_size=(3, 1, 3), padding=(1, 0, 2),
+                                      dilation=(1, 1, 2))),
+    "3d-depthwise-lambda": (KAConv3d, dict(in_channels=3, out_channels=3, kernel_size=3, padding=1, groups=3,
+                                           use_lambda=True)),
+}
+
+
+@pytest.mark.parametrize("grad_free", [True, False])
+@pytest.mark.parametrize("name", list(FAMILY_CASES))
+@pytest.mark.parametrize("basis", ["rbf", "chebyshev", "relu"])
+def test_every_basis_family_fast_equals_reference(basis, name, grad_free):
+    cls, kw = FAMILY_CASES[name]
+    fast, ref = _pair(cls, grad_free=grad_free, basis=basis, **kw)
+    sp = (9, 8) if cls is KAConv2d else (4, 5, 6)
+    x = (1.5 * torch.randn(2, kw["in_channels"], *sp, dtype=torch.float64)).requires_grad_()
+    _assert_same_outputs_and_grads(fast, ref, x)
+
+
+@pytest.mark.parametrize("grad_free", [True, False])
+@pytest.mark.parametrize("basis", ["rbf", "chebyshev", "relu"])
+def test_every_basis_family_ka_linear_equals_the_literal_layer(basis, grad_free):
+    torch.manual_seed(0)
+    m = KALinear(7, 3, basis=basis, grad_free=grad_free).double()
+    x = (1.5 * torch.randn(5, 7, dtype=torch.float64)).requires_grad_()
+    from nnunet_allukan.layers.ka_grouped import ka_grouped
+    y = m(x)
+    ref = ka_grouped(x.reshape(-1, 1, 7), m.u[None], m.v[None], None, m.grid, grad_free, None, literal=True)[:, 0]
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad((y * g).sum(), [x, m.u, m.v]), torch.autograd.grad((ref * g).sum(),
+                                                                                           [x, m.u, m.v])):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -140,3 +140,20 @@ def test_triton_kernels_make_no_host_device_copy(monkeypatch):
         assert _host_syncs_in_a_training_step(make) == []
     finally:
         kernels.use(before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("basis", ["rbf", "chebyshev", "relu"])
+def test_every_basis_family_makes_no_host_device_copy(basis, device):
+    """The other basis families (torch backend): dense, depthwise and 1x1 layers, padded, both gradient modes,
+    and KA upsampling."""
+    from nnunet_allukan.layers import KAConvTranspose2d
+
+    def make():
+        torch.manual_seed(0)
+        net = nn.Sequential(KAConv2d(3, 8, 3, padding=1, basis=basis), nn.ReLU(),
+                            KAConv2d(8, 8, 3, padding=1, groups=8, basis=basis, grad_free=False), nn.ReLU(),
+                            KAConvTranspose2d(8, 4, 2, basis=basis), KAConv2d(4, 2, 1, basis=basis, grad_free=False))
+        return net, torch.randn(2, 3, 8, 8)
+
+    assert _host_syncs_in_a_training_step(make, device) == []

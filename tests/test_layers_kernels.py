@@ -99,6 +99,29 @@ def test_basis_and_activation_passes_match_the_reference(policy, backend, dtype,
             _assert_close(a, b, f"{backend} {name}")
 
 
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("basis", ["rbf", "chebyshev", "relu"])
+def test_every_basis_family_passes_match_the_reference(policy, basis, dtype, backend):
+    """The C kernels and the torch backend against the reference for the other families, every pass (a row of one
+    position too: KALinear's path) and two geometries."""
+    if backend == "native" and not native.available():
+        pytest.skip(native.unavailable_reason())
+    grid = SplineGrid(basis=basis, spline_order=2 if basis == "relu" else 3)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 2, 7, 37, dtype=dtype, generator=gen) * 1.5
+    calls = pass_calls(x, grid, gen)
+    rows = torch.randn(5, 1, 600, 1, dtype=dtype, generator=gen) * 1.5
+    calls["silu_and_basis_sums rows"] = lambda: kernels.silu_and_basis_sums(rows, grid, True)
+    for kernel, stride, padding, dilation in (GEOMETRIES[1], GEOMETRIES[5]):
+        xs = torch.randn(2, 2, 3, *((9, 11) if len(kernel) == 2 else (5, 6, 7)), dtype=dtype, generator=gen)
+        calls[f"window_sums {kernel}"] = (lambda xs=xs, k=kernel, s=stride, p=padding, d=dilation:
+                                          kernels.silu_and_window_sums(xs, grid, k, s, p, d))
+    for name, call in calls.items():
+        for a, b in zip(_tuple(_with(backend, call, policy)), _tuple(_with("reference", call, policy))):
+            _assert_close(a, b, f"{backend} {basis} {name}")
+
+
 def _layers():
     torch.manual_seed(0)
     return [
@@ -145,6 +168,10 @@ def _op_samples():
         (ops.activation_sums, (x4.clone().requires_grad_(), v.clone().requires_grad_(), *grid, zero)),
         (ops.activation_sums_backward, (x4, torch.randn_like(x4), torch.randn(2, 3, 1, 10, dtype=torch.float64),
                                         *grid, 8, zero)),
+        # the other families (native.FAMILIES): chebyshev, rbf with its centre
+        (ops.basis_sums, (x3, 0.0, 1.0, 8, None, True, 2, 0.0)),
+        (ops.silu_and_window_sums, (img, *grid, 8, zero, [3, 3], [2, 1], [1, 1], [1, 2], 1, 2.0)),
+        (ops.activation_sums, (x4.clone().requires_grad_(), v.clone().requires_grad_(), *grid, zero, 3, 2.0)),
     ]
 
 

@@ -39,6 +39,29 @@ def test_fast_equals_reference_forward_and_every_gradient(layer_class, spatial, 
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("layer_class,spatial,kernel", [CASES[1], CASES[3]], ids=["2d", "3d"])
+@pytest.mark.parametrize("grad_free", [True, False])
+@pytest.mark.parametrize("basis", ["rbf", "chebyshev", "relu"])
+def test_every_basis_family_fast_equals_reference(layer_class, spatial, kernel, grad_free, basis):
+    torch.manual_seed(0)
+    fast = layer_class(3, 4, kernel, kernel, bias=True, grad_free=grad_free, basis=basis).double()
+    reference = layer_class(3, 4, kernel, kernel, bias=True, grad_free=grad_free, basis=basis,
+                            implementation="reference").double()
+    with torch.no_grad():
+        fast.v.normal_()
+    reference.load_state_dict(fast.state_dict())
+    x = (1.5 * torch.randn(2, 3, *spatial, dtype=torch.float64)).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = fast(x), reference(x_ref)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    weight = torch.randn_like(y)
+    (y * weight).sum().backward()
+    (y_ref * weight).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+    for (name, p), p_ref in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_grad_free_drops_only_the_spline_input_gradient():
     torch.manual_seed(1)
     free = KAConvTranspose2d(2, 3, 2, grad_free=True).double()

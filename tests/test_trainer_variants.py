@@ -47,7 +47,7 @@ def test_rows_4_5_13_are_the_named_trainers_and_share_their_short_runs():
     assert not [c.__name__ for c in classes if c.__name__.startswith(("nnUNetTrainerTable2Row4",
                                                                       "nnUNetTrainerTable2Row5",
                                                                       "nnUNetTrainerTable2Row13"))]
-    assert len(set(classes)) == len(trainers.TRAINER_NAMES) - len(trainers.ALIASES) == 99
+    assert len(set(classes)) == len(trainers.TRAINER_NAMES) - len(trainers.ALIASES) == 109
 
 
 def _reference_kan_lr_names(network: torch.nn.Module) -> set[str]:
@@ -132,3 +132,53 @@ def test_a_misspelt_layer_option_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(trainers, "nnUNetTrainerAllUKAN_typo", nnUNetTrainerAllUKAN_typo, raising=False)
     with pytest.raises(ValueError, match="layer options grid_sise are taken by no layer"):
         make_trainer("nnUNetTrainerAllUKAN_typo", tmp_path, monkeypatch)
+
+
+def _predictor_build(trainer_class: type, plans: dict, deep_supervision: bool) -> torch.nn.Module:
+    """The network as nnUNetPredictor rebuilds it: plans.json read back, the trainer class's
+    build_network_architecture (nnU-Net 2.8's signature)."""
+    import json
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(json.loads(json.dumps(plans)))
+    return trainer_class.build_network_architecture(plans_manager, plans_manager.get_configuration("2d"), 3, 2,
+                                                    enable_deep_supervision=deep_supervision)
+
+
+@pytest.mark.parametrize("name, basis, order", [("nnUNetTrainerKAUNet_chebyshev", "chebyshev", 3),
+                                                ("nnUNetTrainerAllUKAN_rbf", "rbf", 3),
+                                                ("nnUNetTrainerKAUNet_bspline2", "bspline", 2)])
+def test_basis_trainers_record_the_family_and_prediction_rebuilds_it(name, basis, order, tmp_path, monkeypatch):
+    from nnunet_allukan.layers import KAConv2d, KAConvTranspose2d, KALinear
+
+    trainer = make_trainer(name, tmp_path, monkeypatch)
+    plans = trainer.plans_manager.plans
+    kwargs = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    recorded = [kwargs["ka_kwargs"]] if "ka_kwargs" in kwargs else [kwargs["conv_kwargs"], kwargs["fc_kwargs"]]
+    assert all((entry.get("basis", "bspline"), entry.get("spline_order", 3)) == (basis, order) for entry in recorded)
+    trained = _predictor_build(type(trainer), plans, trainer.enable_deep_supervision)  # as the trainer builds it
+    predicted = _predictor_build(type(trainer), plans, deep_supervision=False)
+    assert str(predicted) == str(trained)
+    assert {k: v.shape for k, v in predicted.state_dict().items()} == {k: v.shape for k, v in
+                                                                       trained.state_dict().items()}
+    layers = [m for m in predicted.modules() if isinstance(m, (KAConv2d, KAConvTranspose2d, KALinear))]
+    assert layers and {(m.basis, m.spline_order) for m in layers} == {(basis, order)}
+    predicted.load_state_dict(trained.state_dict())
+    # plans written before the basis option (no "basis" key) build the paper's B-splines
+    for entry in recorded:
+        entry.pop("basis", None)
+    old = _predictor_build(type(trainer), plans, deep_supervision=False)
+    assert {m.basis for m in old.modules() if isinstance(m, (KAConv2d, KALinear))} == {"bspline"}
+
+
+def test_every_basis_trainer_is_listed_with_what_it_changes():
+    from nnunet_allukan.commands.trainers import trainer_list
+
+    listing = trainer_list()
+    for base in ("nnUNetTrainerKAUNet", "nnUNetTrainerAllUKAN"):
+        for suffix, (options, what) in trainers.BASIS_VARIANTS.items():
+            trainer = getattr(trainers, f"{base}_{suffix}")
+            assert f"{base}_{suffix}" in trainers.__all__ and what in listing
+            recorded = trainer.ka_kwargs if base == "nnUNetTrainerKAUNet" else trainer.layer_options
+            assert {k: recorded[k] for k in options} == options

@@ -217,7 +217,8 @@ def _activation_grid(args: argparse.Namespace, checkpoint: Path) -> tuple[dict, 
              if value is not None}
     plans_file = checkpoint.parent.parent / "plans.json"
     if not plans_file.is_file():
-        grid = {"grid_size": GRID_SIZE, "spline_order": SPLINE_ORDER, "grid_range": tuple(GRID_RANGE), **given}
+        grid = {"grid_size": GRID_SIZE, "spline_order": SPLINE_ORDER, "grid_range": tuple(GRID_RANGE),
+                "basis": "bspline", **given}
         return grid, "as given" if given else "the paper's (no plans.json next to the fold folder)"
     _, architecture = _architecture_of(plans_file.parent, read_json(plans_file), args.c)
     grid = recorded_grid(architecture, str(plans_file))
@@ -231,7 +232,7 @@ def _activation_grid(args: argparse.Namespace, checkpoint: Path) -> tuple[dict, 
 
 def _grid_text(grid: dict) -> str:
     return (f"grid size {grid['grid_size']}, order {grid['spline_order']}, range {grid['grid_range'][0]:g} "
-            f"{grid['grid_range'][1]:g}")
+            f"{grid['grid_range'][1]:g}" + ("" if grid["basis"] == "bspline" else f", basis {grid['basis']}"))
 
 
 def _plot_activations(args: argparse.Namespace) -> None:

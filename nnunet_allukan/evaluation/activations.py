@@ -58,14 +58,26 @@ def bspline_bases(x: np.ndarray, grid_size: int = GRID_SIZE, spline_order: int =
     return layer_bases(values, grid_size, spline_order, grid_range).numpy()
 
 
-GRID_OPTIONS = ("grid_size", "spline_order", "grid_range")
+def grid_bases(x: np.ndarray, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
+               grid_range: tuple[float, float] = GRID_RANGE, basis: str = "bspline") -> np.ndarray:
+    """The layers' bases of the family ``basis`` (:func:`nnunet_allukan.layers.splines.grid_bases`) of ``x``, in
+    float64 numpy: x.shape + (grid_size + spline_order,)."""
+    import torch
+
+    from nnunet_allukan.layers.splines import SplineGrid, grid_bases as layer_bases
+
+    values = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    return layer_bases(values, SplineGrid.from_args(grid_size, spline_order, grid_range, basis)).numpy()
+
+
+GRID_OPTIONS = ("grid_size", "spline_order", "grid_range", "basis")
 # Where a plans ``architecture`` entry records the KA layers' options: the U-KAN family's convolutions and fc
 # layers, the KA U-Nets' layers.
 _LAYER_OPTION_ENTRIES = ("conv_kwargs", "fc_kwargs", "ka_kwargs")
 
 
 def recorded_grid(architecture: Mapping, where: str = "plans") -> dict:
-    """The spline grid (``grid_size``, ``spline_order``, ``grid_range``) a network was built with, from its plans
+    """The grid (``grid_size``, ``spline_order``, ``grid_range``, ``basis``) a network was built with, from its plans
     ``architecture`` entry. An option the entry does not record is the layers' default, the paper's grid."""
     arch_kwargs = architecture.get("arch_kwargs") or {}
     found: dict = {}
@@ -74,12 +86,13 @@ def recorded_grid(architecture: Mapping, where: str = "plans") -> dict:
         for name in GRID_OPTIONS:
             if name not in options:
                 continue
-            value = tuple(float(v) for v in options[name]) if name == "grid_range" else int(options[name])
+            value = (tuple(float(v) for v in options[name]) if name == "grid_range" else
+                     str(options[name]) if name == "basis" else int(options[name]))
             if found.setdefault(name, value) != value:
                 raise EvaluationError(f"{where}: the architecture records two different {name} values "
                                       f"({found[name]} and {value}); the activation plot takes one grid.")
     return {"grid_size": found.get("grid_size", GRID_SIZE), "spline_order": found.get("spline_order", SPLINE_ORDER),
-            "grid_range": found.get("grid_range", tuple(GRID_RANGE))}
+            "grid_range": found.get("grid_range", tuple(GRID_RANGE)), "basis": found.get("basis", "bspline")}
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -181,8 +194,8 @@ def select_layers(layers: Sequence[KALayerWeights], patterns: Sequence[str]) -> 
 
 
 def activation_curves(layer: KALayerWeights, x: np.ndarray, outputs: Sequence[int], grid_size: int = GRID_SIZE,
-                      spline_order: int = SPLINE_ORDER,
-                      grid_range: tuple[float, float] = GRID_RANGE) -> dict[str, np.ndarray]:
+                      spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE,
+                      basis: str = "bspline") -> dict[str, np.ndarray]:
     """Curves of the chosen outputs over x [n_x]: 'phi' [n_out, n_x] = sum_k v[i,k] B_k(x) (Eq. 7);
     'mean_u' [n_out, n_x] = phi + mean_j u[i,j] silu(x); 'low' / 'high' [n_out, n_x]: pointwise envelope of
     phi + u silu(x) for u in [5th, 95th percentile of u[i, :]] (the expression is linear in u)."""
@@ -190,7 +203,7 @@ def activation_curves(layer: KALayerWeights, x: np.ndarray, outputs: Sequence[in
     if layer.v.shape[1] != n_basis:
         raise EvaluationError(f"layer {layer.name}: v has {layer.v.shape[1]} bases, grid size {grid_size} + order "
                               f"{spline_order} gives {n_basis}: pass --grid-size / --spline-order.")
-    bases = bspline_bases(x, grid_size, spline_order, grid_range)  # [n_x, n_basis]
+    bases = grid_bases(x, grid_size, spline_order, grid_range, basis)  # [n_x, n_basis]
     index = np.asarray(outputs)
     phi = layer.v[index] @ bases.T  # [n_out, n_x]
     u = layer.u.reshape(layer.u.shape[0], -1)[index]  # [n_out, n_in_per_output]
@@ -203,7 +216,7 @@ def activation_curves(layer: KALayerWeights, x: np.ndarray, outputs: Sequence[in
 
 def plot_activations(layers: Sequence[KALayerWeights], output_png: Path, n_outputs: int = 8,
                      grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
-                     grid_range: tuple[float, float] = GRID_RANGE,
+                     grid_range: tuple[float, float] = GRID_RANGE, basis: str = "bspline",
                      x_range: tuple[float, float] | None = None, title: str = "") -> Path:
     """One PNG: a row of ``n_outputs`` panels per layer (outputs evenly spaced over the layer's outputs)."""
     import matplotlib
@@ -223,7 +236,7 @@ def plot_activations(layers: Sequence[KALayerWeights], output_png: Path, n_outpu
     for row, layer in zip(rows, layers):
         count = min(n_outputs, layer.v.shape[0])
         outputs = np.unique(np.linspace(0, layer.v.shape[0] - 1, count).round().astype(int))
-        curves = activation_curves(layer, x, outputs, grid_size, spline_order, grid_range)
+        curves = activation_curves(layer, x, outputs, grid_size, spline_order, grid_range, basis)
         lam = " (λ_j present: spline term scaled per input, λ=1 shown)" if layer.lam is not None else ""
         row.suptitle(f"{layer.name}  [{layer.kind}, u {tuple(layer.u.shape)}]{lam}", fontsize=8, fontweight="bold")
         axes = row.subplots(1, n_outputs, squeeze=False)[0]

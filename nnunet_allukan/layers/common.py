@@ -36,7 +36,8 @@ def init_ka_parameters(u: torch.Tensor, v: torch.Tensor, fan_in: int) -> None:
 
 
 class SplineGridAttributes:
-    """``grid_size`` / ``spline_order`` / ``grid_range`` read from the layer's :class:`SplineGrid` ``grid``."""
+    """``grid_size`` / ``spline_order`` / ``grid_range`` / ``basis`` read from the layer's :class:`SplineGrid`
+    ``grid``."""
 
     grid: SplineGrid
 
@@ -51,6 +52,14 @@ class SplineGridAttributes:
     @property
     def grid_range(self) -> tuple[float, float]:
         return (self.grid.lo, self.grid.hi)
+
+    @property
+    def basis(self) -> str:
+        return self.grid.basis
+
+    def basis_repr(self) -> str:
+        """``", basis=..."`` for extra_repr, empty for the paper's B-splines."""
+        return "" if self.grid.basis == "bspline" else f", basis={self.grid.basis!r}"
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ class KALinear(SplineGridAttributes, nn.Module):
     output), optional ``lam`` [in] (lambda_j, initialised to 1), optional ``bias`` [out].
     Count: in*out + n_bases*out (+ out with bias, + in with lambda).
 
+    ``basis``: the family of the bases B_k (``"bspline"``, the paper's, default; ``"rbf"``, ``"chebyshev"``,
+    ``"relu"``: splines.py), part of ``grid``; parameters and their count do not depend on it.
+
     ``bias`` defaults to False because Eq. 7 has none (on the grid range the bases sum to 1, so the spline
     path already provides a per-output offset of v[i] summed over inputs).
 
@@ -54,13 +57,14 @@ class KALinear(SplineGridAttributes, nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *, grid_size: int = GRID_SIZE,
-                 spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE, grad_free: bool = True,
+                 spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE, basis: str = "bspline",
+                 grad_free: bool = True,
                  use_lambda: bool = False, chunk_size: Optional[int] = None) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range)
+        self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range, basis)
         self.grad_free = bool(grad_free)
         self.chunk_size = check_chunk(chunk_size)
         self.u = nn.Parameter(torch.empty(out_features, in_features))
@@ -84,7 +88,8 @@ class KALinear(SplineGridAttributes, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"grid_size={self.grid_size}, spline_order={self.spline_order}, grid_range={self.grid_range}, "
+                f"grid_size={self.grid_size}, spline_order={self.spline_order}, "
+                f"grid_range={self.grid_range}{self.basis_repr()}, "
                 f"grad_free={self.grad_free}, use_lambda={self.lam is not None}"
                 + (f", chunk_size={self.chunk_size}" if self.lam is not None else ""))
 
@@ -95,7 +100,7 @@ class _KAConvNd(SplineGridAttributes, nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple, stride: IntOrTuple = 1,
                  padding: Union[IntOrTuple, str] = 0, dilation: IntOrTuple = 1, groups: int = 1, bias: bool = False,
                  *, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE,
-                 grad_free: bool = True, use_lambda: bool = False, chunk_size: Optional[int] = None,
+                 basis: str = "bspline", grad_free: bool = True, use_lambda: bool = False, chunk_size: Optional[int] = None,
                  implementation: str = "fast") -> None:
         super().__init__()
         nd = self.nd
@@ -122,7 +127,7 @@ class _KAConvNd(SplineGridAttributes, nn.Module):
             pad = ntuple(padding, nd, "padding")
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size, self.stride, self.padding, self.dilation = kernel, stride_t, pad, dil
-        self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range)
+        self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range, basis)
         self.grad_free = bool(grad_free)
         self.chunk_size = check_chunk(chunk_size)
         self.implementation = implementation
@@ -167,7 +172,8 @@ class _KAConvNd(SplineGridAttributes, nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
                 f"bias={self.bias is not None}, grid_size={self.grid_size}, spline_order={self.spline_order}, "
-                f"grid_range={self.grid_range}, grad_free={self.grad_free}, use_lambda={self.lam is not None}, "
+                f"grid_range={self.grid_range}{self.basis_repr()}, grad_free={self.grad_free}, "
+                f"use_lambda={self.lam is not None}, "
                 f"implementation={self.implementation!r}"
                 + (f", chunk_size={self.chunk_size}" if self.implementation == "reference" or self.lam is not None
                    else ""))
@@ -182,6 +188,7 @@ class KAConv2d(_KAConvNd):
 
     Shapes: ``[B, C_in, H, W] -> [B, C_out, H_out, W_out]`` with nn.Conv2d's H_out/W_out.
     ``implementation``: ``"fast"`` (closed form, default) or ``"reference"`` (explicit unfold).
+    ``basis``: the family of the bases (see :class:`KALinear`).
     ``chunk_size``: input channels per chunk where bases are built per input (``implementation="reference"``,
     ``use_lambda``): bounds their transient memory. The fast path builds none and ignores it.
     """

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .kernels import basis_sum, differentiable_basis_sum
-from .splines import SplineGrid, bspline_bases
+from .splines import SplineGrid, grid_bases
 
 __all__ = ["ka_grouped"]
 
@@ -33,7 +33,7 @@ def ka_grouped(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, lam: Optional[
         xc = x[:, :, j0: j0 + step]
         if literal:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not grad_free):
-                dense = bspline_bases(xc, grid.grid_size, grid.spline_order, (grid.lo, grid.hi))  # [N, G, cj, nb]
+                dense = grid_bases(xc, grid)  # [N, G, cj, nb]
             part = dense.sum(2) if lam is None else torch.einsum("ngjk,gj->ngk", dense,
                                                                  lam[:, j0: j0 + step].to(dense.dtype))
         elif lam is None:

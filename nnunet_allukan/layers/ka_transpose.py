@@ -12,6 +12,7 @@ Closed form (``implementation="fast"``): the silu path is ``conv_transpose(silu(
 ``conv_transpose(S, v)`` with ``S_k(p) = sum_c B_k(x[c, p])``, the 8 basis sums of one voxel: no unfolding, no
 per-output spline tensor. ``implementation="reference"`` applies the KA layer to every voxel literally.
 
+``basis`` chooses the family of the bases B_k as for :class:`~nnunet_allukan.layers.ka.KALinear`.
 Only the nnU-Net case is supported: stride = kernel, no padding, no output padding, dilation 1, groups 1.
 Parameters: ``u`` ``[C_in, C_out, *kernel]`` (``nn.ConvTranspose`` weight layout), ``v`` ``[C_out, *kernel, n_bases]``,
 optional ``bias`` ``[C_out]``. Count: C_in*C_out*K + C_out*K*n_bases (+ C_out), K = prod(kernel).
@@ -40,7 +41,8 @@ class _KAConvTransposeNd(SplineGridAttributes, nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
                  stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
                  groups: int = 1, bias: bool = False, dilation: IntOrTuple = 1, *, grid_size: int = GRID_SIZE,
-                 spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE, grad_free: bool = True,
+                 spline_order: int = SPLINE_ORDER, grid_range: tuple[float, float] = GRID_RANGE, basis: str = "bspline",
+                 grad_free: bool = True,
                  implementation: str = "fast") -> None:
         super().__init__()
         nd, name = self.nd, type(self).__name__
@@ -60,7 +62,7 @@ class _KAConvTransposeNd(SplineGridAttributes, nn.Module):
             raise ValueError(f"implementation must be 'fast' or 'reference', got {implementation!r}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = self.stride = kernel
-        self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range)
+        self.grid = SplineGrid.from_args(grid_size, spline_order, grid_range, basis)
         self.grad_free = bool(grad_free)
         self.implementation = implementation
         self.u = nn.Parameter(torch.empty(in_channels, out_channels, *kernel))
@@ -124,7 +126,8 @@ class _KAConvTransposeNd(SplineGridAttributes, nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"bias={self.bias is not None}, grid_size={self.grid_size}, spline_order={self.spline_order}, "
-                f"grid_range={self.grid_range}, grad_free={self.grad_free}, implementation={self.implementation!r}")
+                f"grid_range={self.grid_range}{self.basis_repr()}, grad_free={self.grad_free}, "
+                f"implementation={self.implementation!r}")
 
 
 class KAConvTranspose2d(_KAConvTransposeNd):

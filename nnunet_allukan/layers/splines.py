@@ -10,18 +10,37 @@ closed form, so no Cox-de Boor recursion is needed. For the default cubic case (
 ``beta3(t) = (relu(2 - |t|)^3 - 4 relu(1 - |t|)^3) / 6`` with ``t = (x - t_k) / h - 2`` is used; other
 orders use the truncated-power form ``N_p(u) = sum_i (-1)^i C(p+1, i) relu(u - i)^p / p!`` on the
 clamped support. :func:`bspline_bases_cox_de_boor` is the textbook recursion, kept as the tests' oracle.
+
+The closed form of the KA layers holds for any family of bases shared by all inputs, so the grid also names its
+family (``basis``); every family has ``n_bases = grid_size + spline_order`` bases (the same parameter count):
+
+- ``bspline``: the B-splines above (the paper's);
+- ``rbf``: Gaussian bumps ``exp(-((x - c_k) / h)^2)`` centred where B_k is (``c_k = t_k + (p + 1) h / 2``), width
+  the knot spacing h (FastKAN's choice: width = distance between centres);
+- ``chebyshev``: ``T_k(tanh((x - m) / r))``, k = 0 .. n_bases - 1, m and r the grid range's centre and half-width
+  (ChebyKAN's ``T_k(tanh x)`` on the default range (-1, 1));
+- ``relu``: ReLU-KAN's ``(16 / (e - s)^4) (relu(e - x) relu(x - s))^2`` on B_k's support ``[s, e) =
+  [t_k, t_{k+p+1})``, peak 1 at its centre.
+
+:func:`basis_terms` and :func:`basis_derivative_terms` are the one Python definition of each family (values and
+derivatives, one basis at a time, a constant factor applied after the caller's reduction); :func:`grid_bases`
+stacks them, and the grid's ``zero_bases`` (B_k(0), what zero padding adds) come from it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
 from ..paper import GRID_RANGE, GRID_SIZE, SPLINE_ORDER
 
-__all__ = ["SplineGrid", "bspline_bases", "bspline_bases_cox_de_boor", "cardinal", "cardinal_derivative",
-           "compute_dtype", "cubic6"]
+__all__ = ["BASES", "SplineGrid", "basis_derivative_terms", "basis_terms", "bspline_bases",
+           "bspline_bases_cox_de_boor", "cardinal", "cardinal_derivative", "compute_dtype", "cubic6", "grid_bases"]
+
+# The basis families a grid can have (see the module docstring); "bspline" is the paper's.
+BASES = ("bspline", "rbf", "chebyshev", "relu")
 
 
 # SplineGrid.zero_bases_tensor's tensors, keyed on (grid, device, dtype): a few per process.
@@ -30,12 +49,14 @@ _ZERO_BASES: dict = {}
 
 @dataclass(frozen=True)
 class SplineGrid:
-    """A uniform B-spline grid: ``grid_size`` intervals on ``[lo, hi]``, bases of order ``spline_order``."""
+    """A uniform grid: ``grid_size`` intervals on ``[lo, hi]``, ``grid_size + spline_order`` bases of the family
+    ``basis`` (B-splines of order ``spline_order`` by default; see the module docstring for the others)."""
 
     grid_size: int = GRID_SIZE
     spline_order: int = SPLINE_ORDER
     lo: float = GRID_RANGE[0]
     hi: float = GRID_RANGE[1]
+    basis: str = "bspline"
     # B_k(0) for every basis: what one zero-padded input adds to the spline sums (computed once, a plain tuple).
     zero_bases: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
@@ -46,17 +67,19 @@ class SplineGrid:
             raise ValueError(f"spline_order must be an integer >= 1, got {self.spline_order!r}")
         if not float(self.hi) > float(self.lo):
             raise ValueError(f"grid_range must satisfy lo < hi, got ({self.lo}, {self.hi})")
-        u0, p = -self.t0 / self.h, self.spline_order
-        zero = tuple(sum((-1) ** i * math.comb(p + 1, i) * max(u0 - k - i, 0.0) ** p for i in range(p + 2))
-                     / math.factorial(p) if 0.0 <= u0 - k < p + 1 else 0.0 for k in range(self.n_bases))
-        object.__setattr__(self, "zero_bases", zero)
+        if self.basis not in BASES:
+            raise ValueError(f"basis must be one of {', '.join(BASES)}, got {self.basis!r}")
+        # On the CPU whatever the default device: a few float64 values, once per grid.
+        with torch.no_grad():
+            zero = grid_bases(torch.zeros((), dtype=torch.float64, device="cpu"), self)
+        object.__setattr__(self, "zero_bases", tuple(float(b) for b in zero.tolist()))
 
     @classmethod
     def from_args(cls, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
-                  grid_range: tuple[float, float] = GRID_RANGE) -> "SplineGrid":
+                  grid_range: tuple[float, float] = GRID_RANGE, basis: str = "bspline") -> "SplineGrid":
         if len(grid_range) != 2:
             raise ValueError(f"grid_range must be (lo, hi), got {grid_range!r}")
-        return cls(int(grid_size), int(spline_order), float(grid_range[0]), float(grid_range[1]))
+        return cls(int(grid_size), int(spline_order), float(grid_range[0]), float(grid_range[1]), str(basis))
 
     @property
     def n_bases(self) -> int:
@@ -77,8 +100,7 @@ class SplineGrid:
         queue to drain. Read-only for callers. Inside a compiled region it is computed on the device instead (no
         constant copied in at every call of the compiled graph, and no cache entry made of traced values)."""
         if torch.compiler.is_compiling():
-            offsets = torch.arange(self.n_bases, dtype=dtype, device=device)
-            return cardinal(-self.t0 / self.h - offsets, self.spline_order)
+            return grid_bases(torch.zeros((), dtype=dtype, device=device), self)
         key = (self, torch.device(device), dtype)
         cached = _ZERO_BASES.get(key)
         if cached is None:
@@ -128,6 +150,76 @@ def cardinal_derivative(u: torch.Tensor, order: int) -> torch.Tensor:
         return torch.where((u >= 0) & (u < 1), torch.ones_like(u),
                            torch.where((u >= 1) & (u < 2), -torch.ones_like(u), torch.zeros_like(u)))
     return cardinal(u, order - 1) - cardinal(u - 1.0, order - 1)
+
+
+def basis_terms(x: torch.Tensor, grid: SplineGrid) -> tuple[Iterator[torch.Tensor], float]:
+    """The bases of ``x`` one at a time: ``(terms, scale)`` with ``B_k(x) = scale * terms[k]``, k = 0 .. n_bases - 1
+    (the constant scale is left to the caller, to apply once after a sum). ``x`` in the dtype to compute in; it
+    may carry autograd. Each term is a new tensor of x's shape."""
+    p = grid.spline_order
+    if grid.basis == "chebyshev":
+        return _chebyshev(torch.tanh((x - 0.5 * (grid.lo + grid.hi)) * (2.0 / (grid.hi - grid.lo))), grid.n_bases,
+                          False), 1.0
+    s = (x - grid.t0) * (1.0 / grid.h)
+    if grid.basis == "bspline":
+        if p == 3:  # the centred cubic, 6 B_k
+            return (cubic6(s - (k + 2.0)) for k in range(grid.n_bases)), 1.0 / 6.0
+        return (cardinal(s - k, p) for k in range(grid.n_bases)), 1.0
+    if grid.basis == "rbf":
+        return (torch.exp(-(s - (k + 0.5 * (p + 1))).square()) for k in range(grid.n_bases)), 1.0
+    # relu: (relu(e - x) relu(x - s))^2 with e - s = (p + 1) h, times 16 / (p + 1)^4, in units of h; with u = s - the
+    # centre and c = (p + 1) / 2 the product relu(c - u) relu(c + u) is relu(c^2 - u^2): fewer tensor operations.
+    c = 0.5 * (p + 1)
+    return ((c * c - (s - (k + c)).square()).clamp_min(0.0).square() for k in range(grid.n_bases)), 1.0 / c ** 4
+
+
+def basis_derivative_terms(x: torch.Tensor, grid: SplineGrid) -> tuple[Iterator[torch.Tensor], float]:
+    """The derivatives dB_k/dx one at a time, as :func:`basis_terms`: ``(terms, scale)``,
+    ``B'_k(x) = scale * terms[k]``."""
+    p = grid.spline_order
+    if grid.basis == "chebyshev":
+        r = 0.5 * (grid.hi - grid.lo)
+        z = torch.tanh((x - 0.5 * (grid.lo + grid.hi)) * (1.0 / r))
+        dz = 1.0 - z.square()  # r dz/dx
+        return (t * dz for t in _chebyshev(z, grid.n_bases, True)), 1.0 / r
+    s = (x - grid.t0) * (1.0 / grid.h)
+    if grid.basis == "bspline":
+        return (cardinal_derivative(s - k, p) for k in range(grid.n_bases)), 1.0 / grid.h
+    if grid.basis == "rbf":
+        def rbf_derivative(d: torch.Tensor) -> torch.Tensor:
+            return -2.0 * d * torch.exp(-d.square())
+        return (rbf_derivative(s - (k + 0.5 * (p + 1))) for k in range(grid.n_bases)), 1.0 / grid.h
+
+    def relu_derivative(k: int) -> torch.Tensor:  # d/ds (a b)^2 = 2 a b (a - b), a = relu(e - s), b = relu(s - k)
+        a, b = ((k + p + 1.0) - s).clamp_min(0.0), (s - k).clamp_min(0.0)
+        return 2.0 * a * b * (a - b)
+    return (relu_derivative(k) for k in range(grid.n_bases)), 16.0 / (p + 1) ** 4 / grid.h
+
+
+def _chebyshev(z: torch.Tensor, n: int, derivative: bool) -> Iterator[torch.Tensor]:
+    """T_0(z) .. T_{n-1}(z) by the recurrence ``T_{k+1} = 2 z T_k - T_{k-1}``, or their derivatives dT_k/dz by the
+    recurrence's derivative ``T'_{k+1} = 2 T_k + 2 z T'_k - T'_{k-1}`` (which needs the T_k too)."""
+    t_prev, t = torch.ones_like(z), z
+    if not derivative:
+        yield t_prev
+        for k in range(1, n):
+            yield t
+            if k + 1 < n:
+                t_prev, t = t, 2.0 * z * t - t_prev
+        return
+    d_prev, d = torch.zeros_like(z), torch.ones_like(z)
+    yield d_prev
+    for k in range(1, n):
+        yield d
+        if k + 1 < n:
+            t_prev, t, d_prev, d = t, 2.0 * z * t - t_prev, d, 2.0 * t + 2.0 * z * d - d_prev
+
+
+def grid_bases(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
+    """All bases of ``grid``'s family at ``x`` (any shape) -> ``[..., n_bases]`` in :func:`compute_dtype`
+    (differentiable; the dense form the reference backend and the literal layers use)."""
+    terms, scale = basis_terms(x.to(compute_dtype(x)), grid)
+    return torch.stack(list(terms), -1) * scale
 
 
 def bspline_bases(x: torch.Tensor, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,

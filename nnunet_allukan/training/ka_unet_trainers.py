@@ -31,8 +31,9 @@ __all__ = ["nnUNetTrainerKAUNet", "nnUNetTrainerKAUNet_smoke"]
 class nnUNetTrainerKAUNet(KATrainerBase):
     """nnU-Net's planned U-Net with KA layers everywhere, trained exactly as ``nnUNetTrainer`` trains."""
 
-    # Options of every KA layer (the fast KAonv builds no per-input bases: no chunk_size to record).
-    ka_kwargs: dict = {"grad_free": True, "implementation": "fast"}
+    # Options of every KA layer (the fast KAonv builds no per-input bases: no chunk_size to record); ``basis``: the
+    # family of the bases (layers/splines.py), recorded so that prediction rebuilds the same layers.
+    ka_kwargs: dict = {"grad_free": True, "implementation": "fast", "basis": "bspline"}
     epochs: Optional[int] = None  # None: nnUNetTrainer's default
     # Without it nnU-Net's SGD moves the spline path fan_in / n_bases times faster than the silu path: v takes almost
     # all of the gradient, grows unchecked, and training on BUSI collapses to background (docs/learning.md).

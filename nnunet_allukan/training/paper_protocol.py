@@ -65,7 +65,8 @@ class nnUNetTrainerPaperProtocol(KATrainerBase):
     kan_fc_lr: "float | None" = None
     # Options of the network's KA / KAN layers (each layer type takes those its constructor has), recorded in the
     # plans' architecture entry, so that prediction and the activation plots rebuild the same layers.
-    layer_options: dict = {"grid_size": GRID_SIZE, "spline_order": SPLINE_ORDER, "grid_range": GRID_RANGE}
+    layer_options: dict = {"grid_size": GRID_SIZE, "spline_order": SPLINE_ORDER, "grid_range": GRID_RANGE,
+                           "basis": "bspline"}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

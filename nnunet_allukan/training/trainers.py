@@ -14,6 +14,10 @@ shim too: a misspelling of one of these names is answered there, at once, with t
   name (the same class: nnU-Net names the results folder after the class, e.g. ``nnUNetTrainerAllUKAN__...``).
 - nnU-Net's own protocol with its planned network made fully KA: ``nnUNetTrainerKAUNet``
   (:mod:`nnunet_allukan.training.ka_unet_trainers`).
+- Other basis families of the KA layers than the paper's cubic B-splines (layers/splines.py), for both protocols:
+  ``nnUNetTrainerKAUNet_<family>`` and ``nnUNetTrainerAllUKAN_<family>`` with family ``rbf``, ``chebyshev``,
+  ``relu``, ``bspline1`` and ``bspline2`` (B-splines of order 1 and 2), made by :func:`_basis_variant` from the
+  table ``BASIS_VARIANTS``.
 - Short runs, as nnU-Net's ``nnUNetTrainer_Xepochs``: ``<trainer>_<N>epoch(s)``, one-line subclasses that set
   ``epochs`` (the paper's cosine schedule then spans those epochs), all made by :func:`_short_run_variant` from
   the table ``SHORT_RUNS``; those of rows 4, 5 and 13 are again the named trainers' ones.
@@ -84,6 +88,28 @@ def _short_run_variant(base: type, epochs: int) -> type:
                    f"{base.__name__} for {epochs} epoch{'s' if epochs > 1 else ''}.", epochs=epochs)
 
 
+# Basis families of the KA layers: trainer suffix -> (layer options, what the trainer changes).
+BASIS_VARIANTS: dict[str, tuple[dict, str]] = {
+    "rbf": ({"basis": "rbf"}, "Gaussian RBF bases on the grid (FastKAN's)"),
+    "chebyshev": ({"basis": "chebyshev"}, "Chebyshev polynomials of tanh x (ChebyKAN's)"),
+    "relu": ({"basis": "relu"}, "ReLU-KAN's squared-ReLU bumps"),
+    "bspline1": ({"spline_order": 1}, "linear B-splines (spline order 1)"),
+    "bspline2": ({"spline_order": 2}, "quadratic B-splines (spline order 2)"),
+}
+
+
+def _basis_variant(base: type, suffix: str) -> type:
+    """``<base>_<suffix>``: ``base`` with the KA layer options of ``BASIS_VARIANTS[suffix]``, recorded in the plans
+    (``ka_kwargs`` of nnU-Net's protocol, ``layer_options`` of the paper's)."""
+    options, what = BASIS_VARIANTS[suffix]
+    attribute = "ka_kwargs" if issubclass(base, nnUNetTrainerKAUNet) else "layer_options"
+    return _define(f"{base.__name__}_{suffix}", base,
+                   f"{base.__name__} with {what} instead of the cubic B-splines in every KA layer.",
+                   **{attribute: {**getattr(base, attribute), **options}})
+
+
+BASIS_TRAINERS = [_basis_variant(base, suffix) for base in (nnUNetTrainerKAUNet, nnUNetTrainerAllUKAN)
+                  for suffix in BASIS_VARIANTS]
 PAPER_PROTOCOL_TRAINERS = [nnUNetTrainerAllUKAN, nnUNetTrainerUKAN, nnUNetTrainerUKAN_MLP, nnUNetTrainerUKAN_kanlr,
                            nnUNetTrainerAllUKAN_kanlr]
 # The Table 2 rows that a named trainer trains: the row's name is that trainer (one class, one results folder).
@@ -129,6 +155,8 @@ TRAINER_GROUPS: dict[str, list[str]] = {
                key=lambda name: int(name.rsplit("Row", 1)[1])),
     "nnU-Net's own protocol with its planned U-Net made fully Kolmogorov-Arnold":
         [t.__name__ for t in KA_UNET_TRAINERS],
+    "Other basis families of the KA layers (layers/splines.py; docs/layers.md, \"Basis families\")":
+        [t.__name__ for t in BASIS_TRAINERS],
     "Short runs: the trainer before the suffix, for that many epochs (the schedule spans them)":
         [t.__name__ for t in SHORT_RUN_TRAINERS] + [n for n in ALIASES if "_" in n.rsplit("Row", 1)[1]],
 }

@@ -12,8 +12,9 @@ reads half-precision inputs itself, ``READS_HALF``, and accumulates in float32):
 - ``basis_derivative_dot``: x [N, C, P], g [N, n_bases, P] -> ``sum_k g_k B'_k(x)`` (only ``grad_free=False``).
 
 Backends, each a module with every one of these functions: ``reference`` (the definitions: dense bases, unfold,
-autograd), ``torch`` (one vectorised tensor form per pass, uncompiled, any device and grid), ``native`` (C kernels
-as torch operators: CPU, cubic grids) and ``triton`` (Triton kernels as torch operators: CUDA, cubic grids; Triton
+autograd), ``torch`` (one vectorised tensor form per pass, uncompiled, any device, grid and basis family),
+``native`` (C kernels as torch operators: CPU, cubic B-spline, rbf, chebyshev and relu grids) and ``triton``
+(Triton kernels as torch operators: CUDA, cubic B-spline grids; Triton
 is imported at its first use). The two kernel backends also say per call whether they run it
 (``covers(kernel, device_type, grid, full_grad)``: None, or why not).
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..splines import SplineGrid, bspline_bases, compute_dtype
+from ..splines import SplineGrid, compute_dtype, grid_bases
 from . import native, reference, tensor, triton_ops
 
 __all__ = ["KERNELS", "POLICIES", "Choice", "use", "policy", "active", "describe", "basis_sum",
@@ -45,8 +46,8 @@ ENVIRONMENT_VARIABLE = "NNUNET_ALLUKAN_KERNELS"
 _BACKENDS = {"native": native, "triton": triton_ops, "torch": tensor, "reference": reference}
 # The kernel backend of each device type under ``auto``, and what it needs to serve a call.
 _KERNEL_BACKEND = {"cpu": "native", "cuda": "triton"}
-_SERVES = {"native": "CPU, cubic grid, library built",
-           "triton": "CUDA (or Triton's interpreter), cubic grid, Triton imports"}
+_SERVES = {"native": "CPU, cubic B-spline / rbf / chebyshev / relu grid, library built",
+           "triton": "CUDA (or Triton's interpreter), cubic B-spline grid, Triton imports"}
 
 
 def _parse(value: str) -> str:
@@ -153,7 +154,7 @@ def basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
 
 def differentiable_basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
     """:func:`basis_sum` through autograd (full spline gradients: the paper's path without Grad-Free Spline)."""
-    return bspline_bases(x, grid.grid_size, grid.spline_order, (grid.lo, grid.hi)).sum(2).movedim(-1, 2)
+    return grid_bases(x, grid).sum(2).movedim(-1, 2)
 
 
 @torch.no_grad()

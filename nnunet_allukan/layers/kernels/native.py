@@ -1,4 +1,5 @@
-"""The ``native`` backend: the C kernels of ``native_kernels.c`` as torch operators (CPU, cubic grids).
+"""The ``native`` backend: the C kernels of ``native_kernels.c`` as torch operators (CPU; cubic B-spline, rbf,
+chebyshev and relu grids).
 
 One pass over the input per kernel, without inductor and without the tensor backend's per-basis temporaries.
 Each kernel is a ``torch.library`` custom operator (``torch.ops.nnunet_allukan.*``) with a fake implementation,
@@ -35,7 +36,7 @@ from ..splines import SplineGrid
 
 __all__ = ["available", "unavailable_reason", "library_path", "covers", "cache_dir", "reset"]
 
-ABI = 2  # KA_ABI in native_kernels.c
+ABI = 3  # KA_ABI in native_kernels.c
 READS_HALF = False  # float32/float64 kernels: the seam casts half precision to float32
 _SOURCE = Path(__file__).with_name("native_kernels.c")
 # -ffast-math at compile time only: linked with it, gcc would add crtfastmath.o, which sets the process's
@@ -61,10 +62,10 @@ class _Library:
             raise OSError(f"library ABI {abi}, expected {ABI}")
         p, i64, dbl, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
         signatures = {
-            "ka_basis_sums": [p, p, p, i64, i64, i64, i64, i64, i32, dbl, dbl, p, i64],
+            "ka_basis_sums": [p, p, p, i64, i64, i64, i64, i64, i32, i32, dbl, dbl, dbl, p, i64],
             "ka_window_sums": [p, p, p, i64, i64, p, p, p, p, p, p, i64],
-            "ka_activation_sums": [p, p, p, p, i64, i64, i64, i64, i32, dbl, dbl, p, i64],
-            "ka_activation_sums_backward": [p, p, p, p, p, i64, i64, i64, i64, i32, dbl, dbl, p, i64],
+            "ka_activation_sums": [p, p, p, p, i64, i64, i64, i64, i32, i32, dbl, dbl, dbl, p, i64],
+            "ka_activation_sums_backward": [p, p, p, p, p, i64, i64, i64, i64, i32, i32, dbl, dbl, dbl, p, i64],
         }
         self.functions = {}
         for name, args in signatures.items():
@@ -223,8 +224,8 @@ def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = Fa
         return "no native kernel for the spline path's input gradient (grad_free=False)"
     if device_type != "cpu":
         return f"{device_type} tensors (native: CPU)"
-    if grid.spline_order != 3:
-        return f"spline order {grid.spline_order} (native: cubic)"
+    if grid.basis == "bspline" and grid.spline_order != 3:
+        return f"spline order {grid.spline_order} (native: cubic B-splines, rbf, chebyshev, relu)"
     if not available():
         return unavailable_reason()
     if grid.n_bases > _LIBRARY.max_bases:
@@ -259,6 +260,17 @@ def _shift(n_bases: int, zero: Optional[Sequence[float]], c: int) -> ctypes.Arra
     return (ctypes.c_double * n_bases)(*([0.0] * n_bases if zero is None else [c * z for z in zero]))
 
 
+# The basis families of the C kernels and their ids there (KA_CUBIC ... in native_kernels.c); "bspline": cubic only.
+FAMILIES = {"bspline": 0, "rbf": 1, "chebyshev": 2, "relu": 3}
+
+
+def _family(family: int) -> int:
+    if family not in FAMILIES.values():
+        raise ValueError(f"nnunet_allukan native kernel: family must be one of {sorted(FAMILIES.values())} "
+                         f"({', '.join(FAMILIES)}), got {family!r}")
+    return int(family)
+
+
 def _threads(values: int) -> int:
     return max(1, min(torch.get_num_threads(), values // _VALUES_PER_THREAD))
 
@@ -270,16 +282,16 @@ def _library() -> _Library:
 
 
 def _basis_sums_into(x, silu: Optional[torch.Tensor], sums: torch.Tensor, silu_stride: int, sums_stride: int,
-                     t0: float, h: float, n_bases: int, zero) -> None:
+                     t0: float, h: float, n_bases: int, zero, family: int, centre: float) -> None:
     n, c, p = x.shape
     _library().functions["ka_basis_sums", x.dtype](
         x.data_ptr(), None if silu is None else silu.data_ptr(), sums.data_ptr(), n, c, p, silu_stride, sums_stride,
-        n_bases, t0, h, _shift(n_bases, zero, c), _threads(x.numel()))
+        n_bases, _family(family), t0, h, centre, _shift(n_bases, zero, c), _threads(x.numel()))
 
 
 @torch.library.custom_op("nnunet_allukan::basis_sums", mutates_args=())
 def _basis_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int, zero: Optional[list[float]],
-                   with_silu: bool) -> torch.Tensor:
+                   with_silu: bool, family: int = 0, centre: float = 2.0) -> torch.Tensor:
     """x [N, C, P] -> ``S_k = sum_c B_k(x_c) (- C B_k(0))`` [N, n_bases, P], or with ``with_silu``
     ``[silu(x), S]`` [N, C + n_bases, P] (KALinear's augmented input)."""
     _check("x", x, 3)
@@ -288,12 +300,13 @@ def _basis_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int, zero: Opt
     c_out = c * int(with_silu)  # silu(x) in the first C channels, then S
     out = x.new_empty((n, c_out + n_bases, p))
     stride = (c_out + n_bases) * p
-    _basis_sums_into(x, out if with_silu else None, out[:, c_out:], stride, stride, t0, h, n_bases, zero)
+    _basis_sums_into(x, out if with_silu else None, out[:, c_out:], stride, stride, t0, h, n_bases, zero, family,
+                     centre)
     return out
 
 
 @_basis_sums_op.register_fake
-def _(x, t0, h, n_bases, zero, with_silu):
+def _(x, t0, h, n_bases, zero, with_silu, family=0, centre=2.0):
     return x.new_empty((x.shape[0], x.shape[1] * int(with_silu) + n_bases, x.shape[2]))
 
 
@@ -303,8 +316,8 @@ def _window_output(size: Sequence[int], kernel, stride, padding, dilation) -> li
 
 @torch.library.custom_op("nnunet_allukan::silu_and_window_sums", mutates_args=())
 def _silu_and_window_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int, zero: Optional[list[float]],
-                             kernel: list[int], stride: list[int], padding: list[int],
-                             dilation: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+                             kernel: list[int], stride: list[int], padding: list[int], dilation: list[int],
+                             family: int = 0, centre: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, C, *sp] (2D or 3D) -> (silu(x), window sums P [N, n_bases, *sp_out] of a convolution with that
     geometry; with ``zero`` every padded tap adds its C B(0))."""
     nd = len(kernel)
@@ -315,7 +328,8 @@ def _silu_and_window_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int,
     lib = _library()
     n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
     silu, s = torch.empty_like(x), x.new_empty((n, n_bases, *sp))
-    _basis_sums_into(x.view(n, c, -1), silu, s, c * math.prod(sp), n_bases * math.prod(sp), t0, h, n_bases, zero)
+    _basis_sums_into(x.view(n, c, -1), silu, s, c * math.prod(sp), n_bases * math.prod(sp), t0, h, n_bases, zero,
+                     family, centre)
     if all(k == 1 for k in kernel) and all(st == 1 for st in stride) and not any(padding):
         return silu, s
     lift = (1,) * (3 - nd)  # 2D as 3D with one plane
@@ -332,14 +346,14 @@ def _silu_and_window_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int,
 
 
 @_silu_and_window_sums_op.register_fake
-def _(x, t0, h, n_bases, zero, kernel, stride, padding, dilation):
+def _(x, t0, h, n_bases, zero, kernel, stride, padding, dilation, family=0, centre=2.0):
     out_size = _window_output(x.shape[2:], kernel, stride, padding, dilation)
     return torch.empty_like(x), x.new_empty((x.shape[0], n_bases, *out_size))
 
 
 @torch.library.custom_op("nnunet_allukan::activation_sums", mutates_args=())
-def _activation_sums_op(x: torch.Tensor, v: torch.Tensor, t0: float, h: float,
-                        zero: Optional[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _activation_sums_op(x: torch.Tensor, v: torch.Tensor, t0: float, h: float, zero: Optional[list[float]],
+                        family: int = 0, centre: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, G, C, P], v [G, n_bases] -> (silu(x), ``sum_c phi_g(x_c) (- C phi_g(0))`` [B, G, 1, P]) with
     ``phi_g = sum_k v[g, k] B_k``. Autograd: bases constant (grad-free), see :func:`_activation_sums_backward_op`."""
     _check("x", x, 4)
@@ -351,19 +365,20 @@ def _activation_sums_op(x: torch.Tensor, v: torch.Tensor, t0: float, h: float,
     shift = _shift(v.shape[1], zero, c)
     silu, phi = torch.empty_like(x), x.new_empty((b, g, 1, p))
     lib.functions["ka_activation_sums", x.dtype](x.data_ptr(), v.data_ptr(), silu.data_ptr(), phi.data_ptr(), b, g, c,
-                                                 p, v.shape[1], t0, h, shift, _threads(x.numel()))
+                                                 p, v.shape[1], _family(family), t0, h, centre, shift,
+                                                 _threads(x.numel()))
     return silu, phi
 
 
 @_activation_sums_op.register_fake
-def _(x, v, t0, h, zero):
+def _(x, v, t0, h, zero, family=0, centre=2.0):
     return torch.empty_like(x), x.new_empty((x.shape[0], x.shape[1], 1, x.shape[3]))
 
 
 @torch.library.custom_op("nnunet_allukan::activation_sums_backward", mutates_args=())
 def _activation_sums_backward_op(x: torch.Tensor, grad_silu: torch.Tensor, grad_phi: torch.Tensor, t0: float,
-                                 h: float, n_bases: int,
-                                 zero: Optional[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+                                 h: float, n_bases: int, zero: Optional[list[float]], family: int = 0,
+                                 centre: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of :func:`activation_sums` with constant bases: (``grad_silu * silu'(x)``, dL/dv [G, n_bases])."""
     _check("x", x, 4)
     _check("grad_silu", grad_silu, 4, x.dtype)
@@ -378,17 +393,17 @@ def _activation_sums_backward_op(x: torch.Tensor, grad_silu: torch.Tensor, grad_
     parts = torch.empty((b, g, -(-p // lib.block), n_bases), dtype=torch.float64)  # per block of positions
     lib.functions["ka_activation_sums_backward", x.dtype](
         x.data_ptr(), grad_silu.data_ptr(), grad_phi.data_ptr(), grad_x.data_ptr(), parts.data_ptr(), b, g, c, p,
-        n_bases, t0, h, shift, _threads(x.numel()))
+        n_bases, _family(family), t0, h, centre, shift, _threads(x.numel()))
     return grad_x, parts.sum((0, 2)).to(x.dtype)
 
 
 @_activation_sums_backward_op.register_fake
-def _(x, grad_silu, grad_phi, t0, h, n_bases, zero):
+def _(x, grad_silu, grad_phi, t0, h, n_bases, zero, family=0, centre=2.0):
     return torch.empty_like(x), x.new_empty((x.shape[1], n_bases))
 
 
 def _activation_sums_setup(ctx, inputs, output) -> None:
-    x, v, ctx.t0, ctx.h, ctx.zero = inputs
+    x, v, ctx.t0, ctx.h, ctx.zero, ctx.family, ctx.centre = inputs
     ctx.save_for_backward(x)
     ctx.n_bases = v.shape[1]
 
@@ -396,8 +411,8 @@ def _activation_sums_setup(ctx, inputs, output) -> None:
 def _activation_sums_grad(ctx, grad_silu, grad_phi):
     (x,) = ctx.saved_tensors
     grad_x, grad_v = _activation_sums_backward_op(x, grad_silu.contiguous(), grad_phi.contiguous(), ctx.t0, ctx.h,
-                                              ctx.n_bases, ctx.zero)
-    return grad_x, grad_v, None, None, None
+                                              ctx.n_bases, ctx.zero, ctx.family, ctx.centre)
+    return grad_x, grad_v, None, None, None, None, None
 
 
 _activation_sums_op.register_autograd(_activation_sums_grad, setup_context=_activation_sums_setup)
@@ -410,22 +425,37 @@ def _zero(grid: SplineGrid, padded: bool) -> Optional[list[float]]:
     return list(grid.zero_bases) if padded else None
 
 
+def _kernel_grid(grid: SplineGrid) -> tuple[float, float, int, float]:
+    """(t0, h, family, centre) of the C kernels (native_kernels.c): the input is scaled as (x - t0) / h and basis k
+    centred at k + centre (chebyshev: the range's centre and half-width, then tanh)."""
+    if grid.basis == "chebyshev":
+        return 0.5 * (grid.lo + grid.hi), 0.5 * (grid.hi - grid.lo), FAMILIES["chebyshev"], 0.0
+    centre = 2.0 if grid.basis == "bspline" else 0.5 * (grid.spline_order + 1)
+    return grid.t0, grid.h, FAMILIES[grid.basis], centre
+
+
 def basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
-    return _basis_sums_op(x, grid.t0, grid.h, grid.n_bases, _zero(grid, padded), False)
+    t0, h, family, centre = _kernel_grid(grid)
+    return _basis_sums_op(x, t0, h, grid.n_bases, _zero(grid, padded), False, family, centre)
 
 
 def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
-    return _basis_sums_op(x, grid.t0, grid.h, grid.n_bases, _zero(grid, padded), True)
+    t0, h, family, centre = _kernel_grid(grid)
+    return _basis_sums_op(x, t0, h, grid.n_bases, _zero(grid, padded), True, family, centre)
 
 
 def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel, stride, padding, dilation):
-    return _silu_and_window_sums_op(x, grid.t0, grid.h, grid.n_bases, _zero(grid, any(padding)), list(kernel),
-                                    list(stride), list(padding), list(dilation))
+    t0, h, family, centre = _kernel_grid(grid)
+    return _silu_and_window_sums_op(x, t0, h, grid.n_bases, _zero(grid, any(padding)), list(kernel),
+                                    list(stride), list(padding), list(dilation), family, centre)
 
 
 def activation_sums(x: torch.Tensor, grid: SplineGrid, v: torch.Tensor, padded: bool):
-    return _activation_sums_op(x, v, grid.t0, grid.h, _zero(grid, padded))
+    t0, h, family, centre = _kernel_grid(grid)
+    return _activation_sums_op(x, v, t0, h, _zero(grid, padded), family, centre)
 
 
 def activation_sums_backward(x, grid: SplineGrid, grad_silu, grad_phi, v, padded: bool, full_grad: bool):
-    return _activation_sums_backward_op(x, grad_silu, grad_phi, grid.t0, grid.h, grid.n_bases, _zero(grid, padded))
+    t0, h, family, centre = _kernel_grid(grid)
+    return _activation_sums_backward_op(x, grad_silu, grad_phi, t0, h, grid.n_bases, _zero(grid, padded), family,
+                                        centre)

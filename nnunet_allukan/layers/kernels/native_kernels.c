@@ -1,13 +1,17 @@
-/* Native CPU kernels for the KA / KAonv layers' basis passes (cubic uniform grid), see native.py.
+/* Native CPU kernels for the KA / KAonv layers' basis passes (uniform grid, one family of bases), see native.py.
  *
  * Compiled twice into one shared library, once as is (float, names ending in _f) and once with -DKA_DOUBLE
  * (double, names ending in _d), and called through ctypes by the torch operators of native.py, which check
  * shapes, dtypes and contiguity first. Each kernel is one pass over its input; the inner loops run over
  * contiguous positions so the compiler vectorises them.
  *
- * Cubic B-spline basis k of the scaled input s = (x - t0) / h, centred form (splines.py):
- *     6 B_k = relu(2 - |s - k - 2|)^3 - 4 relu(1 - |s - k - 2|)^3
- * The factor 1/6 and the padding shift (C_g B(0), ka.py) are applied once per sum, after the channel loop.
+ * The basis families (splines.py has their Python definitions), each defined once below (family_term_*), of the
+ * scaled input s = (x - t0) / h and u = s - k - centre, times a constant factor applied once per sum after the
+ * channel loop together with the padding shift (C_g B(0), ka.py):
+ *     cubic B-spline (centre 2):   6 B_k = relu(2 - |u|)^3 - 4 relu(1 - |u|)^3          factor 1/6
+ *     rbf (centre (p + 1) / 2):      B_k = exp(-u^2)                                     factor 1
+ *     relu (centre c = (p + 1) / 2): B_k c^4 = relu(c^2 - u^2)^2                          factor 1 / c^4
+ *     chebyshev (t0, h: the centre and half-width of the range): B_k = T_k(tanh s) by T_{k+1} = 2 z T_k - T_{k-1}
  */
 #include <math.h>
 #include <pthread.h>
@@ -19,15 +23,17 @@
 #define SFX(name) name##_d
 #define EXP exp
 #define FABS fabs
+#define TANH tanh
 #else
 #define REAL float
 #define SFX(name) name##_f
 #define EXP expf
 #define FABS fabsf
+#define TANH tanhf
 #endif
 
 /* The constants native.py needs come from here (ka_constants); the loader refuses a library of another ABI. */
-#define KA_ABI 2
+#define KA_ABI 3
 #define BLOCK 512   /* positions per work item: the accumulators of 8 bases stay in L1 */
 #define MAX_BASES 32
 
@@ -138,9 +144,74 @@ static inline block_item block_of(int64_t item, int64_t positions) {
 
 static inline REAL SFX(silu_of)(REAL v) { return v / ((REAL)1 + EXP(-v)); }
 
-/* acc[k][i] = 6 * sum_c B_k(x[c, i]) for i < len (x rows of stride `stride`); silu(x) written when silu != NULL. */
+/* Family ids (native.py's FAMILIES). */
+#define KA_CUBIC 0
+#define KA_RBF 1
+#define KA_CHEBYSHEV 2
+#define KA_RELU 3
+
+/* The grid as the kernels see it: family, s = (x - t0) * inv_h, basis k centred at s = k + centre. */
+typedef struct { int family; REAL t0, inv_h, centre; } SFX(grid);
+
+static inline REAL SFX(family_term_cubic)(REAL u) {
+    REAL t = FABS(u), p = (REAL)2 - t, q = (REAL)1 - t;
+    p = p > 0 ? p : 0;
+    q = q > 0 ? q : 0;
+    return p * p * p - (REAL)4 * q * q * q;
+}
+static inline REAL SFX(family_term_rbf)(REAL u) { return EXP(-u * u); }
+static inline REAL SFX(family_term_relu)(REAL u, REAL c2) {
+    REAL b = c2 - u * u;
+    b = b > 0 ? b : 0;
+    return b * b;
+}
+
+/* The factor applied after the sums. */
+static inline REAL SFX(family_scale)(SFX(grid) g) {
+    if (g.family == KA_CUBIC) return (REAL)(1.0 / 6.0);
+    if (g.family == KA_RELU) return (REAL)1 / (g.centre * g.centre * g.centre * g.centre);
+    return (REAL)1;
+}
+
+/* acc[k][i] += term_k(x[i]) for i < len, every basis k: the scaled input s[] (tanh s for chebyshev) in z. */
+static void SFX(add_terms)(const REAL *z, int64_t len, int n_bases, SFX(grid) g, REAL acc[][BLOCK]) {
+    if (g.family == KA_CHEBYSHEV) {
+        REAL prev[BLOCK], cur[BLOCK];
+        for (int64_t i = 0; i < len; i++) { prev[i] = 1; cur[i] = z[i]; acc[0][i] += 1; }
+        if (n_bases > 1) for (int64_t i = 0; i < len; i++) acc[1][i] += z[i];
+        for (int k = 2; k < n_bases; k++) {
+            REAL *a = acc[k];
+            for (int64_t i = 0; i < len; i++) {
+                const REAL next = (REAL)2 * z[i] * cur[i] - prev[i];
+                prev[i] = cur[i];
+                cur[i] = next;
+                a[i] += next;
+            }
+        }
+        return;
+    }
+    const REAL c2 = g.centre * g.centre;
+    for (int k = 0; k < n_bases; k++) {
+        REAL *a = acc[k];
+        const REAL shift = (REAL)k + g.centre;
+        switch (g.family) {  /* one loop per family, so that each vectorises */
+        case KA_CUBIC: for (int64_t i = 0; i < len; i++) a[i] += SFX(family_term_cubic)(z[i] - shift); break;
+        case KA_RBF: for (int64_t i = 0; i < len; i++) a[i] += SFX(family_term_rbf)(z[i] - shift); break;
+        default: for (int64_t i = 0; i < len; i++) a[i] += SFX(family_term_relu)(z[i] - shift, c2); break;
+        }
+    }
+}
+
+/* z[i] = the input of add_terms for x[i], i < len. */
+static inline void SFX(scaled)(const REAL *x, REAL *z, int64_t len, SFX(grid) g) {
+    if (g.family == KA_CHEBYSHEV) for (int64_t i = 0; i < len; i++) z[i] = TANH((x[i] - g.t0) * g.inv_h);
+    else for (int64_t i = 0; i < len; i++) z[i] = (x[i] - g.t0) * g.inv_h;
+}
+
+/* acc[k][i] = sum_c B_k(x[c, i]) / scale for i < len (x rows of stride `stride`); silu(x) written when
+ * silu != NULL. */
 static void SFX(block_basis_sums)(const REAL *x, REAL *silu, int64_t channels, int64_t stride, int64_t len,
-                                  int n_bases, REAL t0, REAL inv_h, REAL acc[][BLOCK]) {
+                                  int n_bases, SFX(grid) g, REAL acc[][BLOCK]) {
     REAL s[BLOCK];
     for (int k = 0; k < n_bases; k++) memset(acc[k], 0, sizeof(REAL) * (size_t)len);
     for (int64_t c = 0; c < channels; c++) {
@@ -149,18 +220,8 @@ static void SFX(block_basis_sums)(const REAL *x, REAL *silu, int64_t channels, i
             REAL *out = silu + c * stride;
             for (int64_t i = 0; i < len; i++) out[i] = SFX(silu_of)(xr[i]);
         }
-        for (int64_t i = 0; i < len; i++) s[i] = (xr[i] - t0) * inv_h - (REAL)2;
-        for (int k = 0; k < n_bases; k++) {
-            REAL *a = acc[k];
-            const REAL shift = (REAL)k;
-            for (int64_t i = 0; i < len; i++) {
-                REAL t = FABS(s[i] - shift);
-                REAL p = (REAL)2 - t, q = (REAL)1 - t;
-                p = p > 0 ? p : 0;
-                q = q > 0 ? q : 0;
-                a[i] += p * p * p - (REAL)4 * q * q * q;
-            }
-        }
+        SFX(scaled)(xr, s, len, g);
+        SFX(add_terms)(s, len, n_bases, g, acc);
     }
 }
 
@@ -168,7 +229,7 @@ static void SFX(block_basis_sums)(const REAL *x, REAL *silu, int64_t channels, i
 typedef struct {
     const REAL *x; REAL *silu; REAL *sums;
     int64_t channels, positions, sums_batch_stride, silu_batch_stride;
-    int n_bases; REAL t0, inv_h; const double *shift;
+    int n_bases; SFX(grid) g; const double *shift;
 } SFX(sums_ctx);
 
 static void SFX(sums_range)(void *vctx, int64_t begin, int64_t end) {
@@ -179,11 +240,12 @@ static void SFX(sums_range)(void *vctx, int64_t begin, int64_t end) {
         const int64_t n = b.n, p0 = b.p0, len = b.len;
         const REAL *x = c->x + n * c->channels * c->positions + p0;
         REAL *silu = c->silu ? c->silu + n * c->silu_batch_stride + p0 : NULL;
-        SFX(block_basis_sums)(x, silu, c->channels, c->positions, len, c->n_bases, c->t0, c->inv_h, acc);
+        SFX(block_basis_sums)(x, silu, c->channels, c->positions, len, c->n_bases, c->g, acc);
+        const REAL scale = SFX(family_scale)(c->g);
         for (int k = 0; k < c->n_bases; k++) {
             REAL *out = c->sums + n * c->sums_batch_stride + k * c->positions + p0;
             const REAL shift = (REAL)c->shift[k];
-            for (int64_t i = 0; i < len; i++) out[i] = acc[k][i] * (REAL)(1.0 / 6.0) - shift;
+            for (int64_t i = 0; i < len; i++) out[i] = acc[k][i] * scale - shift;
         }
     }
 }
@@ -191,7 +253,8 @@ static void SFX(sums_range)(void *vctx, int64_t begin, int64_t end) {
 /* One position per row (P == 1, e.g. KALinear's tokens): vectorise over channels instead. */
 static void SFX(sums_rows_range)(void *vctx, int64_t begin, int64_t end) {
     SFX(sums_ctx) *c = (SFX(sums_ctx) *)vctx;
-    REAL s[BLOCK];
+    REAL s[BLOCK], acc[MAX_BASES][BLOCK];
+    const REAL scale = SFX(family_scale)(c->g);
     for (int64_t n = begin; n < end; n++) {
         const REAL *x = c->x + n * c->channels;
         REAL *silu = c->silu ? c->silu + n * c->silu_batch_stride : NULL;
@@ -200,30 +263,39 @@ static void SFX(sums_rows_range)(void *vctx, int64_t begin, int64_t end) {
         for (int64_t c0 = 0; c0 < c->channels; c0 += BLOCK) {
             const int64_t len = c->channels - c0 < BLOCK ? c->channels - c0 : BLOCK;
             if (silu) for (int64_t i = 0; i < len; i++) silu[c0 + i] = SFX(silu_of)(x[c0 + i]);
-            for (int64_t i = 0; i < len; i++) s[i] = (x[c0 + i] - c->t0) * c->inv_h - (REAL)2;
-            for (int k = 0; k < c->n_bases; k++) {
-                const REAL shift = (REAL)k;
-                REAL sum = 0;
-                for (int64_t i = 0; i < len; i++) {
-                    REAL t = FABS(s[i] - shift);
-                    REAL p = (REAL)2 - t, q = (REAL)1 - t;
-                    p = p > 0 ? p : 0;
-                    q = q > 0 ? q : 0;
-                    sum += p * p * p - (REAL)4 * q * q * q;
+            SFX(scaled)(x + c0, s, len, c->g);
+            if (c->g.family != KA_CHEBYSHEV) {  /* one reduction loop per family, as in add_terms */
+                const REAL c2 = c->g.centre * c->g.centre;
+                for (int k = 0; k < c->n_bases; k++) {
+                    const REAL shift = (REAL)k + c->g.centre;
+                    REAL sum = 0;
+                    switch (c->g.family) {
+                    case KA_CUBIC: for (int64_t i = 0; i < len; i++) sum += SFX(family_term_cubic)(s[i] - shift); break;
+                    case KA_RBF: for (int64_t i = 0; i < len; i++) sum += SFX(family_term_rbf)(s[i] - shift); break;
+                    default: for (int64_t i = 0; i < len; i++) sum += SFX(family_term_relu)(s[i] - shift, c2); break;
+                    }
+                    total[k] += sum;
                 }
+                continue;
+            }
+            for (int k = 0; k < c->n_bases; k++) memset(acc[k], 0, sizeof(REAL) * (size_t)len);
+            SFX(add_terms)(s, len, c->n_bases, c->g, acc);
+            for (int k = 0; k < c->n_bases; k++) {
+                REAL sum = 0;
+                for (int64_t i = 0; i < len; i++) sum += acc[k][i];
                 total[k] += sum;
             }
         }
         for (int k = 0; k < c->n_bases; k++)
-            c->sums[n * c->sums_batch_stride + k] = total[k] * (REAL)(1.0 / 6.0) - (REAL)c->shift[k];
+            c->sums[n * c->sums_batch_stride + k] = total[k] * scale - (REAL)c->shift[k];
     }
 }
 
 void SFX(ka_basis_sums)(const REAL *x, REAL *silu, REAL *sums, int64_t batch, int64_t channels, int64_t positions,
-                        int64_t silu_batch_stride, int64_t sums_batch_stride, int n_bases, double t0, double h,
-                        const double *shift, int64_t n_threads) {
+                        int64_t silu_batch_stride, int64_t sums_batch_stride, int n_bases, int family, double t0,
+                        double h, double centre, const double *shift, int64_t n_threads) {
     SFX(sums_ctx) ctx = {x, silu, sums, channels, positions, sums_batch_stride, silu_batch_stride, n_bases,
-                         (REAL)t0, (REAL)(1.0 / h), shift};
+                         {family, (REAL)t0, (REAL)(1.0 / h), (REAL)centre}, shift};
     if (positions == 1) parallel_for(SFX(sums_rows_range), &ctx, batch, n_threads);
     else parallel_for(SFX(sums_range), &ctx, batch * block_count(positions), n_threads);
 }
@@ -277,7 +349,7 @@ void SFX(ka_window_sums)(const REAL *s, REAL *out, const double *start, int64_t 
 typedef struct {
     const REAL *x, *v; REAL *silu, *phi; const REAL *grad_silu, *grad_phi; REAL *grad_x; double *grad_v;
     int64_t groups, channels, positions;
-    int n_bases; REAL t0, inv_h; const double *shift;
+    int n_bases; SFX(grid) g; const double *shift;
 } SFX(activation_ctx);
 
 static void SFX(activation_range)(void *vctx, int64_t begin, int64_t end) {
@@ -287,24 +359,23 @@ static void SFX(activation_range)(void *vctx, int64_t begin, int64_t end) {
         const block_item b = block_of(item, c->positions);
         const int64_t n = b.n, p0 = b.p0, len = b.len, g = n % c->groups;
         const int64_t base = n * c->channels * c->positions + p0;
-        SFX(block_basis_sums)(c->x + base, c->silu + base, c->channels, c->positions, len, c->n_bases, c->t0,
-                              c->inv_h, acc);
+        SFX(block_basis_sums)(c->x + base, c->silu + base, c->channels, c->positions, len, c->n_bases, c->g, acc);
         REAL *phi = c->phi + n * c->positions + p0;
         REAL constant = 0;
         for (int k = 0; k < c->n_bases; k++) constant += c->v[g * c->n_bases + k] * (REAL)c->shift[k];
         for (int64_t i = 0; i < len; i++) phi[i] = -constant;
         for (int k = 0; k < c->n_bases; k++) {
-            const REAL w = c->v[g * c->n_bases + k] * (REAL)(1.0 / 6.0);
+            const REAL w = c->v[g * c->n_bases + k] * SFX(family_scale)(c->g);
             for (int64_t i = 0; i < len; i++) phi[i] += w * acc[k][i];
         }
     }
 }
 
 void SFX(ka_activation_sums)(const REAL *x, const REAL *v, REAL *silu, REAL *phi, int64_t batch, int64_t groups,
-                             int64_t channels, int64_t positions, int n_bases, double t0, double h,
-                             const double *shift, int64_t n_threads) {
+                             int64_t channels, int64_t positions, int n_bases, int family, double t0, double h,
+                             double centre, const double *shift, int64_t n_threads) {
     SFX(activation_ctx) ctx = {x, v, silu, phi, NULL, NULL, NULL, NULL, groups, channels, positions, n_bases,
-                               (REAL)t0, (REAL)(1.0 / h), shift};
+                               {family, (REAL)t0, (REAL)(1.0 / h), (REAL)centre}, shift};
     parallel_for(SFX(activation_range), &ctx, batch * groups * block_count(positions), n_threads);
 }
 
@@ -325,23 +396,24 @@ static void SFX(activation_backward_range)(void *vctx, int64_t begin, int64_t en
                 gx[i] = gs[i] * sig * ((REAL)1 + xr[i] * ((REAL)1 - sig));
             }
         }
-        SFX(block_basis_sums)(c->x + base, NULL, c->channels, c->positions, len, c->n_bases, c->t0, c->inv_h, acc);
+        SFX(block_basis_sums)(c->x + base, NULL, c->channels, c->positions, len, c->n_bases, c->g, acc);
         const REAL *gp = c->grad_phi + n * c->positions + p0;
         double *out = c->grad_v + item * c->n_bases;
+        const double scale = (double)SFX(family_scale)(c->g);
         for (int k = 0; k < c->n_bases; k++) {
             REAL dot = 0, gsum = 0;
             for (int64_t i = 0; i < len; i++) { dot += gp[i] * acc[k][i]; gsum += gp[i]; }
-            out[k] = (double)dot * (1.0 / 6.0) - (double)gsum * c->shift[k];
+            out[k] = (double)dot * scale - (double)gsum * c->shift[k];
         }
     }
 }
 
 void SFX(ka_activation_sums_backward)(const REAL *x, const REAL *grad_silu, const REAL *grad_phi, REAL *grad_x,
                                       double *grad_v_parts, int64_t batch, int64_t groups, int64_t channels,
-                                      int64_t positions, int n_bases, double t0, double h, const double *shift,
-                                      int64_t n_threads) {
+                                      int64_t positions, int n_bases, int family, double t0, double h, double centre,
+                                      const double *shift, int64_t n_threads) {
     SFX(activation_ctx) ctx = {x, NULL, NULL, NULL, grad_silu, grad_phi, grad_x, grad_v_parts, groups, channels,
-                               positions, n_bases, (REAL)t0, (REAL)(1.0 / h), shift};
+                               positions, n_bases, {family, (REAL)t0, (REAL)(1.0 / h), (REAL)centre}, shift};
     parallel_for(SFX(activation_backward_range), &ctx, batch * groups * block_count(positions),
                  n_threads);
 }

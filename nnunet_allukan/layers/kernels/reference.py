@@ -1,6 +1,6 @@
 """The ``reference`` backend: every pass written as its definition, for tests and the paper-style path.
 
-Every basis B_k(x_c) is built as a tensor (:func:`~nnunet_allukan.layers.splines.bspline_bases`, any order),
+Every basis B_k(x_c) is built as a tensor (:func:`~nnunet_allukan.layers.splines.grid_bases`, any order and family),
 padded zeros are inputs like any other, receptive fields are unfolded, and the backward passes are autograd of
 the forward ones. Slow and memory-hungry by design: the other backends are tested against it.
 Inputs arrive in the compute dtype (the seam casts); shapes are the seam's (see ``kernels/__init__.py``).
@@ -10,14 +10,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..splines import SplineGrid, bspline_bases
+from ..splines import SplineGrid, grid_bases
 
 READS_HALF = False  # computes in the dtype it is given: the seam casts half precision to float32
 
 
 def _bases(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
     """``[N, C, ...] -> [N, C, n_bases, ...]``."""
-    return bspline_bases(x, grid.grid_size, grid.spline_order, (grid.lo, grid.hi)).movedim(-1, 2)
+    return grid_bases(x, grid).movedim(-1, 2)
 
 
 def _zero(grid: SplineGrid, like: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """The ``torch`` backend: each pass as one vectorised tensor form, no basis tensor per input.
 
-Serves every pass on every device and grid, uncompiled: where the native (CPU) or Triton (CUDA) kernels do not
-run, and for whoever chooses it (``NNUNET_ALLUKAN_KERNELS=torch``). The cubic bases are splines.py's centred
-form ``6 B_k = cubic6(s - k - 2)``, one basis at a time, the 1/6 applied after the reduction; other orders the
-truncated-power form of splines.py.
+Serves every pass on every device, grid and basis family, uncompiled: where the native (CPU) or Triton (CUDA)
+kernels do not run, and for whoever chooses it (``NNUNET_ALLUKAN_KERNELS=torch``). The bases are splines.py's
+definitions (:func:`~nnunet_allukan.layers.splines.basis_terms`), one basis at a time, their constant factor (1/6
+for the cubic's centred form) applied after the reduction.
 Inputs arrive in the compute dtype (the seam casts); shapes are the seam's (see ``kernels/__init__.py``).
 """
 from __future__ import annotations
@@ -13,22 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..splines import SplineGrid, cardinal, cardinal_derivative, cubic6
+from ..splines import SplineGrid, basis_derivative_terms, basis_terms
 
 READS_HALF = False  # computes in the dtype it is given: the seam casts half precision to float32
-
-
-def _scaled(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
-    return (x - grid.t0) * (1.0 / grid.h)
-
-
-def _basis(s: torch.Tensor, k: int, order: int) -> torch.Tensor:
-    """B_k of the scaled input s as a new tensor; times 6 for the cubic grid (see the module docstring)."""
-    return cubic6(s - (k + 2.0)) if order == 3 else cardinal(s - k, order)
-
-
-def _scale(grid: SplineGrid) -> float:
-    return 1.0 / 6.0 if grid.spline_order == 3 else 1.0
 
 
 def _zero(grid: SplineGrid, like: torch.Tensor) -> torch.Tensor:
@@ -37,8 +24,10 @@ def _zero(grid: SplineGrid, like: torch.Tensor) -> torch.Tensor:
 
 def basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
     """x [N, C, P] -> ``sum_c B_k(x_c)``, minus ``C B_k(0)`` when ``padded`` [N, n_bases, P]."""
-    s = _scaled(x, grid)
-    out = torch.stack([_basis(s, k, grid.spline_order).sum(1) for k in range(grid.n_bases)], 1).mul_(_scale(grid))
+    terms, scale = basis_terms(x, grid)
+    out = torch.stack([t.sum(1) for t in terms], 1)
+    if scale != 1.0:
+        out.mul_(scale)
     return out.sub_(x.shape[1] * _zero(grid, out).reshape(-1, 1)) if padded else out
 
 
@@ -68,9 +57,9 @@ def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel, stride, padd
 def activation_sums(x: torch.Tensor, grid: SplineGrid, v: torch.Tensor, padded: bool):
     """x [B, G, C, P], v [G, n_bases] -> (silu(x), ``sum_c phi_g(x_c)``, minus ``C phi_g(0)`` when ``padded``
     [B, G, 1, P]); ``phi_g = sum_k v[g, k] B_k``."""
-    s, w = _scaled(x, grid), v * _scale(grid)
-    phi = sum(_basis(s, k, grid.spline_order).sum(2, keepdim=True) * w[:, k].reshape(1, -1, 1, 1)
-              for k in range(grid.n_bases))
+    terms, scale = basis_terms(x, grid)
+    w = v * scale
+    phi = sum(t.sum(2, keepdim=True) * w[:, k].reshape(1, -1, 1, 1) for k, t in enumerate(terms))
     if padded:
         phi = phi - x.shape[2] * (v @ _zero(grid, v)).reshape(1, -1, 1, 1)
     return F.silu(x), phi
@@ -79,26 +68,28 @@ def activation_sums(x: torch.Tensor, grid: SplineGrid, v: torch.Tensor, padded: 
 def activation_sums_backward(x, grid: SplineGrid, grad_silu, grad_phi, v, padded: bool, full_grad: bool):
     """Gradients of :func:`activation_sums` given those of its outputs: (dL/dx, dL/dv [G, n_bases]); dL/dx is
     the silu path's, plus the spline path's through phi' with ``full_grad``."""
-    s, c, order = _scaled(x, grid), x.shape[2], grid.spline_order
+    c = x.shape[2]
     grad_x = torch.ops.aten.silu_backward(grad_silu, x)
     zero = grid.zero_bases if padded else (0.0,) * grid.n_bases
-    grad_v = torch.stack([((_basis(s, k, order).sum(2, keepdim=True) * _scale(grid) - c * zero[k]) * grad_phi)
-                          .sum((0, 2, 3)) for k in range(grid.n_bases)], 1)
+    terms, scale = basis_terms(x, grid)
+    grad_v = torch.stack([((t.sum(2, keepdim=True) * scale - c * zero[k]) * grad_phi).sum((0, 2, 3))
+                          for k, t in enumerate(terms)], 1)
     if full_grad:
-        grad_x = grad_x + grad_phi * _derivative_dot(s, v, grid)
+        grad_x = grad_x + grad_phi * _derivative_dot(x, v, grid)
     return grad_x, grad_v
 
 
-def _derivative_dot(s: torch.Tensor, w: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
-    """``sum_k w_k B'_k(x)`` for the scaled input s, w broadcastable to ``s[:, :, :1]`` per k (dim 1 or 2)."""
+def _derivative_dot(x: torch.Tensor, w: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
+    """``sum_k w_k B'_k(x)``, w broadcastable to ``x[:, :, :1]`` per k (dim 1 or 2)."""
+    terms, scale = basis_derivative_terms(x, grid)
     out = None
-    for k in range(grid.n_bases):
+    for k, t in enumerate(terms):
         wk = w[:, k].reshape(1, -1, 1, 1) if w.dim() == 2 else w[:, k: k + 1]
-        term = cardinal_derivative(s - k, grid.spline_order) * wk
+        term = t * wk
         out = term if out is None else out + term
-    return out * (1.0 / grid.h)
+    return out * scale
 
 
 def basis_derivative_dot(x: torch.Tensor, grid: SplineGrid, g: torch.Tensor) -> torch.Tensor:
     """x [N, C, P], g [N, n_bases, P] -> ``sum_k g_k B'_k(x)`` [N, C, P]."""
-    return _derivative_dot(_scaled(x, grid), g, grid)
+    return _derivative_dot(x, g, grid)

@@ -73,6 +73,8 @@ def reset() -> None:
 
 def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = False) -> Optional[str]:
     """None when the Triton kernels compute this call, otherwise why not."""
+    if grid.basis != "bspline":
+        return f"basis {grid.basis} (triton: cubic B-splines)"
     if grid.spline_order != 3:
         return f"spline order {grid.spline_order} (triton: cubic)"
     if device_type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and not _TRIED:
