@@ -97,58 +97,34 @@ def test_grad_scaler_skips_an_overflowing_step_and_recovers():
     assert min(losses[-5:]) < losses[0]
 
 
-def _every_ka_layer():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.dense = KAConv2d(3, 8, 3, padding=1)
-            self.strided = KAConv2d(8, 8, 3, stride=2, padding=1, grad_free=False)
-            self.depthwise = KAConv2d(8, 8, 3, padding=1, groups=8)
-            self.expand = KAConv2d(8, 32, 1)
-            self.wide = KAConv2d(32, 8, 3, padding=1)  # keeps its window sums for backward
-            self.fc = KALinear(8, 8)
-            self.lam = KAConv2d(8, 4, 3, padding=1, use_lambda=True)
-            self.head = KAConv2d(4, 1, 1)
-
-        def forward(self, x):
-            x = torch.relu(self.strided(torch.relu(self.dense(x))))
-            x = self.wide(torch.relu(self.expand(self.depthwise(x))))
-            x = self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            return self.head(torch.relu(self.lam(x)))
-
-    torch.manual_seed(0)
-    return Net()
-
-
-def _outputs_and_grads(net, x):
-    y = net(x)
-    return [y] + list(torch.autograd.grad(y.square().sum(), list(net.parameters())))
-
-
 def test_whole_network_compile_traces_every_ka_layer_without_graph_breaks():
     """dynamo traces the custom autograd functions (forward and backward) into one graph, as
     ``nnUNet_compile`` does with the whole network; compiled (AOT autograd, eager kernels) equals eager."""
     import torch._dynamo
+    from compile_check import EveryKALayer, outputs_and_grads
 
-    net = _every_ka_layer()
+    torch.manual_seed(0)
+    net = EveryKALayer()
     x = torch.randn(2, 3, 12, 12)
     explanation = torch._dynamo.explain(net)(x)
     assert explanation.graph_break_count == 0, [r.reason for r in explanation.break_reasons]
-    eager = _outputs_and_grads(net, x)
+    eager = outputs_and_grads(net, x)
     torch._dynamo.reset()
-    compiled = _outputs_and_grads(torch.compile(net, backend="aot_eager"), x)
+    compiled = outputs_and_grads(torch.compile(net, backend="aot_eager"), x)
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_whole_network_inductor_compile_equals_eager():
     """The same with inductor's code generation (what nnU-Net's torch.compile uses), dense and depthwise."""
+    from compile_check import outputs_and_grads
+
     torch.manual_seed(0)
     net = _small_network()
     x = torch.randn(2, 3, 16, 16)
-    eager = _outputs_and_grads(net, x)
+    eager = outputs_and_grads(net, x)
     try:
-        compiled = _outputs_and_grads(torch.compile(net), x)
+        compiled = outputs_and_grads(torch.compile(net), x)
     except Exception as e:  # no C++ toolchain for inductor here
         pytest.skip(f"inductor unavailable: {type(e).__name__}: {e}")
     for a, b in zip(compiled, eager):
