@@ -46,16 +46,8 @@ class KALayerWeights:
 
 def bspline_bases(x: np.ndarray, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
                   grid_range: tuple[float, float] = GRID_RANGE) -> np.ndarray:
-    """The layers' B-spline bases (:func:`nnunet_allukan.layers.bspline_bases`) of ``x``, in float64 numpy.
-
-    x: any shape; returns x.shape + (grid_size + spline_order,).
-    """
-    import torch
-
-    from nnunet_allukan.layers import bspline_bases as layer_bases
-
-    values = torch.as_tensor(np.asarray(x, dtype=np.float64))
-    return layer_bases(values, grid_size, spline_order, grid_range).numpy()
+    """The layers' B-spline bases of ``x`` (:func:`grid_bases` of the paper's family), in float64 numpy."""
+    return grid_bases(x, grid_size, spline_order, grid_range, "bspline")
 
 
 def grid_bases(x: np.ndarray, grid_size: int = GRID_SIZE, spline_order: int = SPLINE_ORDER,
