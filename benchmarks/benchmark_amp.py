@@ -13,7 +13,10 @@ of the network itself, in float32:
 - floor: the same difference when only the outputs of the convolutions / linear / KA layers are rounded to the
   half type (everything computed in float32): what any half-precision activation costs this network;
 - gain: the relative change of the output per relative change of the input (1e-4 noise): how much the network
-  amplifies a perturbation.
+  amplifies a perturbation;
+- offset: the largest ``|mean| / std`` of a channel at the input of a normalisation layer (BatchNorm over batch and
+  positions, InstanceNorm over positions): how much of what a half-precision activation holds is an offset that
+  the normalisation removes, leaving the rounding of the whole value on the small deviation it keeps.
 
 Cost (``--cost-against``): an ALL U-KAN AMP training step (autocast + GradScaler, forward, BCE, backward, Adam),
 median time, and the peak memory growth over building the network and two steps, this checkout and the other one
@@ -75,6 +78,27 @@ def rounded_outputs(net: nn.Module, dtype: torch.dtype) -> list:
             if isinstance(m, kinds)]
 
 
+def largest_offset(net: nn.Module, x: torch.Tensor) -> float:
+    """The largest per-channel ``|mean| / std`` at the input of any BatchNorm / InstanceNorm of ``net`` for ``x``."""
+    found = []
+    batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+    def record(module, args, output):
+        dims = [0] if isinstance(module, batch_norms) else []
+        a = args[0].detach().double()
+        dims += list(range(2, a.dim()))
+        found.append((a.mean(dims).abs() / a.std(dims).clamp_min(1e-12)).max().item())
+
+    kinds = batch_norms + (nn.InstanceNorm2d, nn.InstanceNorm3d)
+    hooks = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, kinds)]
+    try:
+        net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(found, default=0.0)
+
+
 @torch.no_grad()
 def differences(net: nn.Module, x: torch.Tensor) -> dict:
     y32 = net(x)
@@ -88,6 +112,7 @@ def differences(net: nn.Module, x: torch.Tensor) -> dict:
             h.remove()
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x.device)
     out["gain"] = relative(net(x * (1 + 1e-4 * noise)), y32) / 1e-4
+    out["offset"] = largest_offset(net, x)
     return out
 
 
@@ -111,8 +136,8 @@ def precision(a: argparse.Namespace) -> dict:
         train(net, x, target, a.steps)
         results[name][f"after {a.steps} steps"] = differences(net, x)
         for stage, r in results[name].items():
-            print(f"  {name:<14} {stage:<15} " + "  ".join(f"{k} {v:.4f}" if k != "gain" else f"gain {v:.1f}"
-                                                          for k, v in r.items()), flush=True)
+            print(f"  {name:<14} {stage:<15} " + "  ".join(
+                f"{k} {v:.1f}" if k in ("gain", "offset") else f"{k} {v:.4f}" for k, v in r.items()), flush=True)
     return results
 
 
@@ -204,15 +229,15 @@ def main() -> int:
     print(f"nnunet_allukan from {Path(nnunet_allukan.__file__).parent}")
     print(f"device {a.device}, batch {a.batch}, {a.size}x{a.size}, threads {torch.get_num_threads()}", flush=True)
     result = {"precision": precision(a)}
-    print("\n| network | stage | fp16 | fp16 floor | bf16 | bf16 floor | gain | fp16 / plain | bf16 / plain |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| network | stage | fp16 | fp16 floor | bf16 | bf16 floor | gain | offset | fp16 / plain | bf16 / plain |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for ka, plain in PAIRS:
         for stage in result["precision"][ka]:
             r, q = result["precision"][ka][stage], result["precision"][plain][stage]
             for name, s in ((plain, q), (ka, r)):
                 ratios = f"{r['fp16'] / q['fp16']:.1f} | {r['bf16'] / q['bf16']:.1f}" if name == ka else "- | -"
                 print(f"| {name} | {stage} | {s['fp16']:.4f} | {s['fp16 floor']:.4f} | {s['bf16']:.4f} | "
-                      f"{s['bf16 floor']:.4f} | {s['gain']:.1f} | {ratios} |")
+                      f"{s['bf16 floor']:.4f} | {s['gain']:.1f} | {s['offset']:.1f} | {ratios} |")
     print(f"(target: the KA network's ratio to its plain counterpart at most {TARGET})")
     if a.cost_against:
         print(f"\nALL U-KAN {a.cost_dtype} AMP step, batch {a.batch}, {a.cost_size}^2: this checkout vs "
