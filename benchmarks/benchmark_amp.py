@@ -1,7 +1,7 @@
 """Mixed precision: how far each network's output under autocast is from float32, and what the KA layers' float32
 spline path costs.
 
-    python benchmarks/benchmark_amp.py                                   # precision table (a few minutes, 2 cores)
+    python benchmarks/benchmark_amp.py                                   # precision and training tables (~15 min, 2 cores)
     python benchmarks/benchmark_amp.py --cost-against /path/to/checkout  # + time and memory vs another checkout
 
 Precision: U-KAN_MLP, ALL U-KAN (paper widths), PlainConvUNet and the KA nnU-Net (KAPlainConvUNet, 4 stages 32-256),
@@ -17,6 +17,15 @@ of the network itself, in float32:
 - offset: the largest ``|mean| / std`` of a channel at the input of a normalisation layer (BatchNorm over batch and
   positions, InstanceNorm over positions): how much of what a half-precision activation holds is an offset that
   the normalisation removes, leaving the rounding of the whole value on the small deviation it keeps.
+
+Training under autocast (``--train-steps``, default 40): each network trained from the same initialisation on the
+same batch (Adam, lr 1e-3, BCE) in float32, under bfloat16 autocast and under float16 autocast with a GradScaler;
+the largest relative difference of the AMP run's loss from the float32 run's over the steps. The forward
+differences above measure one evaluation; this measures whether what training sees under AMP is what it sees in
+float32.
+
+``--v-scale`` multiplies the KA layers' spline coefficients v at initialisation in both measurements (0: the
+silu paths alone), to see how much of the KA networks' initial gain comes from the spline path.
 
 Cost (``--cost-against``): an ALL U-KAN AMP training step (autocast + GradScaler, forward, BCE, backward, Adam),
 median time, and the peak memory growth over building the network and two steps, this checkout and the other one
@@ -48,7 +57,7 @@ def unet_kwargs(stages: int = 4) -> dict:
                 nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
 
 
-def build(name: str) -> nn.Module:
+def build(name: str, v_scale: float = 1.0) -> nn.Module:
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     from nnunet_allukan.layers import KAConv2d
@@ -56,12 +65,22 @@ def build(name: str) -> nn.Module:
 
     torch.manual_seed(0)
     if name in ("U-KAN_MLP", "ALL U-KAN"):
-        return build_table2_network(4 if name == "U-KAN_MLP" else 13, 3, 1)
+        return scale_v(build_table2_network(4 if name == "U-KAN_MLP" else 13, 3, 1), v_scale)
     if name == "PlainConvUNet":
         net = PlainConvUNet(conv_op=nn.Conv2d, **unet_kwargs())
     else:
         net = KAPlainConvUNet(conv_op=KAConv2d, ka_kwargs={"grad_free": True}, **unet_kwargs())
     net.apply(type(net).initialize)
+    return scale_v(net, v_scale)
+
+
+def scale_v(net: nn.Module, factor: float) -> nn.Module:
+    """Every KA layer's spline coefficients v times ``factor`` (0: the silu paths alone)."""
+    if factor != 1.0:
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(getattr(m, "v", None), nn.Parameter):
+                    m.v.mul_(factor)
     return net
 
 
@@ -116,22 +135,52 @@ def differences(net: nn.Module, x: torch.Tensor) -> dict:
     return out
 
 
-def train(net: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int) -> None:
+def train(net: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int, dtype=None) -> list:
+    """The losses of ``steps`` Adam steps of ``net`` on one batch, under autocast to ``dtype`` (float16 with a
+    GradScaler) or in float32 (``dtype=None``)."""
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
+    losses = []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        F.binary_cross_entropy_with_logits(net(x), target).backward()
-        opt.step()
+        with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = F.binary_cross_entropy_with_logits(net(x).float(), target)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.item())
+    return losses
+
+
+def batch(a: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The benchmark's input and BCE target (seed 0)."""
+    torch.manual_seed(0)
+    x = torch.randn(a.batch, 3, a.size, a.size)
+    target = (torch.rand(a.batch, 1, a.size, a.size) > 0.5).float()
+    return x.to(a.device), target.to(a.device)
+
+
+def training(a: argparse.Namespace) -> dict:
+    device = torch.device(a.device)
+    x, target = batch(a)
+    results = {}
+    for name in [n for pair in PAIRS for n in pair]:
+        ref = train(build(name, a.v_scale).to(device).train(), x, target, a.train_steps)
+        r = results[name] = {"float32 first/last loss": [ref[0], ref[-1]]}
+        for key, dtype in DTYPES.items():
+            amp = train(build(name, a.v_scale).to(device).train(), x, target, a.train_steps, dtype)
+            r[key] = max(abs(p - q) / q for p, q in zip(amp, ref))
+        print(f"  {name:<14} loss {ref[0]:.4f} -> {ref[-1]:.4f}  largest relative loss difference "
+              + "  ".join(f"{k} {r[k]:.5f}" for k in DTYPES), flush=True)
+    return results
 
 
 def precision(a: argparse.Namespace) -> dict:
     device = torch.device(a.device)
-    torch.manual_seed(0)
-    x = torch.randn(a.batch, 3, a.size, a.size).to(device)
-    target = (torch.rand(a.batch, 1, a.size, a.size) > 0.5).float().to(device)
+    x, target = batch(a)
     results = {}
     for name in [n for pair in PAIRS for n in pair]:
-        net = build(name).to(device).train()
+        net = build(name, a.v_scale).to(device).train()
         results[name] = {"init": differences(net, x)}
         train(net, x, target, a.steps)
         results[name][f"after {a.steps} steps"] = differences(net, x)
@@ -208,6 +257,11 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="float32 training steps before the second measurement")
+    p.add_argument("--v-scale", type=float, default=1.0,
+                   help="multiply the KA layers' spline coefficients v at initialisation (a diagnosis of ALL U-KAN's "
+                        "initial gain; 0: the silu paths alone; time and memory are measured as initialised)")
+    p.add_argument("--train-steps", type=int, default=40,
+                   help="steps of the training comparison under autocast (0: skip it)")
     p.add_argument("--cost-against", help="another checkout: time and memory of an ALL U-KAN AMP step vs it")
     p.add_argument("--cost-size", type=int, default=128)
     p.add_argument("--cost-dtype", choices=list(DTYPES), default="bf16",
@@ -227,8 +281,9 @@ def main() -> int:
     import nnunet_allukan
 
     print(f"nnunet_allukan from {Path(nnunet_allukan.__file__).parent}")
-    print(f"device {a.device}, batch {a.batch}, {a.size}x{a.size}, threads {torch.get_num_threads()}", flush=True)
-    result = {"precision": precision(a)}
+    print(f"device {a.device}, batch {a.batch}, {a.size}x{a.size}, threads {torch.get_num_threads()}"
+          + (f", KA layers' v x {a.v_scale} at initialisation" if a.v_scale != 1.0 else ""), flush=True)
+    result = {"v_scale": a.v_scale, "precision": precision(a)}
     print("\n| network | stage | fp16 | fp16 floor | bf16 | bf16 floor | gain | offset | fp16 / plain | bf16 / plain |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for ka, plain in PAIRS:
@@ -239,6 +294,18 @@ def main() -> int:
                 print(f"| {name} | {stage} | {s['fp16']:.4f} | {s['fp16 floor']:.4f} | {s['bf16']:.4f} | "
                       f"{s['bf16 floor']:.4f} | {s['gain']:.1f} | {s['offset']:.1f} | {ratios} |")
     print(f"(target: the KA network's ratio to its plain counterpart at most {TARGET})")
+    if a.train_steps:
+        print(f"\nTraining under autocast, {a.train_steps} steps from one initialisation, against float32:", flush=True)
+        result["training"] = t = training(a)
+        print("\n| network | float32 loss, first -> last | fp16: largest relative loss difference | bf16 | "
+              "fp16 / plain | bf16 / plain |")
+        print("|---|---|---:|---:|---:|---:|")
+        for ka, plain in PAIRS:
+            for name in (plain, ka):
+                r, q = t[name], t[plain]
+                ratios = f"{r['fp16'] / q['fp16']:.1f} | {r['bf16'] / q['bf16']:.1f}" if name == ka else "- | -"
+                first, last = r["float32 first/last loss"]
+                print(f"| {name} | {first:.4f} -> {last:.4f} | {r['fp16']:.5f} | {r['bf16']:.5f} | {ratios} |")
     if a.cost_against:
         print(f"\nALL U-KAN {a.cost_dtype} AMP step, batch {a.batch}, {a.cost_size}^2: this checkout vs "
               f"{a.cost_against}, {a.rounds} alternating rounds ...", flush=True)
