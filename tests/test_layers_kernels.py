@@ -14,7 +14,7 @@ import torch
 
 from nnunet_allukan.layers import KAConv2d, KAConv3d, KALinear, kernels
 from nnunet_allukan.layers.kernels import native, triton_ops
-from nnunet_allukan.layers.splines import SplineGrid
+from nnunet_allukan.layers.splines import SplineGrid, grid_bases
 from kernel_passes import pass_calls
 
 GRID = SplineGrid()
@@ -511,3 +511,18 @@ def test_build_without_openmp_uses_posix_threads_and_agrees(policy, fresh_native
         torch.set_num_threads(before)
     for a, b in zip(portable, _with("reference", call, policy)):
         _assert_close(a, b, "portable build vs reference")
+
+
+def test_a_basis_sum_of_one_value_per_row_reaches_the_backend_as_one_long_row(monkeypatch):
+    """A vanilla KAN layer's edges (one value per (b, g), no positions) must not become b * g rows of one value (one
+    GPU program per value); the sums still equal the reference's bases, in their [b, g, n_bases] layout."""
+    from nnunet_allukan.layers.kernels import reference, tensor
+
+    seen = []
+    for module in (native, reference, tensor):
+        monkeypatch.setattr(module, "basis_sums", lambda x, grid, padded, f=module.basis_sums: (
+            seen.append(tuple(x.shape)), f(x, grid, padded))[1])
+    x = torch.randn(6, 5, 1, dtype=torch.float64) * 1.5
+    out = kernels.basis_sum(x, GRID)
+    assert seen == [(1, 1, 30)]
+    torch.testing.assert_close(out, grid_bases(x[:, :, 0], GRID), rtol=1e-12, atol=1e-12)

@@ -27,6 +27,7 @@ backend serves each pass and why, :func:`describe` says it in a few lines for a 
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -149,6 +150,11 @@ def _flat(x: torch.Tensor, *shape: int) -> torch.Tensor:
 def basis_sum(x: torch.Tensor, grid: SplineGrid) -> torch.Tensor:
     """``[B, G, C, *sp] -> [B, G, n_bases, *sp]``: per-basis sums over dim 2, in the compute dtype."""
     b, g, c = x.shape[:3]
+    if c == 1 and math.prod(x.shape[3:]) == 1:
+        # One value per (b, g) (a vanilla KAN layer's edges): a single row of b * g positions, not b * g rows of one
+        # value each, which a kernel backend would run as one program (GPU) or task (CPU) per value.
+        s = _call("basis_sums", _flat(x, 1, 1, b * g), grid, False)  # [1, n_bases, b * g]
+        return s.reshape(grid.n_bases, b * g).t().reshape(b, g, grid.n_bases, *x.shape[3:])
     return _call("basis_sums", _flat(x, b * g, c, -1), grid, False).reshape(b, g, grid.n_bases, *x.shape[3:])
 
 
