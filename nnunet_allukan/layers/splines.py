@@ -94,6 +94,14 @@ class SplineGrid:
         """First knot, ``lo - spline_order * h``."""
         return self.lo - self.spline_order * self.h
 
+    def kernel_scaling(self) -> tuple[float, float]:
+        """(offset, width) of the kernels' scaled input ``s = (x - offset) / width``, in which basis k of a local
+        family is centred at ``s = k + (spline_order + 1) / 2``: the first knot and the knot spacing; for
+        chebyshev the range's centre and half-width (its bases are ``T_k(tanh s)``)."""
+        if self.basis == "chebyshev":
+            return 0.5 * (self.lo + self.hi), 0.5 * (self.hi - self.lo)
+        return self.t0, self.h
+
     def zero_bases_tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """:attr:`zero_bases` as a tensor [n_bases], made once per (grid, dtype, device) and shared: a tensor made
         from Python values at every call is a blocking copy from pageable host memory, which waits for the device's
