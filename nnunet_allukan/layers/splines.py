@@ -166,8 +166,8 @@ def basis_terms(x: torch.Tensor, grid: SplineGrid) -> tuple[Iterator[torch.Tenso
     may carry autograd. Each term is a new tensor of x's shape."""
     p = grid.spline_order
     if grid.basis == "chebyshev":
-        return _chebyshev(torch.tanh((x - 0.5 * (grid.lo + grid.hi)) * (2.0 / (grid.hi - grid.lo))), grid.n_bases,
-                          False), 1.0
+        m, r = grid.kernel_scaling()
+        return _chebyshev(torch.tanh((x - m) * (1.0 / r)), grid.n_bases, False), 1.0
     s = (x - grid.t0) * (1.0 / grid.h)
     if grid.basis == "bspline":
         if p == 3:  # the centred cubic, 6 B_k
@@ -186,8 +186,8 @@ def basis_derivative_terms(x: torch.Tensor, grid: SplineGrid) -> tuple[Iterator[
     ``B'_k(x) = scale * terms[k]``."""
     p = grid.spline_order
     if grid.basis == "chebyshev":
-        r = 0.5 * (grid.hi - grid.lo)
-        z = torch.tanh((x - 0.5 * (grid.lo + grid.hi)) * (1.0 / r))
+        m, r = grid.kernel_scaling()
+        z = torch.tanh((x - m) * (1.0 / r))
         dz = 1.0 - z.square()  # r dz/dx
         return (t * dz for t in _chebyshev(z, grid.n_bases, True)), 1.0 / r
     s = (x - grid.t0) * (1.0 / grid.h)
