@@ -1,8 +1,7 @@
 """The Triton kernels (layers/kernels/triton_ops.py, triton_kernels.py) run in Triton's interpreter on CPU: every
-pass, forward and every gradient, against the reference backend in float64 and float32 (every other basis family
-in float64); half-precision inputs
-accumulate in float32; the operators pass opcheck and gradcheck, and their fake implementations trace under
-torch.compile(fullgraph=True). Skipped where Triton is not installed.
+pass, forward and every gradient, against the reference backend in float64 and float32 (every other basis family's
+passes in float64); half-precision inputs accumulate in float32; the operators pass opcheck and gradcheck, and
+their fake implementations trace under torch.compile(fullgraph=True). Skipped where Triton is not installed.
 
 Triton decides interpreted or compiled when a function is decorated (its own language's functions at its import,
 ours at theirs), reading TRITON_INTERPRET then (and again when it imports more of itself): conftest.py sets it
@@ -112,15 +111,24 @@ def test_basis_and_activation_passes_match_the_reference(dtype, shape):
 @pytest.mark.parametrize("grid", FAMILY_GRIDS, ids=FAMILY_IDS)
 def test_every_family_passes_match_the_reference(grid):
     """Each family's value and derivative definitions in the kernels, float64: every pass (padded and not, the
-    activation sums with their gradients, grad-free and full, B' weighted by coefficients), planes and tokens."""
+    depthwise layers' activation sums with their gradients, grad-free and full, B' weighted by coefficients: the
+    input gradient of full spline gradients), planes and tokens, and a padded 2D and a 3D convolution's window
+    sums. The layers' own code is the cubic B-spline's whatever the family (the grid travels to the passes)."""
     assert {c.backend for c in kernels.active("cpu", grid)} == {"triton"}, kernels.describe("cpu", grid)
     gen = torch.Generator().manual_seed(2)
+    calls = {}
     for shape in [(2, 2, 3, 67), (2, 1, 20, 1)]:
         x = torch.randn(*shape, dtype=torch.float64, generator=gen) * 1.3
         x.view(-1)[:12] = torch.linspace(-2.2, 2.2, 12, dtype=torch.float64)  # on knots and beyond the grid
-        for name, call in pass_calls(x, grid, gen).items():
-            for a, b in zip(_tuple(call()), _tuple(_reference(call))):
-                _assert_close(a, b, f"{grid.basis} {grid.spline_order} {shape} {name}")
+        calls.update({f"{shape} {name}": call for name, call in pass_calls(x, grid, gen).items()})
+    for kernel, stride, padding, dilation in [((3, 3), (2, 1), (1, 1), (1, 2)), ((3, 1, 3), (2, 1, 1), (1, 0, 2),
+                                                                               (1, 1, 2))]:
+        xs = torch.randn(2, 2, 3, *((9, 11) if len(kernel) == 2 else (4, 5, 7)), dtype=torch.float64, generator=gen)
+        calls[f"window_sums {kernel}"] = (lambda xs=xs, k=kernel, s=stride, p=padding, d=dilation:
+                                          kernels.silu_and_window_sums(xs, grid, k, s, p, d))
+    for name, call in calls.items():
+        for a, b in zip(_tuple(call()), _tuple(_reference(call))):
+            _assert_close(a, b, f"{grid.basis} {grid.spline_order} {name}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -136,33 +144,22 @@ def test_window_sums_match_the_reference(dtype, geometry):
         _assert_close(a, b, str(geometry))
 
 
-def _layers(grid: SplineGrid = GRID):
-    """The layers (on ``grid``'s family). The other families, whose every pass test_every_family_passes_match_the_
-    reference checks, take three: window sums of a grouped strided convolution and B' (full spline gradients), a
-    padded depthwise layer's activation sums with their full gradient, and a row of one position (KALinear)."""
+def _layers():
     torch.manual_seed(0)
-    g = dict(grid_size=grid.grid_size, spline_order=grid.spline_order, grid_range=(grid.lo, grid.hi),
-             basis=grid.basis)
-    layers = [
-        (KAConv2d(6, 4, 3, padding=1, bias=True, **g), (2, 6, 7, 5)),
-        (KAConv2d(6, 6, 3, padding=1, groups=6, **g), (2, 6, 7, 5)),  # depthwise: activation sums
-        (KAConv2d(6, 6, 3, padding=1, groups=6, grad_free=False, **g), (1, 6, 5, 4)),
-        (KAConv2d(6, 4, 3, stride=2, groups=2, grad_free=False, **g), (2, 6, 7, 5)),
-        (KAConv3d(3, 2, 3, padding=1, dilation=(1, 2, 1), **g), (1, 3, 4, 6, 3)),
-        (KALinear(7, 3, **g), (4, 5, 7)),
-        (KALinear(7, 3, grad_free=False, **g), (3, 7)),
+    return [
+        (KAConv2d(6, 4, 3, padding=1, bias=True), (2, 6, 7, 5)),
+        (KAConv2d(6, 6, 3, padding=1, groups=6), (2, 6, 7, 5)),  # depthwise: activation sums
+        (KAConv2d(6, 6, 3, padding=1, groups=6, grad_free=False), (1, 6, 5, 4)),
+        (KAConv2d(6, 4, 3, stride=2, groups=2, grad_free=False), (2, 6, 7, 5)),
+        (KAConv3d(3, 2, 3, padding=1, dilation=(1, 2, 1)), (1, 3, 4, 6, 3)),
+        (KALinear(7, 3), (4, 5, 7)),
+        (KALinear(7, 3, grad_free=False), (3, 7)),
     ]
-    return layers if grid == GRID else [layers[2], layers[3], layers[5]]
 
 
-@pytest.mark.parametrize("dtype, grid", [(torch.float64, GRID), (torch.float32, GRID)]
-                         + [(torch.float64, g) for g in FAMILY_GRIDS],
-                         ids=["float64", "float32"] + [f"float64-{name}" for name in FAMILY_IDS])
-def test_layers_forward_and_every_gradient_match_the_reference(dtype, grid):
-    """Every layer kind (grouped, depthwise, strided, 3D, linear; grad-free and not), forward and the gradients of
-    the input and every parameter; the other families in float64."""
-    assert {c.backend for c in kernels.active("cpu", grid)} == {"triton"}
-    for layer, shape in _layers(grid):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_layers_forward_and_every_gradient_match_the_reference(dtype):
+    for layer, shape in _layers():
         layer = layer.to(dtype)
         x = torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(3), requires_grad=True)
 
@@ -245,9 +242,8 @@ def _op_samples():
         (ops.triton_activation_sums, (x4.clone().requires_grad_(), v.clone().requires_grad_(), *grid, True)),
         (ops.triton_activation_sums_backward, (x4, torch.randn_like(x4), torch.randn(2, 3, 1, 10, dtype=torch.float64),
                                                v, *grid, True, True)),
-        (ops.triton_basis_sums, (x3.clone().requires_grad_(), *grid, 8, True, True, "chebyshev", 3)),
-        (ops.triton_activation_sums, (x4.clone().requires_grad_(), v.clone().requires_grad_(), *grid, True, "bspline",
-                                      2)),
+        (ops.triton_activation_sums, (x4.clone().requires_grad_(), v.clone().requires_grad_(), *grid, True,
+                                      "chebyshev", 3)),
     ]
 
 
@@ -290,11 +286,11 @@ def test_registered_autograd_is_the_exact_gradient():
                                     fast_mode=True)
     assert torch.autograd.gradcheck(lambda x, w: ops.triton_activation_sums(x, w, *grid, True), (x4, v),
                                     fast_mode=True)
-    for basis, order in [("rbf", 2), ("chebyshev", 3)]:  # the family reaches the backward kernel
-        assert torch.autograd.gradcheck(lambda x: ops.triton_basis_sums(x, *grid, 8, True, True, basis, order),
-                                        (x3,), fast_mode=True)
-        assert torch.autograd.gradcheck(lambda x, w: ops.triton_activation_sums(x, w, *grid, True, basis, order),
-                                        (x4, v), fast_mode=True)
+    # another family reaches the backward kernels
+    assert torch.autograd.gradcheck(lambda x: ops.triton_basis_sums(x, *grid, 8, True, True, "rbf", 2), (x3,),
+                                    fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x, w: ops.triton_activation_sums(x, w, *grid, True, "chebyshev", 3),
+                                    (x4, v), fast_mode=True)
 
 
 def test_fake_implementations_trace_a_whole_network_without_graph_breaks():
