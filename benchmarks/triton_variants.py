@@ -199,8 +199,8 @@ def networks(size_2d: int = 64, size_3d: int = 32, dims=(2, 3), unet_features: i
 def family_stacks(families=FAMILIES, channels: int = 8, size: int = 16) -> list:
     """(name, build, input shape) of a stack of KA layers per basis family that launches every pass of the
     kernels: a zero-padded KAConv2d (silu and window sums), a depthwise one (activation sums, padded), one with
-    full spline gradients (the bases' derivative weighted by per-basis coefficients) and a KALinear (rows of one
-    position: a tile of channels)."""
+    full spline gradients (the bases' derivative weighted by per-basis coefficients), a depthwise one with full
+    spline gradients (weighted by grad_phi * v) and a KALinear (rows of one position: a tile of channels)."""
     import torch
     from nnunet_allukan.layers import KAConv2d, KALinear
 
@@ -211,10 +211,11 @@ def family_stacks(families=FAMILIES, channels: int = 8, size: int = 16) -> list:
             self.conv = KAConv2d(channels, channels, 3, padding=1, **grid)
             self.depthwise = KAConv2d(channels, channels, 3, padding=1, groups=channels, **grid)
             self.full = KAConv2d(channels, channels, 3, padding=1, grad_free=False, **grid)
+            self.depthwise_full = KAConv2d(channels, channels, 3, padding=1, groups=channels, grad_free=False, **grid)
             self.linear = KALinear(channels, channels, **grid)
 
         def forward(self, x):
-            y = self.full(self.depthwise(self.conv(x)))
+            y = self.depthwise_full(self.full(self.depthwise(self.conv(x))))
             return self.linear(y.flatten(2).transpose(1, 2))
 
     return [(f"{basis}{order if basis == 'bspline' else ''} stack", lambda b=basis, o=order: Stack(b, o),
