@@ -4,11 +4,12 @@
     python benchmarks/benchmark_layer.py --depthwise --channels 128 --size 64 --variants nn.Conv "KAConv fast grad-free"
     python benchmarks/benchmark_layer.py --dims 3 --channels 32 --size 48 --variants nn.Conv "KAConv fast grad-free"
     python benchmarks/benchmark_layer.py --variants nn.Conv "KAConv fast grad-free" --basis rbf chebyshev relu
+    python benchmarks/benchmark_layer.py --variants nn.Conv "KAConv fast grad-free" --basis bspline1 bspline2
 
 Time: median over ``--repeats`` interleaved rounds (one step of every variant per round) after warm-up.
 Peak memory: every variant in a fresh process (``--child``), on CPU as growth of the peak RSS.
-``--basis`` adds one "KAConv fast grad-free basis=<family>" variant per basis family named (the kernels that
-serve each are printed first); with "KAConv fast grad-free" (the cubic B-spline) also run, the table gives each
+``--basis`` adds one "KAConv fast grad-free basis=<family>" variant per basis family named (``bspline1`` and
+``bspline2``: B-splines of order 1 and 2; the kernels that serve each are printed first); with "KAConv fast grad-free" (the cubic B-spline) also run, the table gives each
 variant's ratio to it too.
 """
 from __future__ import annotations
@@ -45,12 +46,15 @@ VARIANTS = {
 }
 CUBIC = "KAConv fast grad-free"
 FAMILY_VARIANT = CUBIC + " basis="  # + a basis family: the fast grad-free layer with that family's bases
+# --basis names: the families, and the B-splines of lower orders as bspline<order>.
+FAMILIES = {**{b: dict(basis=b) for b in BASES}, "bspline1": dict(basis="bspline", spline_order=1),
+            "bspline2": dict(basis="bspline", spline_order=2)}
 
 
 def build(name: str, c: int, k: int, nd: int, g: int) -> nn.Module:
     if name.startswith(FAMILY_VARIANT):
         return (KAConv2d if nd == 2 else KAConv3d)(c, c, k, padding=k // 2, groups=g, grad_free=True,
-                                                   basis=name[len(FAMILY_VARIANT):])
+                                                   **FAMILIES[name[len(FAMILY_VARIANT):]])
     return VARIANTS[name](c, k, nd, g)
 
 
@@ -113,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
-    p.add_argument("--basis", nargs="*", default=[], choices=BASES,
+    p.add_argument("--basis", nargs="*", default=[], choices=list(FAMILIES),
                    help=f"add one '{FAMILY_VARIANT}<family>' variant per basis family named")
     p.add_argument("--json", default="benchmark_results/layer_benchmark.json",
                    help="where to write the results as JSON (default benchmark_results/layer_benchmark.json; '' for none)")
@@ -140,7 +144,7 @@ def main() -> int:
     print(f"shape {describe(a)}, device {device}, threads {torch.get_num_threads()}")
     print(kernels.describe(device.type))
     for basis in a.basis:
-        print(kernels.describe(device.type, SplineGrid(basis=basis)))
+        print(kernels.describe(device.type, SplineGrid(**FAMILIES[basis])))
     res = measure(a)
     times, mems = res["time_s"], res["peak_bytes"]
     t0, m0 = times.get("nn.Conv"), mems.get("nn.Conv")

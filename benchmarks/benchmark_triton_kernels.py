@@ -6,6 +6,7 @@ time these predict on an H100 SXM at its memory bandwidth and its instruction is
 
     python benchmarks/benchmark_triton_kernels.py                 # table on stdout (~5-10 minutes on 2 cores)
     python benchmarks/benchmark_triton_kernels.py --markdown --json results.json
+    python benchmarks/benchmark_triton_kernels.py --families      # also every other basis family's variants
 
 Recording runs every network family's training step once per dtype on CPU with the kernels replaced by a
 recorder; compiling runs in two worker processes with a temporary Triton cache. Also checked and printed: that the
@@ -34,6 +35,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown (docs/performance.md)")
+    ap.add_argument("--families", action="store_true",
+                    help="also the variants of the other basis families (triton_variants.family_stacks: B-splines "
+                         "of order 1 and 2, rbf, chebyshev, relu), named with the family")
     ap.add_argument("--skip-test-check", action="store_true",
                     help="do not record the test's configuration to compare (saves a minute or two)")
     args = ap.parse_args(argv)
@@ -42,7 +46,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     module = tv.interpreted_kernels()
     t0 = time.perf_counter()
-    launched = tv.record_launches(module)
+    launched = tv.record_launches(module, families=tv.FAMILIES if args.families else ())
     print(f"recorded the launches of {len(launched)} networks in {time.perf_counter() - t0:.0f} s")
     variants = sorted(set().union(*launched.values()), key=tv.Variant.name)
     for name, seen in launched.items():
@@ -55,8 +59,9 @@ def main(argv=None) -> int:
     if not args.skip_test_check:
         names = {n for n, _, _ in tv.networks(dims=(2,))} - set(tv.LAUNCH_NOTHING)
         test = set().union(*tv.record_launches(module, only=names, dims=(2,), unet_features=8).values())
+        cubic = {v for v in variants if v.family == ("bspline", 3)}  # the networks' (without --families: all)
         print(f"the test's configuration records {len(test)} variants; the same set as all networks': "
-              f"{test == set(variants)}")
+              f"{test == cubic}")
     t0 = time.perf_counter()
     compiled = tv.compile_variants(variants, archs=(90, 80), processes=2)
     print(f"compiled {len(variants)} variants for sm_90 and sm_80 in {time.perf_counter() - t0:.0f} s "

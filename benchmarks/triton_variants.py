@@ -37,6 +37,8 @@ _POINTER_TYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloa
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
 # Table 2's vanilla-KAN rows with full spline gradients: their bases go through autograd, no kernel is launched
 LAUNCH_NOTHING = ("ukan 2D", "kaonv 2D", "ukan 3D")
+# The basis families other than the networks' cubic B-spline, as (basis, spline_order): family_stacks' layers.
+FAMILIES = (("bspline", 1), ("bspline", 2), ("rbf", 3), ("chebyshev", 3), ("relu", 3))
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Variant:
 
     kernel: str
     signature: tuple  # ((argument, type), ...) of the runtime arguments: "*fp32", "i32", ...
-    constexprs: tuple  # ((argument, value), ...); a Triton dtype as its name ("fp32")
+    constexprs: tuple  # ((argument, value), ...); a Triton dtype as its name ("fp32"), the family as its name
     aligned: tuple  # indices of the pointer arguments whose address is a multiple of 16
     num_warps: int
     num_stages: int
@@ -54,6 +56,11 @@ class Variant:
     @property
     def flags(self) -> dict:
         return dict(self.constexprs)
+
+    @property
+    def family(self) -> tuple:
+        """(basis, spline order) of the bases the variant evaluates."""
+        return self.flags["FAMILY"], self.flags["ORDER"]
 
     def name(self) -> str:
         c = self.flags
@@ -64,7 +71,9 @@ class Variant:
         else:
             what = ("grads" + "+silu" * c["WITH_SILU"] + ("", " coef", " grad_phi*v")[c["COEF"]]
                     + " +dv" * c["GRAD_V"] + " padded" * (c["PADDED"] and c["GRAD_V"]))
-        return f"{what} {x} {shape} w{self.num_warps}"
+        family = "" if self.family == ("bspline", 3) else (
+            f" {c['FAMILY']}" + (f"{c['ORDER']}" if c["FAMILY"] == "bspline" else ""))
+        return f"{what} {x} {shape} w{self.num_warps}{family}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,15 +196,42 @@ def networks(size_2d: int = 64, size_3d: int = 32, dims=(2, 3), unet_features: i
     return out
 
 
-def record_launches(module, dtypes=("float32", "float16", "bfloat16"), only=None, **network_options) -> dict[str, set]:
+def family_stacks(families=FAMILIES, channels: int = 8, size: int = 16) -> list:
+    """(name, build, input shape) of a stack of KA layers per basis family that launches every pass of the
+    kernels: a zero-padded KAConv2d (silu and window sums), a depthwise one (activation sums, padded), one with
+    full spline gradients (the bases' derivative weighted by per-basis coefficients), a depthwise one with full
+    spline gradients (weighted by grad_phi * v) and a KALinear (rows of one position: a tile of channels)."""
+    import torch
+    from nnunet_allukan.layers import KAConv2d, KALinear
+
+    class Stack(torch.nn.Module):
+        def __init__(self, basis: str, order: int):
+            super().__init__()
+            grid = dict(basis=basis, spline_order=order)
+            self.conv = KAConv2d(channels, channels, 3, padding=1, **grid)
+            self.depthwise = KAConv2d(channels, channels, 3, padding=1, groups=channels, **grid)
+            self.full = KAConv2d(channels, channels, 3, padding=1, grad_free=False, **grid)
+            self.depthwise_full = KAConv2d(channels, channels, 3, padding=1, groups=channels, grad_free=False, **grid)
+            self.linear = KALinear(channels, channels, **grid)
+
+        def forward(self, x):
+            y = self.depthwise_full(self.full(self.depthwise(self.conv(x))))
+            return self.linear(y.flatten(2).transpose(1, 2))
+
+    return [(f"{basis}{order if basis == 'bspline' else ''} stack", lambda b=basis, o=order: Stack(b, o),
+             (1, channels, size, size)) for basis, order in families]
+
+
+def record_launches(module, dtypes=("float32", "float16", "bfloat16"), only=None, families=(),
+                    **network_options) -> dict[str, set]:
     """Network name -> the variants one training step launches (forward and backward, each dtype: float32 as is,
     half precision as CPU autocast; nnU-Net's AMP on CUDA casts the same operations). ``only``: names to run;
-    ``network_options``: those of :func:`networks`."""
+    ``network_options``: those of :func:`networks`; ``families``: also :func:`family_stacks` of these."""
     import torch
 
     result = {}
     with recording(module) as seen:
-        for name, build, shape in networks(**network_options):
+        for name, build, shape in networks(**network_options) + family_stacks(tuple(map(tuple, families))):
             if only is not None and name not in only:
                 continue
             seen.clear()
@@ -253,7 +289,7 @@ def compile_variant(variant: Variant, arch: int) -> dict:
     if module.INTERPRETED:
         raise RuntimeError("compile_variant needs Triton imported without TRITON_INTERPRET=1")
     fn = getattr(module, variant.kernel)
-    constexprs = {n: (tl.dtype(v) if isinstance(v, str) else v) for n, v in variant.constexprs}
+    constexprs = {n: (tl.dtype(v) if v in _BYTES else v) for n, v in variant.constexprs}  # ACC by its name
     signature = dict(variant.signature) | {n: "constexpr" for n in constexprs}
     attrs = {(i,): [["tt.divisibility", 16]] for i in variant.aligned}
     compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
@@ -313,7 +349,8 @@ def _environment(tmp: str, interpret: bool) -> dict:
 
 
 def record_launches_in_processes(names, processes: int = 2, timeout: float = 900, **options) -> dict[str, set]:
-    """:func:`record_launches` of the networks ``names`` (and ``options``: dtypes, those of :func:`networks`),
+    """:func:`record_launches` of the networks ``names`` (and ``options``: dtypes, families, those of
+    :func:`networks`),
     shared among ``processes`` fresh processes of one thread each (Triton interpreted there; nothing changes in
     this process)."""
     names = sorted(names)

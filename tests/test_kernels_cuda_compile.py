@@ -4,6 +4,12 @@ sm_90 (H100) by Triton's compiler and its bundled ptxas, and the compiled code h
 registers for at least 3/8 occupancy (24 of 64 warps per SM), enough resident warps to cover the loads' latency
 (benchmarks/triton_variants.py; the figures per variant: benchmarks/benchmark_triton_kernels.py).
 
+The other basis families (B-splines of order 1 and 2, rbf, chebyshev, relu) change only the kernels' basis code:
+each family's variants are recorded from a stack of KA layers that launches every pass (triton_variants.
+family_stacks: padded, depthwise, full spline gradients of both, rows of one position), in float32 and float16, and
+compiled for both targets under the same rules; their bfloat16 variants differ from the float16 ones only in
+the loads.
+
 The launched variants are recorded, not listed: the 2D networks (the paper's embedding widths; nnU-Net's U-Nets
 narrower, which keeps every layer's channel block) run a training step with the Triton kernels in Triton's
 interpreter replaced by a recorder (nothing runs; every launch's argument types, pointer alignment, constexprs
@@ -29,11 +35,25 @@ MIN_OCCUPANCY = 3 / 8
 
 def test_launched_kernel_variants_compile_for_sm80_and_sm90_without_spills():
     names = {name for name, _, _ in triton_variants.networks(dims=(2,))} - set(triton_variants.LAUNCH_NOTHING)
-    launched = triton_variants.record_launches_in_processes(names, processes=2, dims=[2], unet_features=8)
+    names |= {name for name, _, _ in triton_variants.family_stacks()}
+    launched = triton_variants.record_launches_in_processes(names, processes=2, dims=[2], unet_features=8,
+                                                            families=triton_variants.FAMILIES)
     variants = sorted(set().union(*launched.values()), key=triton_variants.Variant.name)
     kernels_seen = {v.kernel for v in variants}
     assert kernels_seen == set(triton_variants.KERNEL_NAMES), launched
     assert {dict(v.signature)["x_ptr"] for v in variants} == {"*fp32", "*fp16", "*bf16"}
+    cubic = {v for v in variants if v.family == ("bspline", 3)}
+    families = {v.family for v in variants} - {("bspline", 3)}
+    assert families == set(triton_variants.FAMILIES)
+    # every family launched the same passes and tiles: both kernels, the activation sums, the coefficients' path
+    launches = {family: {(v.kernel, v.signature, tuple((n, f) for n, f in v.constexprs if n not in (
+        "FAMILY", "ORDER", "NB"))) for v in variants if v.family == family} for family in families}
+    assert len(set(map(frozenset, launches.values()))) == 1, launches
+    flags = [dict(f) for _, _, f in next(iter(launches.values()))]
+    assert any(f.get("WITH_V") for f in flags) and {f.get("COEF") for f in flags} >= {1, 2} and any(
+        f.get("GRAD_V") for f in flags), flags
+    variants = sorted(cubic, key=triton_variants.Variant.name) + [
+        v for v in variants if v not in cubic and dict(v.signature)["x_ptr"] in ("*fp32", "*fp16")]
     problems = []
     for variant, by_arch in triton_variants.compile_variants(variants, archs=(90, 80), processes=2):
         for arch in (90, 80):

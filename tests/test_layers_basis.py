@@ -1,6 +1,6 @@
 """The basis families of the KA layers (splines.py): each family's definition against an independent form of it
 (its source's formula), derivatives against autograd, B(0) for padding, parameter count and state_dict per
-family, and the kernel backends' choice (C kernels for every family, Triton for the cubic B-spline only)."""
+family, and the kernel backends' choice (C and Triton kernels for every family, B-splines of order 1 to 3)."""
 import math
 
 import pytest
@@ -72,20 +72,22 @@ def test_every_family_has_the_state_dict_and_parameter_count_of_the_bspline_laye
     assert "basis" not in repr(make("bspline"))
 
 
-@pytest.mark.parametrize("basis", BASES[1:])
-def test_native_serves_every_family_and_triton_declines_the_other_families(basis):
-    grid = SplineGrid(basis=basis)
-    assert triton_ops.covers("basis_sums", "cuda", grid) == f"basis {basis} (triton: cubic B-splines)"
+@pytest.mark.parametrize("grid", [SplineGrid(basis=b) for b in BASES[1:]] + [SplineGrid(5, 1), SplineGrid(5, 2)],
+                         ids=list(BASES[1:]) + ["bspline1", "bspline2"])
+def test_both_kernel_backends_serve_every_family(grid):
+    triton = triton_ops.available()
+    assert triton_ops.covers("basis_sums", "cuda", grid) == (None if triton else triton_ops.unavailable_reason())
     if native.available():
         assert native.covers("basis_sums", "cpu", grid) is None
-    assert native.covers("basis_sums", "cpu", SplineGrid(spline_order=2)).startswith("spline order 2 (native: ")
+    for backend in (native, triton_ops):  # B-splines of higher orders: the torch backend
+        assert backend.covers("basis_sums", "cpu", SplineGrid(5, 4)).startswith("spline order 4 (")
     before = kernels.policy()
     try:
         kernels.use("auto")
         on_cpu = {c.kernel: c.backend for c in kernels.active("cpu", grid)}
         assert on_cpu.pop("basis_derivative_dot") == "torch"
         assert set(on_cpu.values()) == {"native" if native.available() else "torch"}
-        assert {c.backend for c in kernels.active("cuda", grid)} == {"torch"}
+        assert {c.backend for c in kernels.active("cuda", grid)} == {"triton" if triton else "torch"}
     finally:
         kernels.use(before)
 
@@ -107,5 +109,6 @@ def test_native_operators_refuse_an_unknown_family():
     if not native.available():
         pytest.skip(native.unavailable_reason())
     x = torch.randn(2, 3, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"family must be one of \[0, 1, 2, 3\] \(bspline, rbf, chebyshev, relu\)"):
+    with pytest.raises(ValueError, match=r"family must be one of \[0, 1, 2, 3, 4, 5\] \(bspline3, rbf, chebyshev, "
+                                         r"relu, bspline1, bspline2\)"):
         torch.ops.nnunet_allukan.basis_sums(x, 0.0, 1.0, 8, None, False, 7, 0.0)

@@ -121,7 +121,8 @@ def test_the_recorder_sees_a_tensor_made_from_python_values_inside_a_layer(monke
 
 
 def test_triton_kernels_make_no_host_device_copy(monkeypatch):
-    """The same for the Triton backend, in Triton's interpreter (a depthwise and a dense layer, padded)."""
+    """The same for the Triton backend, in Triton's interpreter (a depthwise and a dense layer, padded; a chebyshev
+    layer: the kernels' constants of another family)."""
     pytest.importorskip("triton")
     from nnunet_allukan.layers.kernels import triton_ops
 
@@ -134,7 +135,7 @@ def test_triton_kernels_make_no_host_device_copy(monkeypatch):
             torch.manual_seed(0)
             net = nn.Sequential(KAConv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                                 KAConv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
-                                KAConv2d(8, 2, 1))
+                                KAConv2d(8, 4, 3, padding=1, basis="chebyshev"), KAConv2d(4, 2, 1))
             return net, torch.randn(2, 3, 8, 8)
 
         assert _host_syncs_in_a_training_step(make) == []

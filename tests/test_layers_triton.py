@@ -1,7 +1,7 @@
 """The Triton kernels (layers/kernels/triton_ops.py, triton_kernels.py) run in Triton's interpreter on CPU: every
-pass, forward and every gradient, against the reference backend in float64 and float32; half-precision inputs
-accumulate in float32; the operators pass opcheck and gradcheck, and their fake implementations trace under
-torch.compile(fullgraph=True). Skipped where Triton is not installed.
+pass, forward and every gradient, against the reference backend in float64 and float32 (every other basis family's
+passes in float64); half-precision inputs accumulate in float32; the operators pass opcheck and gradcheck, and
+their fake implementations trace under torch.compile(fullgraph=True). Skipped where Triton is not installed.
 
 Triton decides interpreted or compiled when a function is decorated (its own language's functions at its import,
 ours at theirs), reading TRITON_INTERPRET then (and again when it imports more of itself): conftest.py sets it
@@ -50,6 +50,11 @@ def _interpreted_kernels() -> bool:
 
 INTERPRETED = _interpreted_kernels()
 GRID = SplineGrid()
+# Every other family the kernels have, on grids that move the scaled input's offset (chebyshev: a range not centred
+# at 0) and leave padded bases (n_bases below a power of two: 6, 7, 7, 7 -> 8).
+FAMILY_GRIDS = [SplineGrid(5, 1), SplineGrid(6, 2, -2.0, 1.5), SplineGrid(4, 3, -1.5, 0.5, "rbf"),
+                SplineGrid(4, 3, -0.5, 1.5, "chebyshev"), SplineGrid(5, 2, basis="relu")]
+FAMILY_IDS = ["bspline1", "bspline2", "rbf", "chebyshev", "relu"]
 
 
 @pytest.fixture(autouse=True)
@@ -85,8 +90,9 @@ def _tuple(out):
     return out if isinstance(out, tuple) else (out,)
 
 
-def test_every_pass_is_served_by_triton_in_the_interpreter():
-    assert {c.backend for c in kernels.active("cpu")} == {"triton"}, kernels.describe("cpu")
+@pytest.mark.parametrize("grid", [GRID] + FAMILY_GRIDS, ids=["cubic"] + FAMILY_IDS)
+def test_every_pass_is_served_by_triton_in_the_interpreter(grid):
+    assert {c.backend for c in kernels.active("cpu", grid)} == {"triton"}, kernels.describe("cpu", grid)
 
 
 # shapes [B, G, C, P]: positions across a block edge (64), channels across a tile (tokens: a tile of channels)
@@ -100,6 +106,29 @@ def test_basis_and_activation_passes_match_the_reference(dtype, shape):
     for name, call in calls.items():
         for a, b in zip(_tuple(call()), _tuple(_reference(call))):
             _assert_close(a, b, name)
+
+
+@pytest.mark.parametrize("grid", FAMILY_GRIDS, ids=FAMILY_IDS)
+def test_every_family_passes_match_the_reference(grid):
+    """Each family's value and derivative definitions in the kernels, float64: every pass (padded and not, the
+    depthwise layers' activation sums with their gradients, grad-free and full, B' weighted by coefficients: the
+    input gradient of full spline gradients), planes and tokens, and a padded 2D and a 3D convolution's window
+    sums. The layers' own code is the cubic B-spline's whatever the family (the grid travels to the passes)."""
+    assert {c.backend for c in kernels.active("cpu", grid)} == {"triton"}, kernels.describe("cpu", grid)
+    gen = torch.Generator().manual_seed(2)
+    calls = {}
+    for shape in [(2, 2, 3, 67), (2, 1, 20, 1)]:
+        x = torch.randn(*shape, dtype=torch.float64, generator=gen) * 1.3
+        x.view(-1)[:12] = torch.linspace(-2.2, 2.2, 12, dtype=torch.float64)  # on knots and beyond the grid
+        calls.update({f"{shape} {name}": call for name, call in pass_calls(x, grid, gen).items()})
+    for kernel, stride, padding, dilation in [((3, 3), (2, 1), (1, 1), (1, 2)), ((3, 1, 3), (2, 1, 1), (1, 0, 2),
+                                                                               (1, 1, 2))]:
+        xs = torch.randn(2, 2, 3, *((9, 11) if len(kernel) == 2 else (4, 5, 7)), dtype=torch.float64, generator=gen)
+        calls[f"window_sums {kernel}"] = (lambda xs=xs, k=kernel, s=stride, p=padding, d=dilation:
+                                          kernels.silu_and_window_sums(xs, grid, k, s, p, d))
+    for name, call in calls.items():
+        for a, b in zip(_tuple(call()), _tuple(_reference(call))):
+            _assert_close(a, b, f"{grid.basis} {grid.spline_order} {name}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -213,6 +242,8 @@ def _op_samples():
         (ops.triton_activation_sums, (x4.clone().requires_grad_(), v.clone().requires_grad_(), *grid, True)),
         (ops.triton_activation_sums_backward, (x4, torch.randn_like(x4), torch.randn(2, 3, 1, 10, dtype=torch.float64),
                                                v, *grid, True, True)),
+        (ops.triton_activation_sums, (x4.clone().requires_grad_(), v.clone().requires_grad_(), *grid, True,
+                                      "chebyshev", 3)),
     ]
 
 
@@ -255,6 +286,11 @@ def test_registered_autograd_is_the_exact_gradient():
                                     fast_mode=True)
     assert torch.autograd.gradcheck(lambda x, w: ops.triton_activation_sums(x, w, *grid, True), (x4, v),
                                     fast_mode=True)
+    # another family reaches the backward kernels
+    assert torch.autograd.gradcheck(lambda x: ops.triton_basis_sums(x, *grid, 8, True, True, "rbf", 2), (x3,),
+                                    fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x, w: ops.triton_activation_sums(x, w, *grid, True, "chebyshev", 3),
+                                    (x4, v), fast_mode=True)
 
 
 def test_fake_implementations_trace_a_whole_network_without_graph_breaks():

@@ -94,6 +94,14 @@ class SplineGrid:
         """First knot, ``lo - spline_order * h``."""
         return self.lo - self.spline_order * self.h
 
+    def kernel_scaling(self) -> tuple[float, float]:
+        """(offset, width) of the kernels' scaled input ``s = (x - offset) / width``, in which basis k of a local
+        family is centred at ``s = k + (spline_order + 1) / 2``: the first knot and the knot spacing; for
+        chebyshev the range's centre and half-width (its bases are ``T_k(tanh s)``)."""
+        if self.basis == "chebyshev":
+            return 0.5 * (self.lo + self.hi), 0.5 * (self.hi - self.lo)
+        return self.t0, self.h
+
     def zero_bases_tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """:attr:`zero_bases` as a tensor [n_bases], made once per (grid, dtype, device) and shared: a tensor made
         from Python values at every call is a blocking copy from pageable host memory, which waits for the device's
@@ -158,8 +166,8 @@ def basis_terms(x: torch.Tensor, grid: SplineGrid) -> tuple[Iterator[torch.Tenso
     may carry autograd. Each term is a new tensor of x's shape."""
     p = grid.spline_order
     if grid.basis == "chebyshev":
-        return _chebyshev(torch.tanh((x - 0.5 * (grid.lo + grid.hi)) * (2.0 / (grid.hi - grid.lo))), grid.n_bases,
-                          False), 1.0
+        m, r = grid.kernel_scaling()
+        return _chebyshev(torch.tanh((x - m) * (1.0 / r)), grid.n_bases, False), 1.0
     s = (x - grid.t0) * (1.0 / grid.h)
     if grid.basis == "bspline":
         if p == 3:  # the centred cubic, 6 B_k
@@ -178,8 +186,8 @@ def basis_derivative_terms(x: torch.Tensor, grid: SplineGrid) -> tuple[Iterator[
     ``B'_k(x) = scale * terms[k]``."""
     p = grid.spline_order
     if grid.basis == "chebyshev":
-        r = 0.5 * (grid.hi - grid.lo)
-        z = torch.tanh((x - 0.5 * (grid.lo + grid.hi)) * (1.0 / r))
+        m, r = grid.kernel_scaling()
+        z = torch.tanh((x - m) * (1.0 / r))
         dz = 1.0 - z.square()  # r dz/dx
         return (t * dz for t in _chebyshev(z, grid.n_bases, True)), 1.0 / r
     s = (x - grid.t0) * (1.0 / grid.h)

@@ -13,9 +13,8 @@ reads half-precision inputs itself, ``READS_HALF``, and accumulates in float32):
 
 Backends, each a module with every one of these functions: ``reference`` (the definitions: dense bases, unfold,
 autograd), ``torch`` (one vectorised tensor form per pass, uncompiled, any device, grid and basis family),
-``native`` (C kernels as torch operators: CPU, cubic B-spline, rbf, chebyshev and relu grids) and ``triton``
-(Triton kernels as torch operators: CUDA, cubic B-spline grids; Triton
-is imported at its first use). The two kernel backends also say per call whether they run it
+``native`` (C kernels as torch operators: CPU) and ``triton`` (Triton kernels as torch operators: CUDA; Triton
+is imported at its first use), both for every family, B-splines of order 1 to 3. The two kernel backends also say per call whether they run it
 (``covers(kernel, device_type, grid, full_grad)``: None, or why not).
 
 Policy: ``NNUNET_ALLUKAN_KERNELS`` (read once, at import) or :func:`use`: ``auto`` (default) runs every call on
@@ -47,8 +46,9 @@ ENVIRONMENT_VARIABLE = "NNUNET_ALLUKAN_KERNELS"
 _BACKENDS = {"native": native, "triton": triton_ops, "torch": tensor, "reference": reference}
 # The kernel backend of each device type under ``auto``, and what it needs to serve a call.
 _KERNEL_BACKEND = {"cpu": "native", "cuda": "triton"}
-_SERVES = {"native": "CPU, cubic B-spline / rbf / chebyshev / relu grid, library built",
-           "triton": "CUDA (or Triton's interpreter), cubic B-spline grid, Triton imports"}
+_SERVES = {"native": "CPU, B-spline (order 1-3) / rbf / chebyshev / relu grid, library built",
+           "triton": "CUDA (or Triton's interpreter), B-spline (order 1-3) / rbf / chebyshev / relu grid, Triton "
+                     "imports"}
 
 
 def _parse(value: str) -> str:

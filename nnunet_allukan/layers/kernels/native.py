@@ -1,5 +1,5 @@
-"""The ``native`` backend: the C kernels of ``native_kernels.c`` as torch operators (CPU; cubic B-spline, rbf,
-chebyshev and relu grids).
+"""The ``native`` backend: the C kernels of ``native_kernels.c`` as torch operators (CPU; B-splines of order 1, 2
+and 3, rbf, chebyshev and relu grids).
 
 One pass over the input per kernel, without inductor and without the tensor backend's per-basis temporaries.
 Each kernel is a ``torch.library`` custom operator (``torch.ops.nnunet_allukan.*``) with a fake implementation,
@@ -36,7 +36,7 @@ from ..splines import SplineGrid
 
 __all__ = ["available", "unavailable_reason", "library_path", "covers", "cache_dir", "reset"]
 
-ABI = 3  # KA_ABI in native_kernels.c
+ABI = 4  # KA_ABI in native_kernels.c
 READS_HALF = False  # float32/float64 kernels: the seam casts half precision to float32
 _SOURCE = Path(__file__).with_name("native_kernels.c")
 # -ffast-math at compile time only: linked with it, gcc would add crtfastmath.o, which sets the process's
@@ -224,8 +224,8 @@ def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = Fa
         return "no native kernel for the spline path's input gradient (grad_free=False)"
     if device_type != "cpu":
         return f"{device_type} tensors (native: CPU)"
-    if grid.basis == "bspline" and grid.spline_order != 3:
-        return f"spline order {grid.spline_order} (native: cubic B-splines, rbf, chebyshev, relu)"
+    if _family_name(grid) not in FAMILIES:
+        return f"spline order {grid.spline_order} (native: B-splines of order 1, 2, 3, rbf, chebyshev, relu)"
     if not available():
         return unavailable_reason()
     if grid.n_bases > _LIBRARY.max_bases:
@@ -260,8 +260,12 @@ def _shift(n_bases: int, zero: Optional[Sequence[float]], c: int) -> ctypes.Arra
     return (ctypes.c_double * n_bases)(*([0.0] * n_bases if zero is None else [c * z for z in zero]))
 
 
-# The basis families of the C kernels and their ids there (KA_CUBIC ... in native_kernels.c); "bspline": cubic only.
-FAMILIES = {"bspline": 0, "rbf": 1, "chebyshev": 2, "relu": 3}
+# The basis families of the C kernels and their ids there (KA_CUBIC ... in native_kernels.c); B-splines by order.
+FAMILIES = {"bspline3": 0, "rbf": 1, "chebyshev": 2, "relu": 3, "bspline1": 4, "bspline2": 5}
+
+
+def _family_name(grid: SplineGrid) -> str:
+    return f"bspline{grid.spline_order}" if grid.basis == "bspline" else grid.basis
 
 
 def _family(family: int) -> int:
@@ -426,12 +430,11 @@ def _zero(grid: SplineGrid, padded: bool) -> Optional[list[float]]:
 
 
 def _kernel_grid(grid: SplineGrid) -> tuple[float, float, int, float]:
-    """(t0, h, family, centre) of the C kernels (native_kernels.c): the input is scaled as (x - t0) / h and basis k
-    centred at k + centre (chebyshev: the range's centre and half-width, then tanh)."""
-    if grid.basis == "chebyshev":
-        return 0.5 * (grid.lo + grid.hi), 0.5 * (grid.hi - grid.lo), FAMILIES["chebyshev"], 0.0
-    centre = 2.0 if grid.basis == "bspline" else 0.5 * (grid.spline_order + 1)
-    return grid.t0, grid.h, FAMILIES[grid.basis], centre
+    """(t0, h, family, centre) of the C kernels (native_kernels.c): the input is scaled as (x - t0) / h
+    (:meth:`SplineGrid.kernel_scaling`) and basis k centred at k + centre (chebyshev: no centre, tanh)."""
+    t0, h = grid.kernel_scaling()
+    centre = 0.0 if grid.basis == "chebyshev" else 0.5 * (grid.spline_order + 1)
+    return t0, h, FAMILIES[_family_name(grid)], centre
 
 
 def basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:

@@ -9,6 +9,8 @@
  * scaled input s = (x - t0) / h and u = s - k - centre, times a constant factor applied once per sum after the
  * channel loop together with the padding shift (C_g B(0), ka.py):
  *     cubic B-spline (centre 2):   6 B_k = relu(2 - |u|)^3 - 4 relu(1 - |u|)^3          factor 1/6
+ *     quadratic B-spline (1.5):    2 B_k = relu(3/2 - |u|)^2 - 3 relu(1/2 - |u|)^2      factor 1/2
+ *     linear B-spline (centre 1):    B_k = relu(1 - |u|)                                 factor 1
  *     rbf (centre (p + 1) / 2):      B_k = exp(-u^2)                                     factor 1
  *     relu (centre c = (p + 1) / 2): B_k c^4 = relu(c^2 - u^2)^2                          factor 1 / c^4
  *     chebyshev (t0, h: the centre and half-width of the range): B_k = T_k(tanh s) by T_{k+1} = 2 z T_k - T_{k-1}
@@ -33,7 +35,7 @@
 #endif
 
 /* The constants native.py needs come from here (ka_constants); the loader refuses a library of another ABI. */
-#define KA_ABI 3
+#define KA_ABI 4
 #define BLOCK 512   /* positions per work item: the accumulators of 8 bases stay in L1 */
 #define MAX_BASES 32
 
@@ -149,6 +151,8 @@ static inline REAL SFX(silu_of)(REAL v) { return v / ((REAL)1 + EXP(-v)); }
 #define KA_RBF 1
 #define KA_CHEBYSHEV 2
 #define KA_RELU 3
+#define KA_LINEAR 4
+#define KA_QUADRATIC 5
 
 /* The grid as the kernels see it: family, s = (x - t0) * inv_h, basis k centred at s = k + centre. */
 typedef struct { int family; REAL t0, inv_h, centre; } SFX(grid);
@@ -158,6 +162,16 @@ static inline REAL SFX(family_term_cubic)(REAL u) {
     p = p > 0 ? p : 0;
     q = q > 0 ? q : 0;
     return p * p * p - (REAL)4 * q * q * q;
+}
+static inline REAL SFX(family_term_quadratic)(REAL u) {
+    REAL t = FABS(u), p = (REAL)1.5 - t, q = (REAL)0.5 - t;
+    p = p > 0 ? p : 0;
+    q = q > 0 ? q : 0;
+    return p * p - (REAL)3 * q * q;
+}
+static inline REAL SFX(family_term_linear)(REAL u) {
+    REAL p = (REAL)1 - FABS(u);
+    return p > 0 ? p : 0;
 }
 static inline REAL SFX(family_term_rbf)(REAL u) { return EXP(-u * u); }
 static inline REAL SFX(family_term_relu)(REAL u, REAL c2) {
@@ -169,6 +183,7 @@ static inline REAL SFX(family_term_relu)(REAL u, REAL c2) {
 /* The factor applied after the sums. */
 static inline REAL SFX(family_scale)(SFX(grid) g) {
     if (g.family == KA_CUBIC) return (REAL)(1.0 / 6.0);
+    if (g.family == KA_QUADRATIC) return (REAL)0.5;
     if (g.family == KA_RELU) return (REAL)1 / (g.centre * g.centre * g.centre * g.centre);
     return (REAL)1;
 }
@@ -196,6 +211,8 @@ static void SFX(add_terms)(const REAL *z, int64_t len, int n_bases, SFX(grid) g,
         const REAL shift = (REAL)k + g.centre;
         switch (g.family) {  /* one loop per family, so that each vectorises */
         case KA_CUBIC: for (int64_t i = 0; i < len; i++) a[i] += SFX(family_term_cubic)(z[i] - shift); break;
+        case KA_QUADRATIC: for (int64_t i = 0; i < len; i++) a[i] += SFX(family_term_quadratic)(z[i] - shift); break;
+        case KA_LINEAR: for (int64_t i = 0; i < len; i++) a[i] += SFX(family_term_linear)(z[i] - shift); break;
         case KA_RBF: for (int64_t i = 0; i < len; i++) a[i] += SFX(family_term_rbf)(z[i] - shift); break;
         default: for (int64_t i = 0; i < len; i++) a[i] += SFX(family_term_relu)(z[i] - shift, c2); break;
         }
@@ -271,6 +288,12 @@ static void SFX(sums_rows_range)(void *vctx, int64_t begin, int64_t end) {
                     REAL sum = 0;
                     switch (c->g.family) {
                     case KA_CUBIC: for (int64_t i = 0; i < len; i++) sum += SFX(family_term_cubic)(s[i] - shift); break;
+                    case KA_QUADRATIC:
+                        for (int64_t i = 0; i < len; i++) sum += SFX(family_term_quadratic)(s[i] - shift);
+                        break;
+                    case KA_LINEAR:
+                        for (int64_t i = 0; i < len; i++) sum += SFX(family_term_linear)(s[i] - shift);
+                        break;
                     case KA_RBF: for (int64_t i = 0; i < len; i++) sum += SFX(family_term_rbf)(s[i] - shift); break;
                     default: for (int64_t i = 0; i < len; i++) sum += SFX(family_term_relu)(s[i] - shift, c2); break;
                     }

@@ -1,4 +1,5 @@
-"""The ``triton`` backend: the Triton kernels of ``triton_kernels.py`` as torch operators (CUDA, cubic grids).
+"""The ``triton`` backend: the Triton kernels of ``triton_kernels.py`` as torch operators (CUDA; every basis
+family, B-splines of order 1 to 3).
 
 Each pass reads x once and reduces the bases over the channels in registers: no tensor with one value per basis
 and channel (``[N, n_bases * C, ...]``) is written, forward or backward. The operators
@@ -25,6 +26,8 @@ from . import tensor
 
 __all__ = ["available", "unavailable_reason", "interpreted", "reset", "covers"]
 
+# The B-spline orders the kernels have a closed form for (every order of the other families).
+ORDERS = (1, 2, 3)
 READS_HALF = True  # half-precision inputs are read as they are and accumulated in float32
 _KERNELS = None
 _FAILURE: Optional[str] = None
@@ -73,10 +76,8 @@ def reset() -> None:
 
 def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = False) -> Optional[str]:
     """None when the Triton kernels compute this call, otherwise why not."""
-    if grid.basis != "bspline":
-        return f"basis {grid.basis} (triton: cubic B-splines)"
-    if grid.spline_order != 3:
-        return f"spline order {grid.spline_order} (triton: cubic)"
+    if grid.basis == "bspline" and grid.spline_order not in ORDERS:
+        return f"spline order {grid.spline_order} (triton: B-splines of order {', '.join(map(str, ORDERS))})"
     if device_type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and not _TRIED:
         return f"{device_type} tensors (triton: CUDA)"  # decided without importing Triton
     if not available():
@@ -89,8 +90,9 @@ def covers(kernel: str, device_type: str, grid: SplineGrid, full_grad: bool = Fa
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The operators. x: [N, C, P] (or [B, G, C, P]), any float dtype; the grid as (t0, h, n_bases); ``padded``: the
-# channel sums are shifted by -C B(0) (a zero-padding convolution follows).
+# The operators. x: [N, C, P] (or [B, G, C, P]), any float dtype; the grid as (t0, h, n_bases, basis, order), the
+# input scaled as (x - t0) / h (SplineGrid.kernel_scaling); ``padded``: the channel sums are shifted by -C B(0) (a
+# zero-padding convolution follows).
 # ---------------------------------------------------------------------------------------------------------------
 def _check(name: str, t: torch.Tensor, dims: int) -> None:
     if t.dim() != dims or not t.dtype.is_floating_point:
@@ -108,7 +110,7 @@ def _kernels(n_bases: int):
 
 @torch.library.custom_op("nnunet_allukan::triton_basis_sums", mutates_args=())
 def _basis_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int, padded: bool,
-                   with_silu: bool) -> torch.Tensor:
+                   with_silu: bool, basis: str = "bspline", order: int = 3) -> torch.Tensor:
     """x [N, C, P] -> ``S_k = sum_c B_k(x_c) (- C B_k(0))`` [N, n_bases, P], or with ``with_silu``
     ``[silu(x), S]`` [N, C + n_bases, P] (KALinear's augmented input), in the accumulation dtype."""
     _check("x", x, 3)
@@ -117,35 +119,35 @@ def _basis_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int, padded: b
     n, c, p = x.shape
     c_out = c * int(with_silu)
     out = x.new_empty((n, c_out + n_bases, p), dtype=compute_dtype(x))
-    k.sums(x, t0, h, n_bases, padded, out if with_silu else None, out[:, c_out:])
+    k.sums(x, t0, h, n_bases, padded, out if with_silu else None, out[:, c_out:], family=basis, order=order)
     return out
 
 
 @_basis_sums_op.register_fake
-def _(x, t0, h, n_bases, padded, with_silu):
+def _(x, t0, h, n_bases, padded, with_silu, basis="bspline", order=3):
     return x.new_empty((x.shape[0], x.shape[1] * int(with_silu) + n_bases, x.shape[2]), dtype=compute_dtype(x))
 
 
 @torch.library.custom_op("nnunet_allukan::triton_silu_and_basis_sums", mutates_args=())
-def _silu_and_basis_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int,
-                            padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _silu_and_basis_sums_op(x: torch.Tensor, t0: float, h: float, n_bases: int, padded: bool,
+                            basis: str = "bspline", order: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, C, P] -> (silu(x) in x's dtype, S [N, n_bases, P] in the accumulation dtype), one pass."""
     _check("x", x, 3)
     k = _kernels(n_bases)
     x = x.contiguous()
     silu, s = torch.empty_like(x), x.new_empty((x.shape[0], n_bases, x.shape[2]), dtype=compute_dtype(x))
-    k.sums(x, t0, h, n_bases, padded, silu, s)
+    k.sums(x, t0, h, n_bases, padded, silu, s, family=basis, order=order)
     return silu, s
 
 
 @_silu_and_basis_sums_op.register_fake
-def _(x, t0, h, n_bases, padded):
+def _(x, t0, h, n_bases, padded, basis="bspline", order=3):
     return torch.empty_like(x), x.new_empty((x.shape[0], n_bases, x.shape[2]), dtype=compute_dtype(x))
 
 
 @torch.library.custom_op("nnunet_allukan::triton_basis_sums_backward", mutates_args=())
 def _basis_sums_backward_op(x: torch.Tensor, grad_silu: Optional[torch.Tensor], grad_sums: torch.Tensor,
-                            t0: float, h: float) -> torch.Tensor:
+                            t0: float, h: float, basis: str = "bspline", order: int = 3) -> torch.Tensor:
     """dL/dx of (silu(x), S) given dL/dsilu (or None) and dL/dS [N, n_bases, P]:
     ``grad_silu * silu'(x) + sum_k grad_sums_k B'_k(x)``, in x's dtype."""
     _check("x", x, 3)
@@ -157,25 +159,27 @@ def _basis_sums_backward_op(x: torch.Tensor, grad_silu: Optional[torch.Tensor], 
     x = x.contiguous()
     grad_x = torch.empty_like(x)
     k.grads(x, t0, h, grad_sums.shape[1], None if grad_silu is None else grad_silu.contiguous(),
-            grad_sums.contiguous(), None, None, 1, True, False, grad_x)
+            grad_sums.contiguous(), None, None, 1, True, False, grad_x, family=basis, order=order)
     return grad_x
 
 
 @_basis_sums_backward_op.register_fake
-def _(x, grad_silu, grad_sums, t0, h):
+def _(x, grad_silu, grad_sums, t0, h, basis="bspline", order=3):
     return torch.empty_like(x)
 
 
 def _basis_sums_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(inputs[0])
     ctx.t0, ctx.h = inputs[1], inputs[2]
+    ctx.basis, ctx.order = inputs[-2:]  # the last two arguments of both operators (defaults filled in)
 
 
 def _basis_sums_grad(ctx, grad):
     (x,) = ctx.saved_tensors
     c = grad.shape[1] - ctx.n_bases
     grad_silu = grad[:, :c] if c else None
-    return _basis_sums_backward_op(x, grad_silu, grad[:, c:], ctx.t0, ctx.h), None, None, None, None, None
+    return (_basis_sums_backward_op(x, grad_silu, grad[:, c:], ctx.t0, ctx.h, ctx.basis, ctx.order),
+            None, None, None, None, None, None, None)
 
 
 def _basis_sums_setup_nb(ctx, inputs, output) -> None:
@@ -185,7 +189,8 @@ def _basis_sums_setup_nb(ctx, inputs, output) -> None:
 
 def _silu_and_basis_sums_grad(ctx, grad_silu, grad_sums):
     (x,) = ctx.saved_tensors
-    return _basis_sums_backward_op(x, grad_silu, grad_sums, ctx.t0, ctx.h), None, None, None, None
+    return (_basis_sums_backward_op(x, grad_silu, grad_sums, ctx.t0, ctx.h, ctx.basis, ctx.order),
+            None, None, None, None, None, None)
 
 
 _basis_sums_op.register_autograd(_basis_sums_grad, setup_context=_basis_sums_setup_nb)
@@ -193,8 +198,8 @@ _silu_and_basis_sums_op.register_autograd(_silu_and_basis_sums_grad, setup_conte
 
 
 @torch.library.custom_op("nnunet_allukan::triton_activation_sums", mutates_args=())
-def _activation_sums_op(x: torch.Tensor, v: torch.Tensor, t0: float, h: float,
-                        padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _activation_sums_op(x: torch.Tensor, v: torch.Tensor, t0: float, h: float, padded: bool, basis: str = "bspline",
+                        order: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, G, C, P], v [G, n_bases] -> (silu(x) in x's dtype, ``sum_c phi_g(x_c) (- C phi_g(0))`` [B, G, 1, P]
     in the accumulation dtype), ``phi_g = sum_k v[g, k] B_k``."""
     _check("x", x, 4)
@@ -206,19 +211,19 @@ def _activation_sums_op(x: torch.Tensor, v: torch.Tensor, t0: float, h: float,
     x = x.contiguous()
     silu, phi = torch.empty_like(x), x.new_empty((b, g, 1, p), dtype=compute_dtype(x))
     k.sums(x.view(b * g, c, p), t0, h, v.shape[1], padded, silu.view(b * g, c, p), phi.view(b * g, 1, p),
-           v.contiguous(), g)
+           v.contiguous(), g, family=basis, order=order)
     return silu, phi
 
 
 @_activation_sums_op.register_fake
-def _(x, v, t0, h, padded):
+def _(x, v, t0, h, padded, basis="bspline", order=3):
     return torch.empty_like(x), x.new_empty((x.shape[0], x.shape[1], 1, x.shape[3]), dtype=compute_dtype(x))
 
 
 @torch.library.custom_op("nnunet_allukan::triton_activation_sums_backward", mutates_args=())
 def _activation_sums_backward_op(x: torch.Tensor, grad_silu: torch.Tensor, grad_phi: torch.Tensor, v: torch.Tensor,
-                                 t0: float, h: float, padded: bool,
-                                 spline_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                                 t0: float, h: float, padded: bool, spline_grad: bool, basis: str = "bspline",
+                                 order: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of :func:`activation_sums`: (dL/dx in x's dtype: the silu path's, plus the spline path's
     ``grad_phi * phi'(x)`` with ``spline_grad``; dL/dv [G, n_bases] in the accumulation dtype)."""
     _check("x", x, 4)
@@ -232,24 +237,25 @@ def _activation_sums_backward_op(x: torch.Tensor, grad_silu: torch.Tensor, grad_
     grad_x = torch.empty_like(x)
     parts = k.grads(x.view(b * g, c, p), t0, h, v.shape[1], grad_silu.contiguous().view(b * g, c, p), None,
                     grad_phi.contiguous().view(b * g, 1, p), v.contiguous(), g, spline_grad, padded,
-                    grad_x.view(b * g, c, p))
+                    grad_x.view(b * g, c, p), family=basis, order=order)
     return grad_x, parts.view(b, g, -1, v.shape[1]).sum((0, 2))
 
 
 @_activation_sums_backward_op.register_fake
-def _(x, grad_silu, grad_phi, v, t0, h, padded, spline_grad):
+def _(x, grad_silu, grad_phi, v, t0, h, padded, spline_grad, basis="bspline", order=3):
     return torch.empty_like(x), x.new_empty((x.shape[1], v.shape[1]), dtype=compute_dtype(x))
 
 
 def _activation_sums_setup(ctx, inputs, output) -> None:
-    x, v, ctx.t0, ctx.h, ctx.padded = inputs
+    x, v, ctx.t0, ctx.h, ctx.padded, ctx.basis, ctx.order = inputs
     ctx.save_for_backward(x, v)
 
 
 def _activation_sums_grad(ctx, grad_silu, grad_phi):
     x, v = ctx.saved_tensors
-    grad_x, grad_v = _activation_sums_backward_op(x, grad_silu, grad_phi, v, ctx.t0, ctx.h, ctx.padded, True)
-    return grad_x, grad_v.to(v.dtype), None, None, None
+    grad_x, grad_v = _activation_sums_backward_op(x, grad_silu, grad_phi, v, ctx.t0, ctx.h, ctx.padded, True,
+                                                  ctx.basis, ctx.order)
+    return grad_x, grad_v.to(v.dtype), None, None, None, None, None
 
 
 _activation_sums_op.register_autograd(_activation_sums_grad, setup_context=_activation_sums_setup)
@@ -258,28 +264,40 @@ _activation_sums_op.register_autograd(_activation_sums_grad, setup_context=_acti
 # ---------------------------------------------------------------------------------------------------------------
 # The seam's protocol (see kernels/__init__.py), on the operators.
 # ---------------------------------------------------------------------------------------------------------------
+def _grid(grid: SplineGrid) -> tuple[float, float, int, str, int]:
+    """The operators' grid arguments (t0, h, n_bases, basis, order)."""
+    t0, h = grid.kernel_scaling()
+    return t0, h, grid.n_bases, grid.basis, grid.spline_order
+
+
 def basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
-    return _basis_sums_op(x, grid.t0, grid.h, grid.n_bases, padded, False)
+    t0, h, n_bases, basis, order = _grid(grid)
+    return _basis_sums_op(x, t0, h, n_bases, padded, False, basis, order)
 
 
 def silu_and_basis_sums(x: torch.Tensor, grid: SplineGrid, padded: bool) -> torch.Tensor:
-    return _basis_sums_op(x, grid.t0, grid.h, grid.n_bases, padded, True)
+    t0, h, n_bases, basis, order = _grid(grid)
+    return _basis_sums_op(x, t0, h, n_bases, padded, True, basis, order)
 
 
 def silu_and_window_sums(x: torch.Tensor, grid: SplineGrid, kernel, stride, padding, dilation):
     n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
-    silu, s = _silu_and_basis_sums_op(x.reshape(n, c, -1), grid.t0, grid.h, grid.n_bases, any(padding))
-    return silu.view(x.shape), tensor.window_sums(s.view(n, grid.n_bases, *sp), grid, c, kernel, stride, padding,
+    t0, h, n_bases, basis, order = _grid(grid)
+    silu, s = _silu_and_basis_sums_op(x.reshape(n, c, -1), t0, h, n_bases, any(padding), basis, order)
+    return silu.view(x.shape), tensor.window_sums(s.view(n, n_bases, *sp), grid, c, kernel, stride, padding,
                                                   dilation)
 
 
 def activation_sums(x: torch.Tensor, grid: SplineGrid, v: torch.Tensor, padded: bool):
-    return _activation_sums_op(x, v, grid.t0, grid.h, padded)
+    t0, h, _, basis, order = _grid(grid)
+    return _activation_sums_op(x, v, t0, h, padded, basis, order)
 
 
 def activation_sums_backward(x, grid: SplineGrid, grad_silu, grad_phi, v, padded: bool, full_grad: bool):
-    return _activation_sums_backward_op(x, grad_silu, grad_phi, v, grid.t0, grid.h, padded, full_grad)
+    t0, h, _, basis, order = _grid(grid)
+    return _activation_sums_backward_op(x, grad_silu, grad_phi, v, t0, h, padded, full_grad, basis, order)
 
 
 def basis_derivative_dot(x: torch.Tensor, grid: SplineGrid, g: torch.Tensor) -> torch.Tensor:
-    return _basis_sums_backward_op(x, None, g, grid.t0, grid.h)
+    t0, h, _, basis, order = _grid(grid)
+    return _basis_sums_backward_op(x, None, g, t0, h, basis, order)
