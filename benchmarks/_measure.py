@@ -89,3 +89,13 @@ def run_in_fresh_process(script: str, args: list[str], timeout: float = 3600, fo
 
 def fmt_bytes(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+def write_json(path: "os.PathLike[str] | str", data) -> None:
+    """A benchmark's results as JSON at ``path`` (folders made as needed; values JSON lacks written as text)."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))
+    print(f"\nwritten to {path.resolve()}")

@@ -279,6 +279,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(a.checkout).resolve()))
     sys.path.insert(1, str(Path(__file__).resolve().parent))
     import nnunet_allukan
+    from _measure import write_json
 
     print(f"nnunet_allukan from {Path(nnunet_allukan.__file__).parent}")
     print(f"device {a.device}, batch {a.batch}, {a.size}x{a.size}, threads {torch.get_num_threads()}"
@@ -315,9 +316,7 @@ def main() -> int:
                   f"({c[label]['module']})")
         print(f"  time ratio {c['time ratio']:.3f}, peak memory ratio {c['memory ratio']:.3f}")
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2, default=str))
-        print(f"\nwritten to {a.json.resolve()}")
+        write_json(a.json, result)
     return 0
 
 

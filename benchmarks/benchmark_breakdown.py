@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from _measure import run_in_fresh_process  # noqa: E402
+from _measure import run_in_fresh_process, write_json  # noqa: E402
 
 from nnunet_allukan.layers import KAConv2d, ka_autograd, kernels  # noqa: E402
 from nnunet_allukan.networks import build_table2_network  # noqa: E402
@@ -108,9 +108,7 @@ def main() -> int:
                   f"{k['backward_s'] * 1e3:.2f} ms; nn.Conv2d {c['forward_s'] * 1e3:.2f} / "
                   f"{c['backward_s'] * 1e3:.2f} ms; ratio {ratio:.2f}")
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=2))
-        print(f"written to {a.json.resolve()}")
+        write_json(a.json, out)
     return 0
 
 

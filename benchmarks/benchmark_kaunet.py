@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
+from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process, write_json  # noqa: E402
 
 
 def _plain_unet_kwargs(dim: int) -> dict:
@@ -150,9 +150,7 @@ def main() -> int:
         print(f"| {pair} | {plain} ({s[plain]['parameters']:,}) | {ka} ({s[ka]['parameters']:,}) | "
               f"{s[plain]['seconds_per_step']:.3f} s | {s[ka]['seconds_per_step']:.3f} s | {s['time_ratio']:.2f} | "
               f"{fmt_bytes(s[plain]['peak_bytes'])} | {fmt_bytes(s[ka]['peak_bytes'])} | {s['memory_ratio']:.2f} |")
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=1))
-    print(f"\nJSON written to {a.json.resolve()}")
+    write_json(a.json, {"threads": torch.get_num_threads(), "results": results})
     return 0
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
-from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process  # noqa: E402
+from _measure import fmt_bytes, median_time, peak_memory_of, run_in_fresh_process, write_json  # noqa: E402
 
 from nnunet_allukan.layers import kernels  # noqa: E402
 from nnunet_allukan.networks import build_table2_network, network_summary  # noqa: E402
@@ -201,10 +201,7 @@ def main() -> int:
                          f"{fmt_bytes(r['peak_bytes'])} | {ratio} |")
     print("\n" + "\n".join(lines))
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"args": vars(a) | {"json": str(a.json)}, "train_step": main_res,
-                                      "batch1": b1}, indent=2, default=str))
-        print(f"\nwritten to {a.json.resolve()}")
+        write_json(a.json, {"args": vars(a) | {"json": str(a.json)}, "train_step": main_res, "batch1": b1})
     return 0
 
 

@@ -17,7 +17,6 @@ Prints a table of ratio, target and verdict and writes everything as JSON (``--j
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
 import benchmark_layer  # noqa: E402
 import benchmark_networks  # noqa: E402
-from _measure import run_in_fresh_process, sync  # noqa: E402
+from _measure import run_in_fresh_process, sync, write_json  # noqa: E402
 
 from nnunet_allukan.layers import kernels  # noqa: E402
 from nnunet_allukan.networks import build_table2_network  # noqa: E402
@@ -153,9 +152,7 @@ def main() -> int:
         print(f"| {name} | {ratio:.2f} | {'-' if target is None else f'<= {target}'} | {verdict(ratio, target)} |")
     result["rows"] = [{"measurement": n, "ratio": r, "target": t} for n, r, t in rows]
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2, default=str))
-        print(f"\nwritten to {a.json.resolve()}")
+        write_json(a.json, result)
     return 0
 
 
